@@ -1,0 +1,67 @@
+"""Generation worker: one vLLM engine that samples G responses per prompt and takes new weights.
+
+A plain class; `launch/` wraps it with `ray.remote`. Ray runs an actor's calls one at a time in
+submission order, so a `load_weights` queued behind `generate` calls applies after them: that
+ordering is what bounds staleness in the driver.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from actors.types import Prompt, RolloutBatch
+
+logger = logging.getLogger(__name__)
+
+
+class GenerationWorker:
+    def __init__(self, cfg, model_path: str, seed: int):
+        import torch
+        from vllm import LLM
+
+        self.cfg = cfg
+        dtype = cfg.dtype
+        if dtype == "auto":  # float32 ran faster than bf16 on the CPU backend
+            dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            enforce_eager=not torch.cuda.is_available(),
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_model_len,
+            # Behaviour log-probs must be those of the distribution actually sampled (after
+            # temperature), since the learner's importance ratio is taken against them.
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
+        )
+        self.version = 0
+
+    def generate(self, prompts: list[Prompt]) -> RolloutBatch:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        c = self.cfg
+        params = SamplingParams(n=c.group_size, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens, logprobs=0)
+        t0 = time.perf_counter()
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
+        ids, lps, texts, finished = [], [], [], []
+        for out in outs:
+            for o in out.outputs:
+                ids.append(list(o.token_ids))
+                # logprobs=0 returns the sampled token's own log-prob at each position.
+                lps.append([step[tok].logprob for step, tok in zip(o.logprobs, o.token_ids)])
+                texts.append(o.text)
+                finished.append(o.finish_reason == "stop")
+        return RolloutBatch(prompts, c.group_size, ids, lps, texts, finished, self.version, time.perf_counter() - t0)
+
+    def load_weights(self, state: dict, version: int) -> float:
+        """Load full HF-named weights in place (vLLM repacks them for its kernels); returns seconds."""
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        self.version = version
+        return time.perf_counter() - t0
+
+    def get_version(self) -> int:
+        return self.version

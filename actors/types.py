@@ -1,0 +1,30 @@
+"""Records that cross between actors through the Ray object store. Frozen: nobody edits in flight."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One training prompt, tokenized on the driver (the learner needs the same ids)."""
+
+    uid: int  # row index in the dataset
+    token_ids: list[int]  # (P,) prompt ids, chat template applied
+    answer: str  # ground truth handed to the reward function
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """G responses for each of a batch of prompts, grouped: rows g*G .. g*G+G-1 share prompt g."""
+
+    prompts: list[Prompt]  # (B,)
+    group_size: int  # G
+    response_ids: list[list[int]]  # (B*G, ragged) sampled token ids
+    behaviour_logprobs: list[list[float]]  # (B*G, ragged) log-prob of each sampled token
+    response_text: list[str]  # (B*G,) decoded responses, for the reward functions
+    finished: list[bool]  # (B*G,) ended with EOS/stop rather than the length limit
+    policy_version: int  # learner version whose weights produced every response here
+    generate_s: float  # seconds the engine spent on this batch
+
+    def __len__(self) -> int:
+        return len(self.response_ids)

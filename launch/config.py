@@ -1,0 +1,298 @@
+"""The one config tree. Every field documents itself; `load_config` validates it all up front.
+
+YAML files set it, `key=value` overrides change it (`learner.mask.rho=0.5`). Unknown keys, wrong
+types and out-of-range values raise `ConfigError` with a one-line message naming the key, before
+any actor starts. Each actor receives only its own sub-config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value a user must change; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "smollm2-135m-instruct"
+    """HF model folder, or 'smollm2-135m-instruct' for the packaged default (converted once)."""
+    chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template (off for raw-text tiny models)."""
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)
+    """jsonl or parquet files of training rows; empty uses the built-in arithmetic generator."""
+    prompt_key: str = "prompt"
+    """Field of a row holding the question text."""
+    answer_key: str = "answer"
+    """Field of a row holding the ground-truth answer."""
+    num_synthetic: int = 2000
+    """Rows the built-in generator makes when train_files is empty."""
+    synthetic_max_operand: int = 20
+    """Largest operand of generated arithmetic problems (small keeps the demo learnable)."""
+    instruction: str = "Put the final answer in \\boxed{}."
+    """Text appended to every prompt (empty for none)."""
+    max_prompt_tokens: int = 256
+    """Prompts longer than this (after the template) are rejected when the data is loaded."""
+    seed: int = 0
+    """Seed for generation of synthetic rows and for shuffling."""
+
+
+@dataclass
+class GenerationConfig:
+    num_actors: int = 1
+    """vLLM engines; prompts of a batch are split across them."""
+    num_gpus: float = 0.0
+    """GPUs per engine (1 on clusters; 0 on CPU)."""
+    num_cpus: float = 1.0
+    """Ray CPUs per engine (fractions are fine on a small machine)."""
+    group_size: int = 4
+    """Responses sampled per prompt (G)."""
+    max_new_tokens: int = 64
+    """Longest response, in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature; the learner scores tokens at the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling; keep 1.0 so behaviour log-probs are those of the full distribution."""
+    gpu_memory_utilization: float = 0.2
+    """vLLM memory fraction (of CPU RAM on the CPU backend)."""
+    dtype: str = "auto"
+    """vLLM dtype: 'auto' is float32 on CPU (faster than bf16 there) and bfloat16 on GPU."""
+    max_model_len: int = 1024
+    """vLLM context length; must hold prompt + response."""
+
+
+@dataclass
+class RewardConfig:
+    fn: str = "math"
+    """Reward: 'math', 'starts_with' (response begins with the answer word) or 'pkg.module:function'."""
+    num_actors: int = 1
+    """Reward actors; responses of a batch are split across them."""
+    num_cpus: float = 0.5
+    """Ray CPUs per reward actor."""
+    workers_per_actor: int = 1
+    """Killable verifier processes per reward actor (parallel scoring)."""
+    timeout_s: float = 5.0
+    """Wall-clock limit per response; a response over it scores 0 and counts as a timeout."""
+
+
+@dataclass
+class MaskConfig:
+    mode: str = "top"
+    """'top' (highest-entropy rho, the paper), 'bottom' (lowest 1-rho), 'random' (rho), 'none'."""
+    rho: float = 0.2
+    """Fraction of the batch's valid response tokens that receive gradient (1.0 = every token)."""
+    normalize: str = "all"
+    """Loss denominator: 'all' valid tokens (the paper's objective) or only the 'kept' ones."""
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = 1
+    """DeepSpeed ZeRO-3 ranks (Ray actors in one torch.distributed group)."""
+    num_gpus: float = 0.0
+    """GPUs per rank (1 on clusters)."""
+    num_cpus: float = 1.0
+    """Ray CPUs per rank."""
+    lr: float = 1e-6
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip."""
+    warmup_steps: int = 0
+    """Optimizer updates of linear learning-rate warm-up."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward on one rank."""
+    mini_batch_size: int = 0
+    """Sequences per optimizer update, all ranks together; 0 = the whole rollout batch."""
+    epochs: int = 1
+    """Passes over each rollout batch."""
+    advantage: str = "grpo"
+    """'grpo' (group mean/std), 'drgrpo' (group mean), 'rloo', 'reinforce_pp' (batch), 'w_reinforce'."""
+    w_lambda: float = 0.1
+    """w_reinforce: weight of positive samples relative to negative ones (0 = pure NSR)."""
+    clip_low: float = 0.2
+    """Lower ratio clip epsilon."""
+    clip_high: float = 0.28
+    """Upper ratio clip epsilon (DAPO clip-higher)."""
+    dual_clip: float = 0.0
+    """Dual-clip bound c > 1 for negative advantages (0 = off; DAPO runs used 10)."""
+    aggregation: str = "token_mean"
+    """'token_mean' (DAPO), 'seq_mean_token_mean' (GRPO) or 'seq_mean_token_sum_norm' (Dr. GRPO)."""
+    logprob_chunk: int = 1024
+    """Tokens per chunk when computing log-softmax/entropy over the vocabulary."""
+    dtype: str = "auto"
+    """Training dtype: 'auto' is float32 on CPU and bfloat16 on GPU."""
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    """Entropy-percentile gradient mask."""
+
+
+@dataclass
+class TrackingConfig:
+    run_dir: str = "runs/{name}"
+    """Folder for config.yaml, metrics.jsonl and plots ({name} is filled in)."""
+    name: str = "forkrl"
+    """Run name (wandb run name too)."""
+    wandb_project: str = "forkrl"
+    """wandb project."""
+    wandb_mode: str = "auto"
+    """'online', 'offline', 'disabled', or 'auto' (online only when WANDB_API_KEY is set)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    """Optimizer-batch steps (rollout batches) to train."""
+    prompts_per_step: int = 8
+    """Prompts per rollout batch; the batch holds prompts_per_step * group_size responses."""
+    max_staleness: int = 1
+    """How many policy versions a rollout may lag the learner (0 = synchronous, on-policy)."""
+    seed: int = 0
+    """Seed for sampling, masking and init."""
+    address: str = ""
+    """Ray address: '' starts a local Ray (or joins RAY_ADDRESS), 'auto' joins a running cluster."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(c: TrainConfig) -> None:
+    """Cross-field checks; each names the key to change."""
+    g, l, m = c.generation, c.learner, c.learner.mask
+    _check(c.steps >= 1, "steps", f"must be >= 1, got {c.steps}")
+    _check(c.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {c.prompts_per_step}")
+    _check(c.max_staleness >= 0, "max_staleness", f"must be >= 0, got {c.max_staleness}")
+    _check(g.group_size >= 2, "generation.group_size", f"needs >= 2 responses for a group baseline, got {g.group_size}")
+    _check(g.num_actors >= 1, "generation.num_actors", "must be >= 1")
+    _check(g.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1")
+    _check(g.temperature > 0, "generation.temperature", f"must be > 0, got {g.temperature}")
+    _check(0 < g.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {g.top_p}")
+    _check(0 < g.gpu_memory_utilization < 1, "generation.gpu_memory_utilization", "must be in (0, 1)")
+    _check(g.dtype in ("auto", "float32", "bfloat16", "float16"), "generation.dtype", f"unknown dtype {g.dtype!r}")
+    _check(g.max_model_len > c.data.max_prompt_tokens + g.max_new_tokens - 1, "generation.max_model_len",
+           f"{g.max_model_len} cannot hold data.max_prompt_tokens + generation.max_new_tokens")
+    _check(c.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
+    _check(c.reward.num_actors >= 1 and c.reward.workers_per_actor >= 1, "reward.num_actors", "must be >= 1")
+    _check(m.mode in ("top", "bottom", "random", "none"), "learner.mask.mode",
+           f"must be one of top, bottom, random, none; got {m.mode!r}")
+    _check(0 < m.rho <= 1, "learner.mask.rho", f"must be in (0, 1], got {m.rho}")
+    _check(m.normalize in ("all", "kept"), "learner.mask.normalize", f"must be 'all' or 'kept', got {m.normalize!r}")
+    _check(l.advantage in ("grpo", "drgrpo", "rloo", "reinforce_pp", "w_reinforce"), "learner.advantage",
+           f"unknown estimator {l.advantage!r}")
+    _check(l.dual_clip == 0 or l.dual_clip > 1, "learner.dual_clip", f"must be 0 (off) or > 1, got {l.dual_clip}")
+    _check(l.warmup_steps >= 0, "learner.warmup_steps", "must be >= 0")
+    _check(l.aggregation in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
+           "learner.aggregation", f"unknown mode {l.aggregation!r}")
+    _check(l.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
+    _check(l.lr > 0, "learner.lr", "must be > 0")
+    _check(l.clip_low >= 0 and l.clip_high >= 0, "learner.clip_low", "clip epsilons must be >= 0")
+    _check(l.epochs >= 1, "learner.epochs", "must be >= 1")
+    batch = c.prompts_per_step * g.group_size
+    mini = l.mini_batch_size or batch
+    _check(batch % mini == 0, "learner.mini_batch_size", f"{mini} must divide the batch of {batch} responses")
+    _check(mini % (l.num_ranks * l.micro_batch_size) == 0, "learner.micro_batch_size",
+           f"mini-batch {mini} must split evenly into learner.num_ranks={l.num_ranks} x micro_batch_size={l.micro_batch_size}")
+    _check(c.tracking.wandb_mode in ("auto", "online", "offline", "disabled"), "tracking.wandb_mode",
+           f"unknown mode {c.tracking.wandb_mode!r}")
+
+
+# ---- building the tree from YAML and overrides -------------------------------------------------
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{full}: unknown config key (known here: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(hints[key], value, full)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, key):
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [str(v) for v in value]
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Read YAML (optional), apply `key=value` overrides, build and validate the tree."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config {p}: file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r}: expected key=value")
+        key, value = ov.split("=", 1)
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value else "")
+    return _build(TrainConfig, raw, "")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

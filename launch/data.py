@@ -1,0 +1,123 @@
+"""Training data on the driver: rows from jsonl/parquet or the built-in generator, tokenized once.
+
+Every malformed row is reported with its file and row number before any actor starts.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from actors.types import Prompt
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message names the file and row."""
+
+
+def synthetic_arithmetic(n: int, max_operand: int, seed: int) -> list[dict]:
+    """Seeded arithmetic problems with exact integer answers, as {prompt, answer} rows."""
+    rng = random.Random(seed)
+    names = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goro", "Hana"]
+    things = ["apples", "books", "coins", "pencils", "stamps", "marbles"]
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
+        kind = rng.randrange(4)
+        if kind == 0:
+            rows.append({"prompt": f"What is {a} + {b}?", "answer": str(a + b)})
+        elif kind == 1:
+            hi, lo = max(a, b), min(a, b)
+            rows.append({"prompt": f"What is {hi} - {lo}?", "answer": str(hi - lo)})
+        elif kind == 2:
+            rows.append({"prompt": f"What is {a} times {b}?", "answer": str(a * b)})
+        else:
+            who, what = rng.choice(names), rng.choice(things)
+            rows.append({"prompt": f"{who} has {a} {what} and gets {b} more. How many {what} does {who} have now?",
+                         "answer": str(a + b)})
+    return rows
+
+
+def _read_file(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"data.train_files: {path} not found")
+    if path.suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+        return rows
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise DataError(f"data.train_files: {path} is neither .jsonl nor .parquet")
+
+
+def load_rows(files: list[str], prompt_key: str, answer_key: str) -> list[dict]:
+    """Rows of all files as {prompt, answer} strings; any bad row raises DataError naming it."""
+    out = []
+    for f in files:
+        path = Path(f)
+        for i, row in enumerate(_read_file(path), start=1):
+            for key in (prompt_key, answer_key):
+                if key not in row:
+                    raise DataError(f"{path} row {i}: missing field {key!r} (fields: {', '.join(map(str, row))})")
+                if not isinstance(row[key], (str, int, float)) or isinstance(row[key], bool) or str(row[key]).strip() == "":
+                    raise DataError(f"{path} row {i}: field {key!r} must be a non-empty string or number, got {row[key]!r}")
+            out.append({"prompt": str(row[prompt_key]), "answer": str(row[answer_key])})
+    if files and not out:
+        raise DataError(f"data.train_files: no rows in {', '.join(files)}")
+    return out
+
+
+def tokenize(rows: list[dict], tokenizer, chat_template: bool, instruction: str, max_prompt_tokens: int,
+             source: str) -> list[Prompt]:
+    prompts = []
+    for i, row in enumerate(rows):
+        text = f"{row['prompt']} {instruction}".strip() if instruction else row["prompt"]
+        if chat_template:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                tokenize=True, return_dict=False)
+        else:
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        ids = list(ids)
+        if len(ids) > max_prompt_tokens:
+            raise DataError(f"{source} row {i + 1}: prompt has {len(ids)} tokens, over data.max_prompt_tokens={max_prompt_tokens}")
+        if not ids:
+            raise DataError(f"{source} row {i + 1}: prompt is empty after tokenization")
+        prompts.append(Prompt(uid=i, token_ids=ids, answer=row["answer"]))
+    return prompts
+
+
+def load_prompts(cfg, model_cfg, tokenizer) -> list[Prompt]:
+    """The config's training prompts, tokenized; raises DataError before any work starts."""
+    if cfg.train_files:
+        rows, source = load_rows(cfg.train_files, cfg.prompt_key, cfg.answer_key), ",".join(cfg.train_files)
+    else:
+        rows, source = synthetic_arithmetic(cfg.num_synthetic, cfg.synthetic_max_operand, cfg.seed), "synthetic data"
+    return tokenize(rows, tokenizer, model_cfg.chat_template, cfg.instruction, cfg.max_prompt_tokens, source)
+
+
+class PromptStream:
+    """Endless seeded epochs over the prompts, reshuffled each epoch."""
+
+    def __init__(self, prompts: list[Prompt], seed: int):
+        self.prompts, self.rng = prompts, random.Random(seed)
+        self.order: list[int] = []
+
+    def take(self, k: int) -> list[Prompt]:
+        out = []
+        while len(out) < k:
+            if not self.order:
+                self.order = list(range(len(self.prompts)))
+                self.rng.shuffle(self.order)
+            out.append(self.prompts[self.order.pop()])
+        return out

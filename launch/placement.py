@@ -1,0 +1,56 @@
+"""The only place that knows about Ray resources: wraps the plain worker classes as actors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+
+from actors.generation import GenerationWorker
+from actors.learner import LearnerWorker
+from actors.reward import RewardWorker
+
+# vLLM's engine must live in the actor's own process (collective_rpc then reaches the model that
+# generates); its INFO logs would drown the driver's progress lines.
+GEN_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+LEARNER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot hold the actors the config asks for."""
+
+
+@dataclass
+class Actors:
+    generators: list  # GenerationWorker actor handles
+    rewards: list  # RewardWorker actor handles
+    learners: list  # LearnerWorker actor handles, index = rank
+
+
+def check_resources(cfg) -> None:
+    """Fail before starting anything when the actors cannot all be placed (else Ray waits forever)."""
+    g, r, l = cfg.generation, cfg.reward, cfg.learner
+    need_cpu = g.num_actors * g.num_cpus + r.num_actors * r.num_cpus + l.num_ranks * l.num_cpus
+    need_gpu = g.num_actors * g.num_gpus + l.num_ranks * l.num_gpus
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0) + 1e-9:
+        raise ResourceError(
+            f"the actors need {need_cpu:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}: lower "
+            "generation.num_cpus / reward.num_cpus / learner.num_cpus (fractions are fine) or add nodes")
+    if need_gpu > have.get("GPU", 0) + 1e-9:
+        raise ResourceError(
+            f"the actors need {need_gpu:g} GPUs but the Ray cluster has {have.get('GPU', 0):g}: set "
+            "generation.num_gpus / learner.num_gpus to 0 for CPU, or add GPU nodes")
+
+
+def launch_actors(cfg, model_path: str) -> Actors:
+    g, r, l = cfg.generation, cfg.reward, cfg.learner
+    Gen = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus)(GenerationWorker)
+    Rew = ray.remote(num_cpus=r.num_cpus)(RewardWorker)
+    Lrn = ray.remote(num_cpus=l.num_cpus, num_gpus=l.num_gpus)(LearnerWorker)
+    gens = [Gen.options(runtime_env={"env_vars": GEN_ENV}).remote(g, model_path, cfg.seed + i) for i in range(g.num_actors)]
+    rews = [Rew.remote(r) for _ in range(r.num_actors)]
+    lrns = [Lrn.options(runtime_env={"env_vars": LEARNER_ENV}).remote(l, rank, l.num_ranks) for rank in range(l.num_ranks)]
+    master = ray.get(lrns[0].address.remote())
+    batch = cfg.prompts_per_step * g.group_size
+    ray.get([w.setup.remote(master, model_path, g.temperature, g.max_new_tokens, batch, cfg.seed) for w in lrns])
+    return Actors(gens, rews, lrns)

@@ -1,0 +1,71 @@
+"""Run directory (config.yaml, metrics.jsonl, plot) and wandb, written by the driver only."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+
+def wandb_mode(setting: str) -> str:
+    """'auto' means online when an API key is configured, else offline (never a login prompt)."""
+    if setting != "auto":
+        return setting
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class RunTracker:
+    def __init__(self, run_dir: Path, config: dict, name: str, project: str, mode: str):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self._metrics = open(run_dir / "metrics.jsonl", "w")
+        self.history: list[dict] = []
+        self.wandb = None
+        mode = wandb_mode(mode)
+        if mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(project=project, name=name, config=config, dir=str(run_dir), mode=mode)
+
+    def log(self, metrics: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        self._metrics.write(json.dumps(clean) + "\n")
+        self._metrics.flush()  # a crash later still leaves every finished step on disk
+        self.history.append(metrics)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in metrics.items() if v is not None}, step=metrics["step"])
+
+    def plot(self) -> Path | None:
+        if not self.history:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [m["step"] for m in self.history]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for ax, key in zip(axes, ("reward/mean", "entropy/mean", "mask/threshold")):
+            ax.plot(steps, [m.get(key, math.nan) for m in self.history], marker=".")
+            ax.set_title(key)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes[1].plot(steps, [m.get("entropy/kept_mean", math.nan) for m in self.history], marker=".", label="kept")
+        axes[1].legend(["all response tokens", "kept (gradient) tokens"])
+        fig.tight_layout()
+        path = self.run_dir / "curves.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def close(self) -> None:
+        self._metrics.close()
+        self.plot()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,174 @@
+"""The driver: generate -> verify -> advantages -> learn -> publish weights, asynchronously.
+
+Up to `max_staleness + 1` rollout batches are in flight. Generation actors run their calls in
+order, so a batch submitted after the weights of version v were queued is sampled by version v;
+the batch trained at learner version v therefore lags by at most `max_staleness` versions, and
+the learner corrects the lag with the importance ratio against the behaviour log-probs.
+
+Run: `forkrl train --config configs/demo.yaml [key=value ...]` or `python -m launch.train ...`.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import torch
+
+from actors.types import RolloutBatch
+from launch.config import TrainConfig, to_dict
+from launch.data import PromptStream, load_prompts
+from launch.models import resolve_model_path
+from launch.placement import Actors, check_resources, launch_actors
+from launch.tracking import RunTracker
+from learner.advantages import compute_advantages
+from learner.batch import collate
+from rewards.registry import check_spec
+
+logger = logging.getLogger("forkrl")
+
+
+@dataclass
+class InFlight:
+    """One rollout batch on its way: generation parts and the reward scoring chained on them."""
+
+    rollouts: list  # ObjectRef[RolloutBatch], one per generation actor
+    scores: list  # ObjectRef[(list[RewardResult], seconds)], per reward actor slice
+    submitted: float
+
+
+def submit_rollout(actors: Actors, prompts, group_size: int) -> InFlight:
+    k = len(actors.generators)
+    rollouts = [gen.generate.remote(prompts[j::k]) for j, gen in enumerate(actors.generators) if prompts[j::k]]
+    scores = []
+    for ref, n_prompts in zip(rollouts, [len(prompts[j::k]) for j in range(k)]):
+        n = n_prompts * group_size
+        per = -(-n // len(actors.rewards))
+        for i, rw in enumerate(actors.rewards):
+            if i * per < n:  # the rollout ref is resolved inside the reward actor: no driver hop
+                scores.append(rw.score_rollout.remote(ref, i * per, min(n, (i + 1) * per)))
+    return InFlight(rollouts, scores, time.perf_counter())
+
+
+def train_shards(parts: list[RolloutBatch], rewards: torch.Tensor, cfg: TrainConfig, pad_id: int, rng: random.Random):
+    """Advantages per group, then the batch shuffled and cut into one shard per learner rank."""
+    g = cfg.generation.group_size
+    adv = compute_advantages(rewards.view(-1, g), cfg.learner.advantage, cfg.learner.w_lambda).view(-1)  # (B*G,)
+    prompt_ids = [p.token_ids for part in parts for p in part.prompts for _ in range(g)]
+    resp = [r for part in parts for r in part.response_ids]
+    blp = [lp for part in parts for lp in part.behaviour_logprobs]
+    order = list(range(len(resp)))
+    rng.shuffle(order)  # mini-batches then draw from every group rather than a few prompts
+    world = cfg.learner.num_ranks
+    per = len(order) // world
+    return [
+        collate([prompt_ids[i] for i in idx], [resp[i] for i in idx], [blp[i] for i in idx],
+                [float(adv[i]) for i in idx], pad_id)
+        for idx in (order[r * per:(r + 1) * per] for r in range(world))
+    ]
+
+
+def rollout_metrics(parts: list[RolloutBatch], results, version: int) -> dict:
+    rewards = [r.score for r in results]
+    lengths = [len(x) for p in parts for x in p.response_ids]
+    finished = [f for p in parts for f in p.finished]
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    out = {
+        "reward/mean": sum(rewards) / len(rewards),
+        "reward/max": max(rewards),
+        "response/length_mean": sum(lengths) / len(lengths),
+        "response/truncated_fraction": 1 - sum(finished) / len(finished),
+        "staleness/max": version - min(p.policy_version for p in parts),
+        "staleness/mean": sum(version - p.policy_version for p in parts) / len(parts),
+    }
+    out.update({f"reward/status_{k}": v / len(results) for k, v in sorted(statuses.items())})
+    return out
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Train per `cfg`; returns the run directory. All input is checked before actors start."""
+    from transformers import AutoTokenizer
+
+    check_spec(cfg.reward.fn)
+    model_path = str(resolve_model_path(cfg.model.path))
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = load_prompts(cfg.data, cfg.model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    ray.init(address=cfg.address or None, ignore_reinit_error=True, log_to_driver=True)
+    check_resources(cfg)
+    run_dir = Path(cfg.tracking.run_dir.format(name=cfg.tracking.name))
+    t_start = time.perf_counter()
+    actors = launch_actors(cfg, model_path)
+    logger.info("actors ready in %.1fs: %d generation, %d reward, %d learner rank(s)", time.perf_counter() - t_start,
+                len(actors.generators), len(actors.rewards), len(actors.learners))
+    tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode)
+    try:
+        _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id)
+    finally:
+        tracker.close()
+    logger.info("done: %s", run_dir)
+    return run_dir
+
+
+def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTracker, pad_id: int) -> None:
+    rng = random.Random(cfg.seed)
+    inflight: deque[InFlight] = deque()
+    version, pending_loads = 0, []
+    for step in range(1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        while len(inflight) < cfg.max_staleness + 1:  # keep generation ahead of the learner
+            inflight.append(submit_rollout(actors, stream.take(cfg.prompts_per_step), cfg.generation.group_size))
+        batch = inflight.popleft()
+        parts = ray.get(batch.rollouts)
+        scored = ray.get(batch.scores)
+        t_wait = time.perf_counter() - t0
+        results = [r for res, _ in scored for r in res]
+        metrics = {"step": step, **rollout_metrics(parts, results, version)}
+        assert metrics["staleness/max"] <= cfg.max_staleness, "staleness bound violated"
+
+        rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
+        shards = train_shards(parts, rewards, cfg, pad_id, rng)
+        t1 = time.perf_counter()
+        learner_metrics = ray.get([w.train_step.remote(s) for w, s in zip(actors.learners, shards)])[0]
+        t_learn = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        state = [w.full_state_dict.remote() for w in actors.learners][0]  # every rank gathers; rank 0 returns
+        ray.wait([state])
+        version += 1
+        load_s = ray.get(pending_loads) if pending_loads else []
+        pending_loads = [gen.load_weights.remote(state, version) for gen in actors.generators]
+        metrics.update(learner_metrics)
+        metrics.update({
+            "policy_version": version,
+            "timing/generate_s": max(p.generate_s for p in parts),
+            "timing/reward_s": max(s for _, s in scored),
+            "timing/wait_rollout_s": t_wait,
+            "timing/learn_s": t_learn,
+            "timing/weight_sync_s": time.perf_counter() - t2 + (max(load_s) if load_s else 0.0),
+            "timing/step_s": time.perf_counter() - t0,
+        })
+        tracker.log(metrics)
+        logger.info(
+            "step %d/%d | reward %.3f | kept %.2f (tau %.3f) | entropy %.3f | stale %d | gen %.1fs reward %.1fs "
+            "learn %.1fs sync %.1fs | step %.1fs", step, cfg.steps, metrics["reward/mean"], metrics["mask/kept_fraction"],
+            metrics["mask/threshold"], metrics["entropy/mean"], metrics["staleness/max"], metrics["timing/generate_s"],
+            metrics["timing/reward_s"], t_learn, metrics["timing/weight_sync_s"], metrics["timing/step_s"])
+    ray.get(pending_loads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from launch.cli import main as cli_main
+
+    return cli_main(["train", *(argv or [])]) if argv is not None else cli_main(None, default_command="train")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

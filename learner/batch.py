@@ -1,0 +1,60 @@
+"""The learner's view of a rollout batch: padded tensors aligned for next-token scoring."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TrainShard:
+    """One rank's sequences. Column t of the (n, L-1) fields describes token t+1 of input_ids."""
+
+    input_ids: torch.Tensor  # (n, L) long: prompt + response, right-padded
+    attention_mask: torch.Tensor  # (n, L) long: 1 on real tokens
+    valid: torch.Tensor  # (n, L-1) bool: the target token is a response token
+    behaviour_logp: torch.Tensor  # (n, L-1) float: log-prob under the sampling policy (0 off valid)
+    advantages: torch.Tensor  # (n,) float: one advantage per sequence
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def targets(self) -> torch.Tensor:  # (n, L-1) long
+        return self.input_ids[:, 1:]
+
+    def rows(self, start: int, stop: int) -> "TrainShard":
+        """Sequences start..stop, trimmed to their longest real length (less padding to score)."""
+        length = int(self.attention_mask[start:stop].sum(dim=1).max().item())
+        return TrainShard(
+            self.input_ids[start:stop, :length],
+            self.attention_mask[start:stop, :length],
+            self.valid[start:stop, : length - 1],
+            self.behaviour_logp[start:stop, : length - 1],
+            self.advantages[start:stop],
+        )
+
+
+def collate(
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    behaviour_logp: list[list[float]],  # one per response token
+    advantages: list[float],
+    pad_id: int,
+) -> TrainShard:
+    n = len(prompt_ids)
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+    width = max(lengths)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    valid = torch.zeros((n, width - 1), dtype=torch.bool)
+    blp = torch.zeros((n, width - 1), dtype=torch.float32)
+    for i, (p, r, lp) in enumerate(zip(prompt_ids, response_ids, behaviour_logp)):
+        if len(lp) != len(r):
+            raise ValueError(f"sequence {i}: {len(r)} response tokens but {len(lp)} behaviour log-probs")
+        ids[i, : lengths[i]] = torch.tensor(p + r, dtype=torch.long)
+        attn[i, : lengths[i]] = 1
+        # Response token j sits at position len(p)+j and is predicted from column len(p)+j-1.
+        valid[i, len(p) - 1 : lengths[i] - 1] = True
+        blp[i, len(p) - 1 : lengths[i] - 1] = torch.tensor(lp, dtype=torch.float32)
+    return TrainShard(ids, attn, valid, blp, torch.tensor(advantages, dtype=torch.float32))

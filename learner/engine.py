@@ -1,0 +1,208 @@
+"""The policy under DeepSpeed ZeRO-3 and one optimizer-batch training step.
+
+A step, on every rank at once:
+1. a no-grad pass over this rank's micro-batches gives each response token's full-vocabulary
+   entropy (current policy, rollout temperature) and its log-prob;
+2. the entropy mask is chosen once for the whole batch over all ranks (`learner.masking`) and
+   stays fixed for every mini-batch update of the batch;
+3. for each epoch and mini-batch, micro-batch losses weighted by the mini-batch's global token
+   counts are back-propagated and DeepSpeed steps at the accumulation boundary.
+
+DeepSpeed divides the loss by the accumulation steps and averages gradients over ranks; the
+loss is multiplied back by both so that the update is exactly the gradient of the documented
+objective, whatever the split into micro-batches and ranks.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+import torch.distributed as dist
+
+from learner.batch import TrainShard
+from learner.logprobs import logprobs_and_entropy
+from learner.losses import BatchCounts, clipped_pg_loss, token_weights
+from learner.masking import select_tokens
+
+logger = logging.getLogger(__name__)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the learner group (gloo and nccl both take CPU int64/float64 on gloo; move for nccl)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    backend = dist.get_backend()
+    work = t.cuda() if backend == "nccl" else t.clone()
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(t.device)
+
+
+def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf16: bool) -> dict:
+    ds = {
+        "train_micro_batch_size_per_gpu": micro_per_rank,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro_per_rank * accumulation * world,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": [0.9, 0.999], "torch_adam": True},
+        },
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.warmup_steps > 0:  # DeepSpeed's WarmupLR refuses 0 warm-up steps
+        ds["scheduler"] = {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": cfg.warmup_steps,
+                       "warmup_type": "linear"},
+        }
+    return ds
+
+
+class PolicyTrainer:
+    """A ZeRO-3 sharded causal LM plus the masked clipped-PG update. torch.distributed must be up."""
+
+    def __init__(self, cfg, model_path: str, temperature: float, max_new_tokens: int, batch_size: int, seed: int):
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self.cfg, self.temperature, self.max_new_tokens = cfg, temperature, max_new_tokens
+        self.world = dist.get_world_size()
+        self.rank = dist.get_rank()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and self.device.type == "cuda")
+        mini = cfg.mini_batch_size or batch_size
+        self.minis_per_batch = batch_size // mini
+        self.micro_per_mini = mini // (self.world * cfg.micro_batch_size)
+        ds_cfg = deepspeed_config(cfg, cfg.micro_batch_size, self.micro_per_mini, self.world, bf16)
+        torch.manual_seed(seed)
+        # Keeping HfDeepSpeedConfig alive makes from_pretrained build the model under zero.Init,
+        # so each rank materialises only its shard of the weights.
+        self._hf_ds = HfDeepSpeedConfig(ds_cfg)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+        model.config.use_cache = False
+        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, config=ds_cfg, model_parameters=model.parameters())
+        self.generator = torch.Generator().manual_seed(seed + 1000 * self.rank)
+        self.updates = 0
+
+    # -- scoring ---------------------------------------------------------------------------------
+
+    def _forward(self, mb: TrainShard, with_entropy: bool):
+        logits = self.engine(
+            input_ids=mb.input_ids.to(self.device), attention_mask=mb.attention_mask.to(self.device)
+        ).logits[:, :-1]  # (m, l-1, V): column t predicts token t+1
+        return logprobs_and_entropy(logits, mb.targets.to(self.device), self.temperature, self.cfg.logprob_chunk, with_entropy)
+
+    @torch.no_grad()
+    def score(self, shard: TrainShard) -> tuple[torch.Tensor, torch.Tensor]:
+        """((n, L-1) log-probs, (n, L-1) entropies) of this rank's shard under the current policy."""
+        n, width = shard.valid.shape
+        logp = torch.zeros(n, width)
+        ent = torch.zeros(n, width)
+        for s in range(0, n, self.cfg.micro_batch_size):
+            mb = shard.rows(s, s + self.cfg.micro_batch_size)
+            lp, h = self._forward(mb, with_entropy=True)
+            w = lp.shape[1]
+            logp[s : s + len(mb), :w] = lp.float().cpu()
+            ent[s : s + len(mb), :w] = h.float().cpu()
+        return logp, ent
+
+    # -- training --------------------------------------------------------------------------------
+
+    def train_step(self, shard: TrainShard) -> dict[str, float]:
+        """One optimizer batch (this rank's shard); returns metrics reduced over all ranks."""
+        c, m = self.cfg, self.cfg.mask
+        t0 = time.perf_counter()
+        old_logp, entropy = self.score(shard)
+        keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
+        metrics = self._mask_metrics(shard, keep, entropy, tau, old_logp)
+        metrics["timing/score_s"] = time.perf_counter() - t0
+
+        n_local = len(shard)
+        rows_per_mini = n_local // self.minis_per_batch
+        sums = torch.zeros(5, dtype=torch.float64)  # loss, clip_low, clip_high, approx_kl, weight
+        grad_norms, lrs = [], []
+        for _ in range(c.epochs):
+            for mi in range(self.minis_per_batch):
+                lo, hi = mi * rows_per_mini, (mi + 1) * rows_per_mini
+                counts = self._global_counts(shard.valid[lo:hi], keep[lo:hi])
+                for s in range(lo, hi, c.micro_batch_size):
+                    mb = shard.rows(s, s + c.micro_batch_size)
+                    mb_keep = keep[s : s + len(mb), : mb.valid.shape[1]]
+                    sums += self._micro_step(mb, mb_keep, counts)
+                grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
+                lrs.append(self.scheduler.get_last_lr()[0] if self.scheduler else c.lr)
+                self.updates += 1
+        sums = all_reduce_sum(sums)
+        passes = c.epochs * self.minis_per_batch
+        metrics.update({
+            "losses/policy_loss": sums[0].item() / passes,
+            "losses/clipfrac_low": sums[1].item() / max(sums[4].item(), 1e-12),
+            "losses/clipfrac_high": sums[2].item() / max(sums[4].item(), 1e-12),
+            "losses/approx_kl": sums[3].item() / max(sums[4].item(), 1e-12),
+            "losses/grad_norm": sum(grad_norms) / len(grad_norms),
+            "charts/lr": lrs[-1],
+            "charts/optimizer_updates": self.updates,
+            "timing/learn_s": time.perf_counter() - t0,
+        })
+        return metrics
+
+    def _global_counts(self, valid: torch.Tensor, keep: torch.Tensor) -> BatchCounts:
+        local = torch.tensor([valid.sum().item(), keep.sum().item(), valid.shape[0]], dtype=torch.int64)
+        v, k, s = all_reduce_sum(local).tolist()
+        return BatchCounts(valid_tokens=v, kept_tokens=k, sequences=s)
+
+    def _micro_step(self, mb: TrainShard, keep: torch.Tensor, counts: BatchCounts) -> torch.Tensor:
+        c = self.cfg
+        logp, _ = self._forward(mb, with_entropy=False)
+        dev = logp.device
+        weights = token_weights(mb.valid, keep, c.aggregation, c.mask.normalize, counts, self.max_new_tokens).to(dev)
+        loss, stats = clipped_pg_loss(
+            logp.float(), mb.behaviour_logp.to(dev), mb.advantages.to(dev), weights, c.clip_low, c.clip_high, c.dual_clip
+        )
+        # Undo DeepSpeed's 1/accumulation and 1/world averaging: `loss` is already this micro-batch's
+        # exact share of the global objective.
+        self.engine.backward(loss * self.micro_per_mini * self.world)
+        self.engine.step()
+        return torch.tensor([loss.item(), stats["clip_low"].item(), stats["clip_high"].item(),
+                             stats["approx_kl"].item(), weights.sum().item()], dtype=torch.float64)
+
+    def _mask_metrics(self, shard, keep, entropy, tau, old_logp) -> dict[str, float]:
+        valid = shard.valid
+        dropped = valid & ~keep
+        mismatch = (old_logp - shard.behaviour_logp).abs()
+        local = torch.tensor([
+            valid.sum().item(), keep.sum().item(),
+            entropy[valid].double().sum().item(), entropy[keep].double().sum().item(),
+            entropy[dropped].double().sum().item(), mismatch[valid].double().sum().item(),
+        ], dtype=torch.float64)
+        n_valid, n_keep, h_all, h_keep, h_drop, mis = all_reduce_sum(local).tolist()
+        n_drop = n_valid - n_keep
+        return {
+            "mask/threshold": tau,
+            "mask/kept_fraction": n_keep / max(n_valid, 1),
+            "mask/kept_tokens": n_keep,
+            "entropy/mean": h_all / max(n_valid, 1),
+            "entropy/kept_mean": h_keep / max(n_keep, 1),
+            "entropy/dropped_mean": h_drop / n_drop if n_drop else math.nan,
+            "train/response_tokens": n_valid,
+            "train/behaviour_logp_abs_diff": mis / max(n_valid, 1),
+        }
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Gather the full weights (a ZeRO-3 collective: every rank must call); rank 0 gets them."""
+        import deepspeed
+
+        out = {}
+        for name, p in self.engine.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                if self.rank == 0:
+                    out[name] = p.detach().to("cpu", copy=True)
+        return out if self.rank == 0 else None

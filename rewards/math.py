@@ -1,0 +1,136 @@
+"""Math answer verification: extract the final answer, compare it with the ground truth by value.
+
+Departures from a plain `math_verify.verify(parse(gold), parse(response))`:
+- Only the *last* `\\boxed{}`/`\\fbox{}` counts (else a stated "final answer is ..."/"Answer: ...").
+  Handing the whole response to math-verify lets it try every candidate, so spraying boxes or a
+  stray earlier number could earn reward.
+- Only LaTeX parsing (latex2sympy, an ANTLR grammar) is used; math-verify's plain-expression path
+  goes through sympy's `parse_expr`, which calls `eval`, and model text must never be evaluated.
+- Parsing and comparison run in a killable process (`rewards.bounded`) with a wall-clock limit, so
+  any input gets an answer in bounded time, in any thread. The reason for a 0 is returned as well.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass
+
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 5.0
+MAX_ANSWER_CHARS = 1000  # longer "final answers" are treated as unparseable, not verified
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_STATED_RE = re.compile(
+    r"(?:final answer is|final answer:|answer is|answer:)\s*(?:\$+)?([^\n$]{1,200})", re.IGNORECASE
+)
+
+# Statuses a score can carry (besides the ones from rewards.bounded: timeout, error, crashed).
+CORRECT, WRONG, NO_ANSWER, UNPARSEABLE = "correct", "wrong", "no_answer", "unparseable"
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    score: float
+    status: str  # correct | wrong | no_answer | unparseable | timeout | error | crashed
+    detail: str = ""
+
+
+def _matching_brace(text: str, open_idx: int) -> int:
+    """Index of the '}' closing the '{' at open_idx, or -1. Linear time, no regex backtracking."""
+    depth = 0
+    for i in range(open_idx, len(text)):
+        c = text[i]
+        if c == "\\":
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete \\boxed{...} or \\fbox{...}, or None."""
+    starts = [m.end() - 1 for m in _BOX_RE.finditer(text)]
+    for start in reversed(starts):
+        end = _matching_brace(text, start)
+        if end != -1:
+            return text[start + 1 : end]
+    return None
+
+
+def extract_final_answer(text: str) -> str | None:
+    """The response's final answer: the last box, else the last stated answer, else None."""
+    text = text.replace("\x00", "")
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    tail = text[-4000:]  # a stated answer sits at the end; bounds the regex work on huge inputs
+    stated = list(_STATED_RE.finditer(tail))
+    if stated:
+        return stated[-1].group(1).strip().rstrip(".").strip()
+    return None
+
+
+def _as_gold(ground_truth: str) -> str:
+    gt = ground_truth.replace("\x00", "").strip()
+    boxed = last_boxed(gt)
+    return (boxed if boxed is not None else gt).strip()
+
+
+@functools.lru_cache(maxsize=1)
+def _latex_only_config():
+    from math_verify import LatexExtractionConfig
+
+    # boxed_match_priority=0 lets a boxed gold like "\boxed{3}" unwrap; answers arrive pre-extracted.
+    return [LatexExtractionConfig(boxed_match_priority=0)]
+
+
+def compare_answers(answer: str, gold: str) -> tuple[bool, str]:
+    """Runs inside the verifier process: (equal, status). Both sides parsed as LaTeX only."""
+    from math_verify import parse, verify
+
+    cfg = _latex_only_config()
+    gold_parsed = parse(f"${gold}$", extraction_config=cfg)
+    if not gold_parsed:
+        raise ValueError(f"ground truth {gold[:80]!r} could not be parsed")
+    ans_parsed = parse(f"${answer}$", extraction_config=cfg)
+    if not ans_parsed:
+        return False, UNPARSEABLE
+    return bool(verify(gold_parsed, ans_parsed)), ""
+
+
+def score_math(response: str, ground_truth: str) -> tuple[float, str]:
+    """(score, status) for one response. Unbounded in time: call it through a RewardScorer."""
+    answer = extract_final_answer(response)
+    if answer is None:
+        return 0.0, NO_ANSWER
+    if not answer or len(answer) > MAX_ANSWER_CHARS:
+        return 0.0, UNPARSEABLE
+    equal, why = compare_answers(answer, _as_gold(ground_truth))
+    return (1.0, CORRECT) if equal else (0.0, why or WRONG)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_scorer():
+    # math_reward is the plain-function contract; it shares one lazily started verifier process
+    # per Python process so that calling it in a loop does not pay a process start per call.
+    from rewards.registry import RewardScorer
+
+    return RewardScorer("math", timeout_s=DEFAULT_TIMEOUT_S)
+
+
+def math_reward(response: str, ground_truth: str) -> float:
+    """1.0 when the response's final answer equals the ground truth mathematically, else 0.0.
+
+    Never raises; bounded in time on any input (default 5 s per call).
+    """
+    try:
+        return _default_scorer().score_batch([str(response)], [str(ground_truth)])[0].score
+    except RuntimeError as e:  # only a verifier process that cannot start; the contract is never to raise
+        logger.error("math_reward: %s", e)
+        return 0.0

