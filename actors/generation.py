@@ -14,6 +14,16 @@ from actors.types import Prompt, RolloutBatch
 logger = logging.getLogger(__name__)
 
 
+def _repack_tied_lm_head(worker) -> None:
+    """Runs in vLLM's worker. With tied embeddings the checkpoint has no lm_head entry, so the
+    in-place reload never re-processes lm_head; on CPU that layer keeps a packed copy of the old
+    embedding matrix (oneDNN/SGL GEMM handle) and would sample from stale logits. Repack it."""
+    model = worker.model_runner.model
+    lm_head = getattr(model, "lm_head", None)
+    if lm_head is not None and getattr(model.config, "tie_word_embeddings", False) and hasattr(lm_head, "quant_method"):
+        lm_head.quant_method.process_weights_after_loading(lm_head)
+
+
 class GenerationWorker:
     def __init__(self, cfg, model_path: str, seed: int):
         import torch
@@ -59,6 +69,7 @@ class GenerationWorker:
         """Load full HF-named weights in place (vLLM repacks them for its kernels); returns seconds."""
         t0 = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.llm.collective_rpc(_repack_tied_lm_head)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         self.version = version
         return time.perf_counter() - t0
