@@ -102,6 +102,8 @@ class LearnerConfig:
     """GPUs per rank (1 on clusters)."""
     num_cpus: float = 1.0
     """Ray CPUs per rank."""
+    torch_threads: int = 0
+    """CPU threads for torch in each rank (0 = Ray's default, one per whole CPU requested)."""
     lr: float = 1e-6
     """AdamW learning rate."""
     weight_decay: float = 0.0
@@ -205,6 +207,7 @@ def validate(c: TrainConfig) -> None:
            "learner.aggregation", f"unknown mode {l.aggregation!r}")
     _check(l.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
     _check(l.lr > 0, "learner.lr", "must be > 0")
+    _check(l.torch_threads >= 0, "learner.torch_threads", "must be >= 0")
     _check(l.clip_low >= 0 and l.clip_high >= 0, "learner.clip_low", "clip epsilons must be >= 0")
     _check(l.epochs >= 1, "learner.epochs", "must be >= 1")
     batch = c.prompts_per_step * g.group_size

@@ -42,15 +42,30 @@ def check_resources(cfg) -> None:
             "generation.num_gpus / learner.num_gpus to 0 for CPU, or add GPU nodes")
 
 
-def launch_actors(cfg, model_path: str) -> Actors:
-    g, r, l = cfg.generation, cfg.reward, cfg.learner
+def launch_generators(cfg, model_path: str) -> list:
+    g = cfg.generation
     Gen = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus)(GenerationWorker)
-    Rew = ray.remote(num_cpus=r.num_cpus)(RewardWorker)
+    return [Gen.options(runtime_env={"env_vars": GEN_ENV}).remote(g, model_path, cfg.seed + i) for i in range(g.num_actors)]
+
+
+def launch_rewards(cfg) -> list:
+    Rew = ray.remote(num_cpus=cfg.reward.num_cpus)(RewardWorker)
+    return [Rew.remote(cfg.reward) for _ in range(cfg.reward.num_actors)]
+
+
+def launch_learners(cfg, model_path: str) -> list:
+    """Start the ranks and form their torch.distributed group (rank 0 hosts the rendezvous)."""
+    l, g = cfg.learner, cfg.generation
     Lrn = ray.remote(num_cpus=l.num_cpus, num_gpus=l.num_gpus)(LearnerWorker)
-    gens = [Gen.options(runtime_env={"env_vars": GEN_ENV}).remote(g, model_path, cfg.seed + i) for i in range(g.num_actors)]
-    rews = [Rew.remote(r) for _ in range(r.num_actors)]
-    lrns = [Lrn.options(runtime_env={"env_vars": LEARNER_ENV}).remote(l, rank, l.num_ranks) for rank in range(l.num_ranks)]
-    master = ray.get(lrns[0].address.remote())
+    env = dict(LEARNER_ENV, **({"OMP_NUM_THREADS": str(l.torch_threads)} if l.torch_threads else {}))
+    ranks = [Lrn.options(runtime_env={"env_vars": env}).remote(l, rank, l.num_ranks) for rank in range(l.num_ranks)]
+    master = ray.get(ranks[0].address.remote())
     batch = cfg.prompts_per_step * g.group_size
-    ray.get([w.setup.remote(master, model_path, g.temperature, g.max_new_tokens, batch, cfg.seed) for w in lrns])
-    return Actors(gens, rews, lrns)
+    ray.get([w.setup.remote(master, model_path, g.temperature, g.max_new_tokens, batch, cfg.seed) for w in ranks])
+    return ranks
+
+
+def launch_actors(cfg, model_path: str) -> Actors:
+    # Generation and reward actors start loading while the learner group forms.
+    gens, rews = launch_generators(cfg, model_path), launch_rewards(cfg)
+    return Actors(gens, rews, launch_learners(cfg, model_path))

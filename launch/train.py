@@ -161,6 +161,9 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
             "learn %.1fs sync %.1fs | step %.1fs", step, cfg.steps, metrics["reward/mean"], metrics["mask/kept_fraction"],
             metrics["mask/threshold"], metrics["entropy/mean"], metrics["staleness/max"], metrics["timing/generate_s"],
             metrics["timing/reward_s"], t_learn, metrics["timing/weight_sync_s"], metrics["timing/step_s"])
+        if step == 1 or step % 5 == 0 or step == cfg.steps:
+            logger.info("sample (reward %.0f, answer %s): %r", results[0].score, parts[0].prompts[0].answer,
+                        parts[0].response_text[0][:300])
     ray.get(pending_loads)
 
 

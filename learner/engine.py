@@ -81,6 +81,8 @@ class PolicyTrainer:
         self.micro_per_mini = mini // (self.world * cfg.micro_batch_size)
         ds_cfg = deepspeed_config(cfg, cfg.micro_batch_size, self.micro_per_mini, self.world, bf16)
         torch.manual_seed(seed)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
         # Keeping HfDeepSpeedConfig alive makes from_pretrained build the model under zero.Init,
         # so each rank materialises only its shard of the weights.
         self._hf_ds = HfDeepSpeedConfig(ds_cfg)

@@ -1,0 +1,24 @@
+# Every target sets itself up: a fresh clone needs only `make demo` or `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-unit bench clean
+
+install:
+	@bash scripts/install.sh
+
+demo: install
+	$(BIN)/forkrl prepare-model
+	$(BIN)/forkrl train --config configs/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest tests
+
+test-unit: install
+	$(BIN)/python -m pytest tests -m unit
+
+bench: install
+	$(BIN)/python bench/reward_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,119 @@
+"""Actors on a local Ray: real vLLM generation + weight sync, reward pool, ZeRO-3 learner group."""
+import pytest
+import torch
+
+from actors.types import Prompt
+from launch.config import load_config
+from launch.placement import launch_generators, launch_learners, launch_rewards
+from learner.batch import collate
+
+pytestmark = pytest.mark.ray
+
+
+def tiny_cfg(tiny_model, *overrides):
+    return load_config(None, [
+        f"model.path={tiny_model}", "model.chat_template=false", "generation.num_cpus=0.5",
+        "generation.gpu_memory_utilization=0.1", "generation.max_model_len=64", "generation.max_new_tokens=6",
+        "data.max_prompt_tokens=16", "reward.num_cpus=0.25", "learner.num_cpus=0.5", *overrides])
+
+
+def hf_logprobs(model, prompt, response):
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0, len(prompt) - 1:-1].float(), -1)
+    return logp.gather(1, torch.tensor(response)[:, None]).squeeze(1)
+
+
+def test_generation_samples_groups_and_loads_new_weights(ray_local, tiny_model):
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_cfg(tiny_model, "generation.group_size=3")
+    (gen,) = launch_generators(cfg, str(tiny_model))
+    prompts = [Prompt(0, [1, 5, 6], "yes"), Prompt(1, [1, 7], "no")]
+    out = ray.get(gen.generate.remote(prompts))
+    assert len(out) == 6 and out.group_size == 3 and out.policy_version == 0
+    assert all(len(r) == len(lp) for r, lp in zip(out.response_ids, out.behaviour_logprobs))
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a policy far from the initial one: logits become peaked
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    state = {k: v.detach().clone() for k, v in model.named_parameters()}
+    ray.get(gen.load_weights.remote(ray.put(state), 7))
+    out = ray.get(gen.generate.remote(prompts))
+    assert out.policy_version == 7
+    for i in range(len(out)):
+        prompt = prompts[i // 3].token_ids
+        ref = hf_logprobs(model, prompt, out.response_ids[i])
+        # vLLM's behaviour log-probs must be those of the *new* weights (stale tied lm_head would fail)
+        assert torch.allclose(torch.tensor(out.behaviour_logprobs[i]), ref, atol=1e-3), i
+    ray.kill(gen)
+
+
+def test_reward_pool_survives_a_hostile_batch(ray_local, tiny_model):
+    import ray
+
+    cfg = tiny_cfg(tiny_model, "reward.timeout_s=1.5", "reward.num_actors=2", "reward.workers_per_actor=2")
+    rewards = launch_rewards(cfg)
+    texts = [r"\boxed{4}", r"\boxed{9^{9^{9^{9^{9}}}}}", "x" * 200_000 + r"\boxed{4}", r"\boxed{5}", "\x00" * 10,
+             r"\boxed{" + "{" * 3000, r"\boxed{2+2}", r"\boxed{100000000!}"]
+    answers = ["4"] * len(texts)
+    half = len(texts) // 2
+    parts = ray.get([rewards[0].score.remote(texts[:half], answers[:half]), rewards[1].score.remote(texts[half:], answers[half:])])
+    results = parts[0][0] + parts[1][0]
+    assert [r.score for r in results] == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert results[1].status == "timeout"
+    # the pool is healthy afterwards
+    again = ray.get([rw.score.remote([r"\boxed{4}", r"\boxed{3}"], ["4", "4"]) for rw in rewards])
+    assert [[r.score for r in res] for res, _ in again] == [[1.0, 0.0], [1.0, 0.0]]
+    [ray.kill(r) for r in rewards]
+
+
+def make_batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prompts = [[1] + torch.randint(4, 40, (int(torch.randint(2, 5, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    resp = [torch.randint(4, 40, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    blp = [(-3.6 + 0.1 * torch.randn(len(r), generator=g)).tolist() for r in resp]
+    adv = torch.randn(n, generator=g).tolist()
+    return prompts, resp, blp, adv
+
+
+def run_learners(ray, tiny_model, ranks, micro, batch):
+    cfg = tiny_cfg(tiny_model, f"learner.num_ranks={ranks}", f"learner.micro_batch_size={micro}", "prompts_per_step=2",
+                   "generation.group_size=4", "learner.lr=1e-2", "learner.mask.rho=0.3")
+    learners = launch_learners(cfg, str(tiny_model))
+    prompts, resp, blp, adv = batch
+    per = len(prompts) // ranks
+    shards = [collate(prompts[r * per:(r + 1) * per], resp[r * per:(r + 1) * per], blp[r * per:(r + 1) * per],
+                      adv[r * per:(r + 1) * per], 0) for r in range(ranks)]
+    metrics = ray.get([w.train_step.remote(s) for w, s in zip(learners, shards)])
+    state = ray.get([w.full_state_dict.remote() for w in learners])[0]
+    [ray.kill(w) for w in learners]
+    return metrics, state
+
+
+def test_two_zero3_ranks_equal_one_process(ray_local, tiny_model):
+    """Batch-scope mask threshold, token-level loss and the update itself are split-invariant."""
+    import ray
+
+    batch = make_batch()
+    (m1,), s1 = run_learners(ray, tiny_model, ranks=1, micro=4, batch=batch)
+    m2, s2 = run_learners(ray, tiny_model, ranks=2, micro=2, batch=batch)
+    assert m2[0]["mask/threshold"] == m2[1]["mask/threshold"] == m1["mask/threshold"]
+    assert m2[0]["mask/kept_tokens"] == m1["mask/kept_tokens"]
+    assert m2[0]["losses/policy_loss"] == pytest.approx(m1["losses/policy_loss"], rel=1e-5, abs=1e-7)
+    assert m2[0]["losses/grad_norm"] == pytest.approx(m1["losses/grad_norm"], rel=1e-4)
+    assert m1["losses/grad_norm"] > 0
+    assert s1.keys() == s2.keys() and len(s1) > 0
+    # Adam's first step is about lr * sign(g): where g is ~0, float summation order flips signs, so
+    # compare the updates as a whole and element-wise for all but a sliver of near-zero gradients.
+    from safetensors.torch import load_file
+
+    w0 = load_file(str(tiny_model / "model.safetensors"))
+    d1 = torch.cat([(s1[k] - w0[k]).flatten() for k in s1])
+    d2 = torch.cat([(s2[k] - w0[k]).flatten() for k in s1])
+    assert d1.abs().max() > 1e-3  # the step really moved the weights
+    assert torch.nn.functional.cosine_similarity(d1, d2, dim=0) > 0.999
+    assert ((d1 - d2).abs() > 1e-6).float().mean() < 0.01

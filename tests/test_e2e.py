@@ -1,0 +1,115 @@
+"""End to end through the real CLI: Ray + vLLM + DeepSpeed ZeRO-3 + wandb (offline)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+REQUIRED = ["step", "policy_version", "reward/mean", "entropy/mean", "mask/threshold", "mask/kept_fraction",
+            "staleness/max", "timing/step_s", "timing/generate_s", "timing/learn_s", "timing/weight_sync_s"]
+
+
+def forkrl(*args, timeout=900, env=None):
+    return subprocess.run([str(BIN / "forkrl"), "train", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "WANDB_SILENT": "true", **(env or {})})
+
+
+def tiny_args(tiny_model, yes_data, run_dir):
+    return ["--config", REPO / "configs/tiny.yaml", f"model.path={tiny_model}", f"data.train_files={yes_data}",
+            f"tracking.run_dir={run_dir}"]
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
+    run_dir = tmp_path / "run"
+    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=4", "max_staleness=1", "learner.num_ranks=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["policy_version"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert set(REQUIRED) <= set(r)
+        assert 0.2 <= r["mask/kept_fraction"] < 0.5  # top-20% of the batch (ties may add a few)
+        assert r["staleness/max"] <= 1
+    assert [r["staleness/max"] for r in rows[1:]] == [1, 1, 1]  # generation really ran ahead
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["learner"]["num_ranks"] == 2 and cfg["max_staleness"] == 1
+    assert (run_dir / "curves.png").stat().st_size > 1000
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline and list(offline[0].glob("*.wandb"))
+
+
+def test_loop_learns_a_trivially_learnable_reward(tiny_model, yes_data, tmp_path):
+    """Reward 1 when the response starts with 'yes' (about 1 in 44 at random init)."""
+    run_dir = tmp_path / "learn"
+    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=40", "prompts_per_step=8", "generation.group_size=8",
+                 "generation.max_new_tokens=4", "learner.num_ranks=1", "learner.micro_batch_size=16", "learner.lr=1e-2",
+                 "tracking.wandb_mode=disabled")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rewards = [r["reward/mean"] for r in read_metrics(run_dir)]
+    assert rewards[0] < 0.2
+    assert max(rewards) > 0.8, rewards
+    assert sum(rewards[-5:]) / 5 > 0.8, rewards
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("learner.mask.rho=1.5", "learner.mask.rho: must be in (0, 1]"),
+    ("learner.nope=1", "learner.nope: unknown config key"),
+    ("model.path=/nonexistent/model", "model.path='/nonexistent/model': no Hugging Face model folder"),
+    ("reward.fn=not_a_module_xyz:fn", "reward.fn='not_a_module_xyz:fn': cannot import"),
+])
+def test_bad_input_fails_in_one_line_before_any_actor(tiny_model, yes_data, tmp_path, override, needle):
+    run_dir = tmp_path / "bad"
+    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), override, timeout=120)
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("forkrl: error: ") and needle in last, res.stderr[-2000:]
+    assert not run_dir.exists()  # nothing started, nothing half-written
+
+
+def test_malformed_data_row_names_file_and_row(tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "answer": "yes"}\n{"prompt": "b"}\n')
+    res = forkrl("--config", REPO / "configs/tiny.yaml", f"model.path={tiny_model}", f"data.train_files={bad}",
+                 f"tracking.run_dir={tmp_path / 'run'}", timeout=120)
+    assert res.returncode == 2
+    assert f"{bad} row 2: missing field 'answer'" in res.stderr.strip().splitlines()[-1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_to_a_local_head(tiny_model, yes_data, tmp_path):
+    gcs, dash = free_port(), free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": "", "WANDB_SILENT": "true"}
+    env.pop("RAY_ADDRESS")
+    start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                            "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        run_dir = tmp_path / "job"
+        entry = [sys.executable, "-m", "launch.train", *map(str, tiny_args(tiny_model, yes_data, run_dir)), "steps=2",
+                 "learner.num_ranks=1", "tracking.wandb_mode=disabled"]
+        sub = subprocess.run([str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}",
+                              f"--runtime-env-json={json.dumps({'working_dir': str(REPO), 'excludes': ['.venv', 'runs', '.git']})}",
+                              "--", *entry], capture_output=True, text=True, env=env, timeout=900)
+        assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-2000:])
+        assert "succeeded" in sub.stdout
+        assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)

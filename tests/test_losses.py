@@ -1,0 +1,119 @@
+import math
+
+import pytest
+import torch
+
+from learner.advantages import compute_advantages, drgrpo, grpo, reinforce_pp, rloo, w_reinforce
+from learner.batch import collate
+from learner.logprobs import logprobs_and_entropy
+from learner.losses import BatchCounts, clipped_pg_loss, token_weights
+
+
+def test_grpo_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    # mean 0.5, unbiased std sqrt(1/3)
+    expect = (r - 0.5) / (math.sqrt(1 / 3) + 1e-6)
+    assert torch.allclose(grpo(r), expect)
+    assert torch.equal(grpo(torch.ones(1, 4)), torch.zeros(1, 4))  # all-equal group: no signal
+
+
+def test_drgrpo_rloo_reinforce_pp_wreinforce_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0]])
+    assert torch.allclose(drgrpo(r), torch.tensor([[0.75, -0.25, -0.25, -0.25], [0.25, 0.25, -0.75, 0.25]]))
+    # leave-one-out: 1 - 0 = 1; 0 - 1/3
+    assert torch.allclose(rloo(r)[0], torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]))
+    flat = r.flatten()
+    assert torch.allclose(reinforce_pp(r), (r - flat.mean()) / (flat.std() + 1e-6))
+    assert torch.equal(w_reinforce(r, 0.1)[0], torch.tensor([0.1, -1.0, -1.0, -1.0]))
+    assert torch.equal(w_reinforce(r, 0.0)[1], torch.tensor([0.0, 0.0, -1.0, 0.0]))  # pure NSR
+    with pytest.raises(ValueError, match="unknown advantage"):
+        compute_advantages(r, "ppo")
+
+
+def test_clipped_loss_by_hand_with_clip_higher():
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios against behaviour logp 0
+    old = torch.zeros(1, 3)
+    w = torch.ones(1, 3)
+    loss_pos, stats = clipped_pg_loss(logp, old, torch.tensor([1.0]), w, 0.2, 0.28)
+    # A>0: -min(r, clip(r)) -> -1.28, -0.5, -1.1
+    assert loss_pos.item() == pytest.approx(-(1.28 + 0.5 + 1.1))
+    assert stats["clip_high"].item() == 1.0 and stats["clip_low"].item() == 0.0
+    loss_neg, stats = clipped_pg_loss(logp, old, torch.tensor([-1.0]), w, 0.2, 0.28)
+    # A<0: max(r, clip(r)) -> 1.5, 0.8, 1.1
+    assert loss_neg.item() == pytest.approx(1.5 + 0.8 + 1.1)
+    assert stats["clip_low"].item() == 1.0
+    dual, _ = clipped_pg_loss(logp, old, torch.tensor([-1.0]), w, 0.2, 0.28, dual_clip=1.2)
+    assert dual.item() == pytest.approx(1.2 + 0.8 + 1.1)  # 1.5 capped at c*|A| = 1.2
+
+
+def test_masked_tokens_get_exactly_zero_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    targets = torch.randint(0, 11, (2, 5))
+    logp, _ = logprobs_and_entropy(logits, targets)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    keep = torch.zeros(2, 5, dtype=torch.bool)
+    keep[0, 1] = keep[1, 3] = True
+    w = token_weights(valid, keep, "token_mean", "all", BatchCounts(10, 2, 2), 5)
+    loss, _ = clipped_pg_loss(logp, logp.detach(), torch.tensor([1.0, -0.5]), w, 0.2, 0.28)
+    loss.backward()
+    per_token = logits.grad.abs().sum(-1)  # (2, 5)
+    assert torch.count_nonzero(per_token[~keep]) == 0
+    assert (per_token[keep] > 0).all()
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+@pytest.mark.parametrize("normalize", ["all", "kept"])
+def test_micro_batched_loss_and_gradient_equal_whole_batch(aggregation, normalize):
+    torch.manual_seed(1)
+    n, t = 6, 7
+    logits = torch.randn(n, t, 13, requires_grad=True)
+    targets = torch.randint(0, 13, (n, t))
+    valid = torch.rand(n, t) > 0.3
+    keep = valid & (torch.rand(n, t) > 0.5)
+    adv = torch.randn(n)
+    old = torch.randn(n, t) * 0.1 - 2.5
+    counts = BatchCounts(int(valid.sum()), int(keep.sum()), n)
+
+    def loss_of(rows):
+        lp, _ = logprobs_and_entropy(logits[rows], targets[rows])
+        w = token_weights(valid[rows], keep[rows], aggregation, normalize, counts, t)
+        return clipped_pg_loss(lp, old[rows], adv[rows], w, 0.2, 0.28)[0]
+
+    whole = loss_of(slice(0, n))
+    (g_whole,) = torch.autograd.grad(whole, logits)
+    parts = [loss_of(slice(0, 2)), loss_of(slice(2, 3)), loss_of(slice(3, 6))]
+    (g_parts,) = torch.autograd.grad(sum(parts), logits)
+    assert sum(parts).item() == pytest.approx(whole.item(), rel=1e-6, abs=1e-7)
+    assert torch.allclose(g_parts, g_whole, atol=1e-7)
+
+
+def test_token_mean_divides_by_all_valid_tokens_or_kept():
+    valid = torch.tensor([[True, True, True, False]])
+    keep = torch.tensor([[True, False, False, False]])
+    counts = BatchCounts(valid_tokens=30, kept_tokens=6, sequences=4)
+    assert token_weights(valid, keep, "token_mean", "all", counts, 8)[0, 0] == pytest.approx(1 / 30)
+    assert token_weights(valid, keep, "token_mean", "kept", counts, 8)[0, 0] == pytest.approx(1 / 6)
+    assert token_weights(valid, keep, "seq_mean_token_mean", "all", counts, 8)[0, 0] == pytest.approx(1 / 3 / 4)
+    assert token_weights(valid, keep, "seq_mean_token_sum_norm", "all", counts, 8)[0, 0] == pytest.approx(1 / 32)
+
+
+def test_chunked_logprobs_and_entropy_match_direct():
+    torch.manual_seed(2)
+    logits = torch.randn(3, 9, 50) * 3
+    targets = torch.randint(0, 50, (3, 9))
+    lp, ent = logprobs_and_entropy(logits, targets, temperature=0.7, chunk=4)
+    ref = torch.log_softmax(logits / 0.7, -1)
+    assert torch.allclose(lp, ref.gather(-1, targets[..., None]).squeeze(-1), atol=1e-5)
+    assert torch.allclose(ent, -(ref.exp() * ref).sum(-1), atol=1e-5)
+
+
+def test_collate_aligns_response_tokens_and_logprobs():
+    s = collate([[1, 2, 3], [4]], [[7, 8], [9, 10, 11]], [[-0.1, -0.2], [-0.3, -0.4, -0.5]], [1.0, -1.0], pad_id=0)
+    assert s.input_ids.tolist() == [[1, 2, 3, 7, 8], [4, 9, 10, 11, 0]]
+    # column t predicts token t+1: response tokens are targets at columns 2,3 and 0,1,2
+    assert s.valid.tolist() == [[False, False, True, True], [True, True, True, False]]
+    assert s.targets[s.valid].tolist() == [7, 8, 9, 10, 11]
+    assert s.behaviour_logp[s.valid].tolist() == pytest.approx([-0.1, -0.2, -0.3, -0.4, -0.5])
+    with pytest.raises(ValueError, match="behaviour log-probs"):
+        collate([[1]], [[2, 3]], [[-0.1]], [0.0], 0)

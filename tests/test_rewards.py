@@ -1,0 +1,162 @@
+import time
+
+import pytest
+
+from rewards.math import extract_final_answer, math_reward
+from rewards.registry import RewardScorer, check_spec
+
+# (response, ground truth, expected reward)
+CASES = [
+    # integers, decimals, fractions
+    (r"So the answer is \boxed{42}.", "42", 1.0),
+    (r"\boxed{42}", "43", 0.0),
+    (r"\boxed{\frac12}", "0.5", 1.0),
+    (r"\boxed{\dfrac{3}{4}}", "0.75", 1.0),
+    (r"\boxed{\tfrac{1}{2}}", r"\frac{1}{2}", 1.0),
+    (r"\boxed{0.25}", r"\frac14", 1.0),
+    (r"\boxed{2/4}", r"\frac{1}{2}", 1.0),
+    # signs, surds, pi, e, powers, factorials, logs
+    (r"\boxed{-3}", "3", 0.0),
+    (r"\boxed{-3}", "-3", 1.0),
+    (r"\boxed{2\sqrt{2}}", r"\sqrt{8}", 1.0),
+    (r"\boxed{1.4142}", r"\sqrt{2}", 0.0),  # a truncated decimal is not the surd
+    (r"\boxed{2\pi}", r"2\pi", 1.0),
+    (r"\boxed{6.28}", r"2\pi", 0.0),
+    (r"\boxed{e^{2}}", "e^2", 1.0),
+    (r"\boxed{2^{10}}", "1024", 1.0),
+    (r"\boxed{5!}", "120", 1.0),
+    (r"\boxed{\log_2 8}", "3", 1.0),
+    # scientific notation, degrees, units, text
+    (r"\boxed{1.5\times10^{3}}", "1500", 1.0),
+    (r"\boxed{30^\circ}", "30", 1.0),
+    (r"\boxed{3\text{ cm}}", "3", 1.0),
+    (r"\boxed{\text{5}}", "5", 1.0),
+    # x = 5 against 5
+    (r"\boxed{x=5}", "5", 1.0),
+    (r"\boxed{x = 6}", "5", 0.0),
+    # tuples ordered, sets unordered, intervals closure
+    (r"\boxed{(1,2)}", "(1,2)", 1.0),
+    (r"\boxed{(2,1)}", "(1,2)", 0.0),
+    (r"\boxed{\{1,2\}}", r"\{2,1\}", 1.0),
+    (r"\boxed{[1,2]}", "[1,2]", 1.0),
+    (r"\boxed{[1,2)}", "[1,2]", 0.0),
+    (r"\boxed{(0,\infty)}", r"(0, \infty)", 1.0),
+    # polynomials and expressions
+    (r"\boxed{(x+1)^2}", "x^2+2x+1", 1.0),
+    (r"\boxed{x^2+1}", "x^2+2x+1", 0.0),
+    (r"\boxed{\frac{x^2-1}{x-1}}", "x+1", 1.0),
+    # ground truth in any form, boxed or not
+    (r"\boxed{7}", r"\boxed{7}", 1.0),
+    (r"\boxed{0.5}", r"$\frac{1}{2}$", 1.0),
+    # which answer counts
+    (r"First I got 7, but \boxed{3}", "7", 0.0),  # a stray number never beats the box
+    (r"\boxed{1} no wait \boxed{2}", "2", 1.0),  # the last box counts
+    (r"\boxed{1}\boxed{2}\boxed{3}\boxed{4}", "1", 0.0),  # spraying boxes earns nothing
+    (r"\boxed{}", "1", 0.0),
+    ("I don't know.", "1", 0.0),
+    ("", "1", 0.0),
+    ("The final answer is 12.", "12", 1.0),
+    ("Answer: 12", "12", 1.0),
+    (r"\fbox{9}", "9", 1.0),
+]
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    s = RewardScorer("math", timeout_s=5.0, num_workers=2)
+    yield s
+    s.close()
+
+
+def test_math_cases(scorer):
+    results = scorer.score_batch([c[0] for c in CASES], [c[1] for c in CASES])
+    wrong = [(c, r) for c, r in zip(CASES, results) if r.score != c[2]]
+    assert not wrong, wrong
+
+
+def test_math_reward_contract():
+    assert math_reward(r"\boxed{\frac{1}{2}}", "0.5") == 1.0
+    assert math_reward("no answer", "0.5") == 0.0
+    assert isinstance(math_reward(None, None), float)  # never raises
+
+
+def test_extraction_is_linear_and_picks_the_last_complete_box():
+    assert extract_final_answer(r"\boxed{a{b}c} then \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
+    assert extract_final_answer(r"\boxed{3} and an unclosed \boxed{4") == "3"
+    t0 = time.perf_counter()
+    assert extract_final_answer("{" * 100_000 + r"\boxed{" + "{" * 100_000) is None
+    assert time.perf_counter() - t0 < 2.0
+
+
+HOSTILE = [
+    r"\boxed{9^{9^{9^{9^{9^{9}}}}}}",
+    r"\boxed{100000000!}",
+    r"\boxed{\sum_{n=1}^{10^{12}} n^{n}}",
+    "\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}",
+    "x" * 200_000 + r"\boxed{3}",
+    "a\x00b\x00" * 1000 + r"\boxed{3}",
+    r"\boxed{\input{/etc/passwd}}",
+    r"\boxed{__import__('os').system('touch /tmp/forkrl_pwned')}",
+]
+
+
+def test_hostile_inputs_get_results_within_the_time_bound():
+    s = RewardScorer("math", timeout_s=2.0, num_workers=1)
+    try:
+        for h in HOSTILE:
+            t0 = time.perf_counter()
+            (res,) = s.score_batch([h], ["3"])
+            elapsed = time.perf_counter() - t0
+            assert res.score in (0.0, 1.0)
+            assert elapsed < 2.0 + 3.0, (h[:40], elapsed)  # limit + a process restart
+        # after timeouts the scorer still works
+        assert s.score_batch([r"\boxed{3}"], ["3"])[0].score == 1.0
+    finally:
+        s.close()
+    import os
+
+    assert not os.path.exists("/tmp/forkrl_pwned")
+
+
+def test_power_tower_is_reported_as_timeout_not_wrong():
+    s = RewardScorer("math", timeout_s=1.0)
+    try:
+        (res,) = s.score_batch([r"\boxed{9^{9^{9^{9^{9}}}}}"], ["1"])
+        assert res.status == "timeout" and res.score == 0.0
+        assert s.restarts == 1
+    finally:
+        s.close()
+
+
+def test_custom_and_builtin_rewards():
+    s = RewardScorer("tests.fixtures.my_reward:length_bonus", timeout_s=5.0)
+    assert [r.score for r in s.score_batch(["x" * 50, "x" * 500], ["", ""])] == [0.5, 1.0]
+    s.close()
+    s = RewardScorer("starts_with", timeout_s=5.0)
+    assert [r.score for r in s.score_batch(["yes it is", "no yes", ""], ["yes"] * 3)] == [1.0, 0.0, 0.0]
+    s.close()
+
+
+def test_custom_reward_failures_are_reported_with_the_function_name():
+    s = RewardScorer("tests.fixtures.my_reward:broken", timeout_s=5.0)
+    (res,) = s.score_batch(["a"], ["b"])
+    assert res.status == "error" and "my_reward:broken" in res.detail and "KeyError" in res.detail
+    s.close()
+    s = RewardScorer("tests.fixtures.my_reward:not_a_number", timeout_s=5.0)
+    (res,) = s.score_batch(["a"], ["b"])
+    assert res.status == "error" and "expected a finite float" in res.detail
+    s.close()
+    s = RewardScorer("tests.fixtures.my_reward:sleepy", timeout_s=0.5)
+    (res,) = s.score_batch(["a"], ["b"])
+    assert res.status == "timeout"
+    s.close()
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("nope", "expected one of"),
+    ("no_such_module_xyz:f", "cannot import"),
+    ("tests.fixtures.my_reward:missing", "has no function missing"),
+])
+def test_bad_reward_spec_is_rejected_up_front(spec, needle):
+    with pytest.raises(ValueError, match=needle):
+        check_spec(spec)
