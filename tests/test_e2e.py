@@ -95,8 +95,12 @@ def free_port():
 
 def test_ray_job_submit_to_a_local_head(tiny_model, yes_data, tmp_path):
     gcs, dash = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": "", "WANDB_SILENT": "true"}
-    env.pop("RAY_ADDRESS")
+    import secrets
+
+    # Ray clusters authenticate job submission with a shared token, as a real cluster would.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "WANDB_SILENT": "true",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
     start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
                             "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
