@@ -130,6 +130,12 @@ class LearnerConfig:
     """Dual-clip bound c > 1 for negative advantages (0 = off; DAPO runs used 10)."""
     aggregation: str = "token_mean"
     """'token_mean' (DAPO), 'seq_mean_token_mean' (GRPO) or 'seq_mean_token_sum_norm' (Dr. GRPO)."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the frozen initial policy (0 = off, as in DAPO; no reference is built)."""
+    kl_estimator: str = "k3"
+    """KL estimator: 'k1', 'k2' or 'k3'."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (subtracts coef * entropy from the loss; one-shot RLVR used ~1e-3)."""
     logprob_chunk: int = 1024
     """Tokens per chunk when computing log-softmax/entropy over the vocabulary."""
     dtype: str = "auto"
@@ -158,6 +164,10 @@ class TrainConfig:
     """Prompts per rollout batch; the batch holds prompts_per_step * group_size responses."""
     max_staleness: int = 1
     """How many policy versions a rollout may lag the learner (0 = synchronous, on-policy)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts."""
+    dynamic_sampling_max_rounds: int = 3
+    """Generation rounds per step at most; a batch still short is filled with zero-advantage groups."""
     seed: int = 0
     """Seed for sampling, masking and init."""
     address: str = ""
@@ -183,6 +193,7 @@ def validate(c: TrainConfig) -> None:
     g, l, m = c.generation, c.learner, c.learner.mask
     _check(c.steps >= 1, "steps", f"must be >= 1, got {c.steps}")
     _check(c.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {c.prompts_per_step}")
+    _check(c.dynamic_sampling_max_rounds >= 1, "dynamic_sampling_max_rounds", "must be >= 1")
     _check(c.max_staleness >= 0, "max_staleness", f"must be >= 0, got {c.max_staleness}")
     _check(g.group_size >= 2, "generation.group_size", f"needs >= 2 responses for a group baseline, got {g.group_size}")
     _check(g.num_actors >= 1, "generation.num_actors", "must be >= 1")
@@ -202,6 +213,8 @@ def validate(c: TrainConfig) -> None:
     _check(l.advantage in ("grpo", "drgrpo", "rloo", "reinforce_pp", "w_reinforce"), "learner.advantage",
            f"unknown estimator {l.advantage!r}")
     _check(l.dual_clip == 0 or l.dual_clip > 1, "learner.dual_clip", f"must be 0 (off) or > 1, got {l.dual_clip}")
+    _check(l.kl_coef >= 0, "learner.kl_coef", "must be >= 0")
+    _check(l.kl_estimator in ("k1", "k2", "k3"), "learner.kl_estimator", f"must be k1, k2 or k3, got {l.kl_estimator!r}")
     _check(l.warmup_steps >= 0, "learner.warmup_steps", "must be >= 0")
     _check(l.aggregation in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
            "learner.aggregation", f"unknown mode {l.aggregation!r}")

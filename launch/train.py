@@ -17,16 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-import torch
 
 from actors.types import RolloutBatch
+from rewards.math import RewardResult
 from launch.config import TrainConfig, to_dict
 from launch.data import PromptStream, load_prompts
 from launch.models import resolve_model_path
 from launch.placement import Actors, check_resources, launch_actors
 from launch.tracking import RunTracker
-from learner.advantages import compute_advantages
-from learner.batch import collate
+from launch.rollouts import Group, choose_groups, to_groups, train_shards
 from rewards.registry import check_spec
 
 logger = logging.getLogger("forkrl")
@@ -54,25 +53,8 @@ def submit_rollout(actors: Actors, prompts, group_size: int) -> InFlight:
     return InFlight(rollouts, scores, time.perf_counter())
 
 
-def train_shards(parts: list[RolloutBatch], rewards: torch.Tensor, cfg: TrainConfig, pad_id: int, rng: random.Random):
-    """Advantages per group, then the batch shuffled and cut into one shard per learner rank."""
-    g = cfg.generation.group_size
-    adv = compute_advantages(rewards.view(-1, g), cfg.learner.advantage, cfg.learner.w_lambda).view(-1)  # (B*G,)
-    prompt_ids = [p.token_ids for part in parts for p in part.prompts for _ in range(g)]
-    resp = [r for part in parts for r in part.response_ids]
-    blp = [lp for part in parts for lp in part.behaviour_logprobs]
-    order = list(range(len(resp)))
-    rng.shuffle(order)  # mini-batches then draw from every group rather than a few prompts
-    world = cfg.learner.num_ranks
-    per = len(order) // world
-    return [
-        collate([prompt_ids[i] for i in idx], [resp[i] for i in idx], [blp[i] for i in idx],
-                [float(adv[i]) for i in idx], pad_id)
-        for idx in (order[r * per:(r + 1) * per] for r in range(world))
-    ]
-
-
-def rollout_metrics(parts: list[RolloutBatch], results, version: int) -> dict:
+def rollout_metrics(parts: list[RolloutBatch], results, groups: list[Group], version: int) -> dict:
+    """Reward and length over every response sampled this step; staleness over the trained groups."""
     rewards = [r.score for r in results]
     lengths = [len(x) for p in parts for x in p.response_ids]
     finished = [f for p in parts for f in p.finished]
@@ -84,11 +66,38 @@ def rollout_metrics(parts: list[RolloutBatch], results, version: int) -> dict:
         "reward/max": max(rewards),
         "response/length_mean": sum(lengths) / len(lengths),
         "response/truncated_fraction": 1 - sum(finished) / len(finished),
-        "staleness/max": version - min(p.policy_version for p in parts),
-        "staleness/mean": sum(version - p.policy_version for p in parts) / len(parts),
+        "staleness/max": version - min(g.policy_version for g in groups),
+        "staleness/mean": sum(version - g.policy_version for g in groups) / len(groups),
     }
     out.update({f"reward/status_{k}": v / len(results) for k, v in sorted(statuses.items())})
     return out
+
+
+def collect(batch: InFlight) -> tuple[list[RolloutBatch], list[RewardResult], float]:
+    """Wait for a batch: its parts, the reward results in response order, the slowest scoring time."""
+    parts, scored = ray.get(batch.rollouts), ray.get(batch.scores)
+    return parts, [r for res, _ in scored for r in res], max(s for _, s in scored)
+
+
+def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts: list, results: list):
+    """DAPO dynamic sampling: keep groups whose rewards differ and sample more prompts until the
+    batch is full or `dynamic_sampling_max_rounds` rounds ran. Extends `parts` and `results` in
+    place, so the step's reward metrics cover every response sampled."""
+    need = cfg.prompts_per_step
+    groups = to_groups(parts, results)
+    good = [g for g in groups if g.informative]
+    dull = [g for g in groups if not g.informative]
+    rounds = 1
+    while len(good) < need and rounds < cfg.dynamic_sampling_max_rounds:
+        more_parts, more_results, _ = collect(submit_rollout(actors, stream.take(need), cfg.generation.group_size))
+        parts += more_parts
+        results += more_results
+        for g in to_groups(more_parts, more_results):
+            (good if g.informative else dull).append(g)
+        rounds += 1
+    chosen, filled = choose_groups(good, dull, need)
+    return chosen, {"dynamic/rounds": rounds, "dynamic/dropped_fraction": len(dull) / (len(good) + len(dull)),
+                    "dynamic/filled_groups": filled}
 
 
 def run(cfg: TrainConfig) -> Path:
@@ -125,16 +134,17 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         t0 = time.perf_counter()
         while len(inflight) < cfg.max_staleness + 1:  # keep generation ahead of the learner
             inflight.append(submit_rollout(actors, stream.take(cfg.prompts_per_step), cfg.generation.group_size))
-        batch = inflight.popleft()
-        parts = ray.get(batch.rollouts)
-        scored = ray.get(batch.scores)
+        parts, results, reward_s = collect(inflight.popleft())
+        if cfg.dynamic_sampling:
+            groups, dyn = dynamic_sample(cfg, actors, stream, parts, results)
+        else:
+            groups, dyn = to_groups(parts, results), {}
         t_wait = time.perf_counter() - t0
-        results = [r for res, _ in scored for r in res]
-        metrics = {"step": step, **rollout_metrics(parts, results, version)}
+        metrics = {"step": step, **rollout_metrics(parts, results, groups, version), **dyn}
         assert metrics["staleness/max"] <= cfg.max_staleness, "staleness bound violated"
 
-        rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
-        shards = train_shards(parts, rewards, cfg, pad_id, rng)
+        l = cfg.learner
+        shards = train_shards(groups, l.advantage, l.w_lambda, l.num_ranks, pad_id, rng)
         t1 = time.perf_counter()
         learner_metrics = ray.get([w.train_step.remote(s) for w, s in zip(actors.learners, shards)])[0]
         t_learn = time.perf_counter() - t1
@@ -149,7 +159,7 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         metrics.update({
             "policy_version": version,
             "timing/generate_s": max(p.generate_s for p in parts),
-            "timing/reward_s": max(s for _, s in scored),
+            "timing/reward_s": reward_s,
             "timing/wait_rollout_s": t_wait,
             "timing/learn_s": t_learn,
             "timing/weight_sync_s": time.perf_counter() - t2 + (max(load_s) if load_s else 0.0),

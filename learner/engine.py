@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from learner.batch import TrainShard
 from learner.logprobs import logprobs_and_entropy
-from learner.losses import BatchCounts, clipped_pg_loss, token_weights
+from learner.losses import BatchCounts, clipped_pg_loss, kl_penalty, token_weights
 from learner.masking import select_tokens
 
 logger = logging.getLogger(__name__)
@@ -89,30 +89,39 @@ class PolicyTrainer:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
         model.config.use_cache = False
         self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, config=ds_cfg, model_parameters=model.parameters())
+        self.ref_engine = None
+        if cfg.kl_coef > 0:  # the frozen initial policy, sharded with ZeRO-3 like the policy
+            ref_cfg = {k: v for k, v in ds_cfg.items() if k not in ("optimizer", "scheduler")}
+            ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=model.dtype)
+            self.ref_engine, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
+            self.ref_engine.eval()
         self.generator = torch.Generator().manual_seed(seed + 1000 * self.rank)
         self.updates = 0
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    def _forward(self, mb: TrainShard, with_entropy: bool):
-        logits = self.engine(
+    def _forward(self, mb: TrainShard, with_entropy: bool, engine=None):
+        logits = (engine or self.engine)(
             input_ids=mb.input_ids.to(self.device), attention_mask=mb.attention_mask.to(self.device)
         ).logits[:, :-1]  # (m, l-1, V): column t predicts token t+1
         return logprobs_and_entropy(logits, mb.targets.to(self.device), self.temperature, self.cfg.logprob_chunk, with_entropy)
 
     @torch.no_grad()
-    def score(self, shard: TrainShard) -> tuple[torch.Tensor, torch.Tensor]:
-        """((n, L-1) log-probs, (n, L-1) entropies) of this rank's shard under the current policy."""
+    def score(self, shard: TrainShard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(n, L-1) log-probs and entropies of this rank's shard under the current policy, and the
+        reference policy's log-probs when a KL penalty is on (else None)."""
         n, width = shard.valid.shape
-        logp = torch.zeros(n, width)
-        ent = torch.zeros(n, width)
+        logp, ent = torch.zeros(n, width), torch.zeros(n, width)
+        ref_logp = torch.zeros(n, width) if self.ref_engine is not None else None
         for s in range(0, n, self.cfg.micro_batch_size):
             mb = shard.rows(s, s + self.cfg.micro_batch_size)
             lp, h = self._forward(mb, with_entropy=True)
             w = lp.shape[1]
             logp[s : s + len(mb), :w] = lp.float().cpu()
             ent[s : s + len(mb), :w] = h.float().cpu()
-        return logp, ent
+            if ref_logp is not None:
+                ref_logp[s : s + len(mb), :w] = self._forward(mb, False, self.ref_engine)[0].float().cpu()
+        return logp, ent, ref_logp
 
     # -- training --------------------------------------------------------------------------------
 
@@ -120,14 +129,14 @@ class PolicyTrainer:
         """One optimizer batch (this rank's shard); returns metrics reduced over all ranks."""
         c, m = self.cfg, self.cfg.mask
         t0 = time.perf_counter()
-        old_logp, entropy = self.score(shard)
+        old_logp, entropy, ref_logp = self.score(shard)
         keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
         metrics = self._mask_metrics(shard, keep, entropy, tau, old_logp)
         metrics["timing/score_s"] = time.perf_counter() - t0
 
         n_local = len(shard)
         rows_per_mini = n_local // self.minis_per_batch
-        sums = torch.zeros(5, dtype=torch.float64)  # loss, clip_low, clip_high, approx_kl, weight
+        sums = torch.zeros(7, dtype=torch.float64)  # loss, clip_low, clip_high, approx_kl, weight, kl, entropy
         grad_norms, lrs = [], []
         for _ in range(c.epochs):
             for mi in range(self.minis_per_batch):
@@ -135,19 +144,22 @@ class PolicyTrainer:
                 counts = self._global_counts(shard.valid[lo:hi], keep[lo:hi])
                 for s in range(lo, hi, c.micro_batch_size):
                     mb = shard.rows(s, s + c.micro_batch_size)
-                    mb_keep = keep[s : s + len(mb), : mb.valid.shape[1]]
-                    sums += self._micro_step(mb, mb_keep, counts)
+                    cols = slice(0, mb.valid.shape[1])
+                    mb_ref = ref_logp[s : s + len(mb), cols] if ref_logp is not None else None
+                    sums += self._micro_step(mb, keep[s : s + len(mb), cols], counts, mb_ref)
                 grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
                 lrs.append(self.scheduler.get_last_lr()[0] if self.scheduler else c.lr)
                 self.updates += 1
         sums = all_reduce_sum(sums)
         passes = c.epochs * self.minis_per_batch
         metrics.update({
-            "losses/policy_loss": sums[0].item() / passes,
+            "losses/loss": sums[0].item() / passes,
             "losses/clipfrac_low": sums[1].item() / max(sums[4].item(), 1e-12),
             "losses/clipfrac_high": sums[2].item() / max(sums[4].item(), 1e-12),
             "losses/approx_kl": sums[3].item() / max(sums[4].item(), 1e-12),
             "losses/grad_norm": sum(grad_norms) / len(grad_norms),
+            "losses/ref_kl": sums[5].item() / max(sums[4].item(), 1e-12),
+            "losses/kept_entropy": sums[6].item() / max(sums[4].item(), 1e-12),
             "charts/lr": lrs[-1],
             "charts/optimizer_updates": self.updates,
             "timing/learn_s": time.perf_counter() - t0,
@@ -159,20 +171,31 @@ class PolicyTrainer:
         v, k, s = all_reduce_sum(local).tolist()
         return BatchCounts(valid_tokens=v, kept_tokens=k, sequences=s)
 
-    def _micro_step(self, mb: TrainShard, keep: torch.Tensor, counts: BatchCounts) -> torch.Tensor:
+    def _micro_step(self, mb: TrainShard, keep: torch.Tensor, counts: BatchCounts, ref_logp) -> torch.Tensor:
         c = self.cfg
-        logp, _ = self._forward(mb, with_entropy=False)
+        logp, ent = self._forward(mb, with_entropy=c.entropy_coef > 0)
+        logp = logp.float()
         dev = logp.device
         weights = token_weights(mb.valid, keep, c.aggregation, c.mask.normalize, counts, self.max_new_tokens).to(dev)
         loss, stats = clipped_pg_loss(
-            logp.float(), mb.behaviour_logp.to(dev), mb.advantages.to(dev), weights, c.clip_low, c.clip_high, c.dual_clip
+            logp, mb.behaviour_logp.to(dev), mb.advantages.to(dev), weights, c.clip_low, c.clip_high, c.dual_clip
         )
+        # KL and entropy terms use the same weights, so only the masked-in (forking) tokens get any
+        # gradient at all: the mask is the one place that decides where the update goes.
+        kl_sum = ent_sum = torch.zeros((), device=dev)
+        if ref_logp is not None:
+            kl_sum = (kl_penalty(logp, ref_logp.to(dev), c.kl_estimator) * weights).sum()
+            loss = loss + c.kl_coef * kl_sum
+        if ent is not None:
+            ent_sum = (ent.float() * weights).sum()
+            loss = loss - c.entropy_coef * ent_sum
         # Undo DeepSpeed's 1/accumulation and 1/world averaging: `loss` is already this micro-batch's
         # exact share of the global objective.
         self.engine.backward(loss * self.micro_per_mini * self.world)
         self.engine.step()
         return torch.tensor([loss.item(), stats["clip_low"].item(), stats["clip_high"].item(),
-                             stats["approx_kl"].item(), weights.sum().item()], dtype=torch.float64)
+                             stats["approx_kl"].item(), weights.sum().item(), kl_sum.item(), ent_sum.item()],
+                            dtype=torch.float64)
 
     def _mask_metrics(self, shard, keep, entropy, tau, old_logp) -> dict[str, float]:
         valid = shard.valid

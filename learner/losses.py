@@ -77,3 +77,23 @@ def clipped_pg_loss(
             "approx_kl": ((ratio - 1.0) - log_ratio).mul(w).sum(),
         }
     return loss, stats
+
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """(N, T) per-token estimate of KL(current || reference) from sampled tokens (Schulman's k1-k3).
+
+    k1 = log(p/q) (unbiased, high variance, can be negative); k2 = 0.5 log(p/q)^2;
+    k3 = q/p - 1 - log(q/p) (unbiased, non-negative): p current, q reference.
+    """
+    log_ratio = logp - ref_logp  # (N, T) log p/q
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.pow(2)
+    if estimator == "k3":
+        neg = (-log_ratio).clamp(max=20.0)  # log q/p, clamped so exp cannot overflow
+        return torch.exp(neg) - 1.0 - neg
+    raise ValueError(f"unknown KL estimator {estimator!r}; one of {KL_ESTIMATORS}")

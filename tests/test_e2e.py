@@ -117,3 +117,18 @@ def test_ray_job_submit_to_a_local_head(tiny_model, yes_data, tmp_path):
         assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_dynamic_sampling_kl_and_entropy_bonus_run_end_to_end(tiny_model, yes_data, tmp_path):
+    run_dir = tmp_path / "dyn"
+    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=3", "dynamic_sampling=true",
+                 "dynamic_sampling_max_rounds=2", "learner.kl_coef=0.1", "learner.entropy_coef=0.01",
+                 "learner.num_ranks=1", "tracking.wandb_mode=disabled")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_metrics(run_dir)
+    assert len(rows) == 3
+    for r in rows:
+        # the random tiny model almost never says 'yes': most groups are all-zero and get dropped
+        assert r["dynamic/dropped_fraction"] > 0.5 and r["dynamic/rounds"] == 2
+        assert r["losses/ref_kl"] >= 0 and r["losses/kept_entropy"] > 0
+    assert rows[0]["losses/ref_kl"] < 1e-6  # the first update starts at the reference policy

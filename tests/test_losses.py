@@ -117,3 +117,18 @@ def test_collate_aligns_response_tokens_and_logprobs():
     assert s.behaviour_logp[s.valid].tolist() == pytest.approx([-0.1, -0.2, -0.3, -0.4, -0.5])
     with pytest.raises(ValueError, match="behaviour log-probs"):
         collate([[1]], [[2, 3]], [[-0.1]], [0.0], 0)
+
+
+def test_kl_estimators_by_hand():
+    from learner.losses import kl_penalty
+
+    logp = torch.log(torch.tensor([[0.5, 0.2]]))
+    ref = torch.log(torch.tensor([[0.25, 0.4]]))
+    lr = logp - ref  # log p/q = [log 2, log 0.5]
+    assert torch.allclose(kl_penalty(logp, ref, "k1"), lr)
+    assert torch.allclose(kl_penalty(logp, ref, "k2"), 0.5 * lr**2)
+    q_over_p = torch.tensor([[0.5, 2.0]])
+    assert torch.allclose(kl_penalty(logp, ref, "k3"), q_over_p - 1 - torch.log(q_over_p))
+    assert torch.equal(kl_penalty(ref, ref, "k3"), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="unknown KL"):
+        kl_penalty(logp, ref, "k4")

@@ -1,0 +1,39 @@
+import random
+
+from actors.types import Prompt, RolloutBatch
+from launch.rollouts import choose_groups, to_groups, train_shards
+from rewards.math import RewardResult
+
+
+def rollout(n_prompts, g, version, base=0):
+    prompts = [Prompt(base + i, [1, 2 + i], "yes") for i in range(n_prompts)]
+    resp = [[5, 6 + j] for _ in range(n_prompts) for j in range(g)]
+    lps = [[-0.5, -0.7] for _ in resp]
+    return RolloutBatch(prompts, g, resp, lps, ["x"] * len(resp), [True] * len(resp), version, 0.1)
+
+
+def results(scores):
+    return [RewardResult(float(s), "correct" if s else "wrong") for s in scores]
+
+
+def test_groups_follow_rollout_order_and_drop_uninformative():
+    parts = [rollout(2, 3, 4), rollout(1, 3, 5, base=10)]
+    groups = to_groups(parts, results([1, 0, 1, 0, 0, 0, 1, 1, 1]))
+    assert [g.prompt.uid for g in groups] == [0, 1, 10]
+    assert [g.rewards for g in groups] == [[1, 0, 1], [0, 0, 0], [1, 1, 1]]
+    assert [g.informative for g in groups] == [True, False, False]
+    assert [g.policy_version for g in groups] == [4, 4, 5]
+    good = [g for g in groups if g.informative]
+    dull = [g for g in groups if not g.informative]
+    chosen, filled = choose_groups(good, dull, 2)
+    assert [g.prompt.uid for g in chosen] == [0, 1] and filled == 1
+    chosen, filled = choose_groups(good * 3, dull, 2)
+    assert filled == 0 and all(g.informative for g in chosen)
+
+
+def test_train_shards_split_evenly_with_group_advantages():
+    groups = to_groups([rollout(4, 2, 0)], results([1, 0, 0, 0, 1, 1, 0, 1]))
+    shards = train_shards(groups, "drgrpo", 0.1, 2, 0, random.Random(0))
+    assert [len(s) for s in shards] == [4, 4]
+    advs = sorted(float(a) for s in shards for a in s.advantages)
+    assert advs == [-0.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]
