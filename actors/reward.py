@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from actors.types import RolloutBatch
 from rewards.math import RewardResult
 from rewards.registry import RewardScorer
+from rewards.shaping import shaped_score
 
 
 class RewardWorker:
-    def __init__(self, cfg):
+    def __init__(self, cfg, max_new_tokens: int):
+        self.cfg, self.max_new_tokens = cfg, max_new_tokens
         self.scorer = RewardScorer(cfg.fn, cfg.timeout_s, cfg.workers_per_actor)
         self.scorer.start()  # pay the verifier processes' start-up before the first batch
 
@@ -19,9 +22,18 @@ class RewardWorker:
 
     def score_rollout(self, rollout: RolloutBatch, start: int, stop: int) -> tuple[list[RewardResult], float]:
         """Score responses start..stop of a rollout (the rollout arrives from the object store)."""
-        g = rollout.group_size
+        g, c = rollout.group_size, self.cfg
         answers = [rollout.prompts[i // g].answer for i in range(start, stop)]
-        return self.score(rollout.response_text[start:stop], answers)
+        results, seconds = self.score(rollout.response_text[start:stop], answers)
+        if not (c.format_weight or c.overlong_weight):
+            return results, seconds
+        shaped = [
+            replace(r, score=shaped_score(r.score, rollout.response_text[i], rollout.finished[i], len(rollout.response_ids[i]),
+                                          format_weight=c.format_weight, overlong_weight=c.overlong_weight,
+                                          max_len=self.max_new_tokens, overlong_cache=c.overlong_cache))
+            for r, i in zip(results, range(start, stop))
+        ]
+        return shaped, seconds
 
     def restarts(self) -> int:
         """Verifier processes killed and restarted so far (timeouts and crashes)."""

@@ -82,6 +82,12 @@ class RewardConfig:
     """Killable verifier processes per reward actor (parallel scoring)."""
     timeout_s: float = 5.0
     """Wall-clock limit per response; a response over it scores 0 and counts as a timeout."""
+    format_weight: float = 0.0
+    """Weight of the format reward (boxed answer and a response that ended by itself)."""
+    overlong_weight: float = 0.0
+    """Weight of DAPO's soft overlong punishment (0 = off)."""
+    overlong_cache: int = 0
+    """L_cache: tokens before generation.max_new_tokens where the overlong penalty ramps to -1."""
 
 
 @dataclass
@@ -205,6 +211,8 @@ def validate(c: TrainConfig) -> None:
     _check(g.max_model_len > c.data.max_prompt_tokens + g.max_new_tokens - 1, "generation.max_model_len",
            f"{g.max_model_len} cannot hold data.max_prompt_tokens + generation.max_new_tokens")
     _check(c.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
+    _check(0 <= c.reward.overlong_cache <= g.max_new_tokens, "reward.overlong_cache",
+           f"must be in [0, generation.max_new_tokens={g.max_new_tokens}]")
     _check(c.reward.num_actors >= 1 and c.reward.workers_per_actor >= 1, "reward.num_actors", "must be >= 1")
     _check(m.mode in ("top", "bottom", "random", "none"), "learner.mask.mode",
            f"must be one of top, bottom, random, none; got {m.mode!r}")

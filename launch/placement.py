@@ -50,7 +50,7 @@ def launch_generators(cfg, model_path: str) -> list:
 
 def launch_rewards(cfg) -> list:
     Rew = ray.remote(num_cpus=cfg.reward.num_cpus)(RewardWorker)
-    return [Rew.remote(cfg.reward) for _ in range(cfg.reward.num_actors)]
+    return [Rew.remote(cfg.reward, cfg.generation.max_new_tokens) for _ in range(cfg.reward.num_actors)]
 
 
 def launch_learners(cfg, model_path: str) -> list:

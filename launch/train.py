@@ -64,6 +64,7 @@ def rollout_metrics(parts: list[RolloutBatch], results, groups: list[Group], ver
     out = {
         "reward/mean": sum(rewards) / len(rewards),
         "reward/max": max(rewards),
+        "reward/accuracy": sum(r.status == "correct" for r in results) / len(results),
         "response/length_mean": sum(lengths) / len(lengths),
         "response/truncated_fraction": 1 - sum(finished) / len(finished),
         "staleness/max": version - min(g.policy_version for g in groups),

@@ -23,7 +23,7 @@ DEFAULT_TIMEOUT_S = 5.0
 MAX_ANSWER_CHARS = 1000  # longer "final answers" are treated as unparseable, not verified
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _STATED_RE = re.compile(
-    r"(?:final answer is|final answer:|answer is|answer:)\s*(?:\$+)?([^\n$]{1,200})", re.IGNORECASE
+    r"(?:final answer is|final answer:|answer is|answer:)\s*:?\s*(?:\$+)?([^\n$]{1,200})", re.IGNORECASE
 )
 
 # Statuses a score can carry (besides the ones from rewards.bounded: timeout, error, crashed).

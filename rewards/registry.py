@@ -2,6 +2,7 @@
 
 A reward function is a plain `fn(response: str, ground_truth: str) -> float`. Built-ins:
 - `math`: `rewards.math` verification (last boxed answer, compared by value);
+- `code`: fraction of test cases a fenced Python solution passes, run in a sandbox (`rewards.code`);
 - `starts_with`: 1.0 when the response's first word is the ground truth (a trivially learnable
   reward for smoke tests of the training loop).
 Anything else is `package.module:function`, imported inside the verifier process.
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from rewards.bounded import OK, BoundedProcess
 from rewards.math import CORRECT, WRONG, RewardResult, score_math
 
-BUILTINS = ("math", "starts_with")
+BUILTINS = ("math", "code", "starts_with")
 
 
 def starts_with(response: str, ground_truth: str) -> float:
@@ -50,6 +51,10 @@ def score_one(spec: str, response: str, ground_truth: str) -> tuple[float, str]:
     """Runs inside the verifier process: (score, status)."""
     if spec == "math":
         return score_math(response, ground_truth)
+    if spec == "code":
+        from rewards.code import score_code
+
+        return score_code(response, ground_truth)
     fn = starts_with if spec == "starts_with" else _import_fn(spec)
     score = fn(response, ground_truth)
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):

@@ -58,6 +58,81 @@ CASES = [
     ("The final answer is 12.", "12", 1.0),
     ("Answer: 12", "12", 1.0),
     (r"\fbox{9}", "9", 1.0),
+    # more integers and formatting
+    (r"\boxed{1,000}", "1000", 1.0),
+    (r"\boxed{1000}", "1,000", 1.0),
+    (r"\boxed{007}", "7", 1.0),
+    (r"\boxed{+5}", "5", 1.0),
+    (r"\boxed{5.0}", "5", 1.0),
+    (r"\boxed{5.01}", "5", 0.0),
+    (r"\boxed{0}", "0", 1.0),
+    (r"\boxed{-0}", "0", 1.0),
+    (r"\boxed{10^{6}}", "1000000", 1.0),
+    (r"\boxed{2^{-1}}", "0.5", 1.0),
+    # fractions and mixed forms
+    (r"\boxed{\frac{6}{8}}", r"\frac{3}{4}", 1.0),
+    (r"\boxed{\frac{3}{5}}", r"\frac{3}{4}", 0.0),
+    (r"\boxed{-\frac{1}{2}}", r"\frac{-1}{2}", 1.0),
+    (r"\boxed{\frac{1}{3}}", "0.333", 0.0),
+    (r"\boxed{0.3333333}", r"\frac{1}{3}", 1.0),
+    (r"\boxed{\frac{22}{7}}", r"\pi", 0.0),
+    (r"\boxed{3.14}", r"\pi", 0.0),
+    # surds and radicals
+    (r"\boxed{\sqrt{12}}", r"2\sqrt{3}", 1.0),
+    (r"\boxed{\frac{\sqrt{2}}{2}}", r"\frac{1}{\sqrt{2}}", 1.0),
+    (r"\boxed{\sqrt[3]{27}}", "3", 1.0),
+    (r"\boxed{\sqrt{2}}", r"\sqrt{3}", 0.0),
+    (r"\boxed{3+2\sqrt{2}}", r"(1+\sqrt{2})^2", 1.0),
+    # pi and e
+    (r"\boxed{\frac{\pi}{2}}", r"\pi/2", 1.0),
+    (r"\boxed{\pi}", r"2\pi", 0.0),
+    (r"\boxed{e}", r"e^{1}", 1.0),
+    (r"\boxed{\ln e^{3}}", "3", 1.0),
+    # powers, factorials, logs
+    (r"\boxed{3^4}", "81", 1.0),
+    (r"\boxed{3^4}", "64", 0.0),
+    (r"\boxed{4!}", "24", 1.0),
+    (r"\boxed{\log_{10} 1000}", "3", 1.0),
+    (r"\boxed{\log_3 9}", "3", 0.0),
+    (r"\boxed{\binom{5}{2}}", "10", 1.0),
+    # units, percent, degrees, text
+    (r"\boxed{12\text{ apples}}", "12", 1.0),
+    (r"\boxed{45^{\circ}}", "45", 1.0),
+    (r"\boxed{\$5}", "5", 1.0),
+    (r"\boxed{5\text{ m}}", "6", 0.0),
+    (r"\boxed{\text{(B)}}", "B", 1.0),
+    # equations and assignments
+    (r"\boxed{y = 2x + 1}", "2x+1", 1.0),
+    (r"\boxed{x = -2}", "-2", 1.0),
+    (r"\boxed{x = 2}", "-2", 0.0),
+    # tuples and sets
+    (r"\boxed{(1, 2, 3)}", "(1,2,3)", 1.0),
+    (r"\boxed{(1, 3, 2)}", "(1,2,3)", 0.0),
+    (r"\boxed{\{3, 1, 2\}}", r"\{1,2,3\}", 1.0),
+    (r"\boxed{\{1, 2\}}", r"\{1,2,3\}", 0.0),
+    (r"\boxed{(\frac{1}{2}, 3)}", "(0.5, 3)", 1.0),
+    # intervals
+    (r"\boxed{(1,2]}", "(1,2]", 1.0),
+    (r"\boxed{(1,2]}", "[1,2]", 0.0),
+    (r"\boxed{(-\infty, 0)}", r"(-\infty, 0]", 0.0),
+    (r"\boxed{[0, \infty)}", r"[0,\infty)", 1.0),
+    (r"\boxed{(1,3)}", "(1,2)", 0.0),
+    # expressions and polynomials
+    (r"\boxed{x^2 - 1}", "(x-1)(x+1)", 1.0),
+    (r"\boxed{2x}", "x+x", 1.0),
+    (r"\boxed{x^3}", "x^2", 0.0),
+    (r"\boxed{\frac{1}{x}}", "x^{-1}", 1.0),
+    (r"\boxed{a+b}", "b+a", 1.0),
+    (r"\boxed{a-b}", "b-a", 0.0),
+    (r"\boxed{\sin^2 x + \cos^2 x}", "1", 1.0),
+    # stated final answers (no box)
+    ("So the final answer is 3/4.", "0.75", 1.0),
+    ("Therefore, the final answer is: 10", "10", 1.0),
+    ("I think the answer is 11", "10", 0.0),
+    # junk
+    (r"\boxed{\boxed{5}}", "5", 1.0),
+    (r"\boxed{???}", "5", 0.0),
+    (r"\boxed{5", "5", 0.0),
 ]
 
 

@@ -1,0 +1,35 @@
+"""Reward shaping terms added to the verifier's score (pure functions).
+
+- format: 1.0 when the response has a boxed final answer and ended on its own (EOS/stop), not
+  by hitting the length limit;
+- overlong (DAPO soft punishment): 0 up to L_max - L_cache tokens, then a linear penalty reaching
+  -1 at L_max, -1 beyond; here L_max is generation.max_new_tokens (the engine never goes past it,
+  so a truncated response gets the full -1).
+"""
+from __future__ import annotations
+
+from rewards.math import last_boxed
+
+
+def format_reward(response: str, finished: bool) -> float:
+    return 1.0 if finished and last_boxed(response) is not None else 0.0
+
+
+def overlong_penalty(length: int, max_len: int, cache: int) -> float:
+    """DAPO's soft overlong punishment in [-1, 0]; `cache` = L_cache (0 disables it)."""
+    if cache <= 0 or length <= max_len - cache:
+        return 0.0
+    if length >= max_len:
+        return -1.0
+    return -(length - (max_len - cache)) / cache
+
+
+def shaped_score(score: float, response: str, finished: bool, length: int, *, format_weight: float,
+                 overlong_weight: float, max_len: int, overlong_cache: int) -> float:
+    """verifier score + format_weight * format + overlong_weight * overlong penalty."""
+    total = score
+    if format_weight:
+        total += format_weight * format_reward(response, finished)
+    if overlong_weight:
+        total += overlong_weight * overlong_penalty(length, max_len, overlong_cache)
+    return total
