@@ -151,6 +151,18 @@ class LearnerConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate on held-out prompts every this many steps, and after the last (0 = never)."""
+    files: list[str] = field(default_factory=list)
+    """Held-out jsonl/parquet rows (same keys as data); empty = generated rows the training set lacks."""
+    num_prompts: int = 64
+    """Held-out prompts scored per evaluation."""
+    samples: int = 1
+    """Responses per prompt: 1 = greedy accuracy; n > 1 = sampled, logging pass@k for k = 1, 2, 4 .. n."""
+
+
+@dataclass
 class TrackingConfig:
     run_dir: str = "runs/{name}"
     """Folder for config.yaml, metrics.jsonl and plots ({name} is filled in)."""
@@ -183,6 +195,7 @@ class TrainConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -200,6 +213,8 @@ def validate(c: TrainConfig) -> None:
     _check(c.steps >= 1, "steps", f"must be >= 1, got {c.steps}")
     _check(c.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {c.prompts_per_step}")
     _check(c.dynamic_sampling_max_rounds >= 1, "dynamic_sampling_max_rounds", "must be >= 1")
+    _check(c.eval.every >= 0 and c.eval.num_prompts >= 1, "eval.every", "eval.every must be >= 0, eval.num_prompts >= 1")
+    _check(c.eval.samples >= 1, "eval.samples", f"must be >= 1, got {c.eval.samples}")
     _check(c.max_staleness >= 0, "max_staleness", f"must be >= 0, got {c.max_staleness}")
     _check(g.group_size >= 2, "generation.group_size", f"needs >= 2 responses for a group baseline, got {g.group_size}")
     _check(g.num_actors >= 1, "generation.num_actors", "must be >= 1")

@@ -106,6 +106,19 @@ def load_prompts(cfg, model_cfg, tokenizer) -> list[Prompt]:
     return tokenize(rows, tokenizer, model_cfg.chat_template, cfg.instruction, cfg.max_prompt_tokens, source)
 
 
+def load_eval_prompts(cfg, data_cfg, model_cfg, tokenizer, train: list[Prompt]) -> list[Prompt]:
+    """Held-out prompts: eval.files, else generated rows whose question is not in the training set."""
+    if cfg.files:
+        rows, source = load_rows(cfg.files, data_cfg.prompt_key, data_cfg.answer_key), ",".join(cfg.files)
+    else:
+        seen = set(tuple(p.token_ids) for p in train)
+        rows, source = synthetic_arithmetic(cfg.num_prompts * 20, data_cfg.synthetic_max_operand, data_cfg.seed + 1), "synthetic eval data"
+        prompts = tokenize(rows, tokenizer, model_cfg.chat_template, data_cfg.instruction, data_cfg.max_prompt_tokens, source)
+        return [p for p in prompts if tuple(p.token_ids) not in seen][: cfg.num_prompts]
+    prompts = tokenize(rows, tokenizer, model_cfg.chat_template, data_cfg.instruction, data_cfg.max_prompt_tokens, source)
+    return prompts[: cfg.num_prompts]
+
+
 class PromptStream:
     """Endless seeded epochs over the prompts, reshuffled each epoch."""
 

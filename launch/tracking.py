@@ -50,14 +50,19 @@ class RunTracker:
         import matplotlib.pyplot as plt
 
         steps = [m["step"] for m in self.history]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        for ax, key in zip(axes, ("reward/mean", "entropy/mean", "mask/threshold")):
-            ax.plot(steps, [m.get(key, math.nan) for m in self.history], marker=".")
+        keys = ["reward/mean", "entropy/mean", "mask/threshold"]
+        if any("eval/accuracy" in m for m in self.history):
+            keys.insert(1, "eval/accuracy")
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.3 * len(keys), 3.6))
+        for ax, key in zip(axes, keys):
+            pts = [(m["step"], m[key]) for m in self.history if isinstance(m.get(key), (int, float))]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
             ax.set_title(key)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        axes[1].plot(steps, [m.get("entropy/kept_mean", math.nan) for m in self.history], marker=".", label="kept")
-        axes[1].legend(["all response tokens", "kept (gradient) tokens"])
+        ent_ax = axes[keys.index("entropy/mean")]
+        ent_ax.plot(steps, [m.get("entropy/kept_mean", math.nan) for m in self.history], marker=".")
+        ent_ax.legend(["all response tokens", "kept (gradient) tokens"])
         fig.tight_layout()
         path = self.run_dir / "curves.png"
         fig.savefig(path, dpi=100)

@@ -12,20 +12,21 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 
 from actors.types import RolloutBatch
-from rewards.math import RewardResult
 from launch.config import TrainConfig, to_dict
-from launch.data import PromptStream, load_prompts
+from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.models import resolve_model_path
 from launch.placement import Actors, check_resources, launch_actors
-from launch.tracking import RunTracker
 from launch.rollouts import Group, choose_groups, to_groups, train_shards
+from launch.tracking import RunTracker
+from learner.passk import mean_pass_at_k
+from rewards.math import RewardResult
 from rewards.registry import check_spec
 
 logger = logging.getLogger("forkrl")
@@ -37,7 +38,6 @@ class InFlight:
 
     rollouts: list  # ObjectRef[RolloutBatch], one per generation actor
     scores: list  # ObjectRef[(list[RewardResult], seconds)], per reward actor slice
-    submitted: float
 
 
 def submit_rollout(actors: Actors, prompts, group_size: int) -> InFlight:
@@ -50,7 +50,7 @@ def submit_rollout(actors: Actors, prompts, group_size: int) -> InFlight:
         for i, rw in enumerate(actors.rewards):
             if i * per < n:  # the rollout ref is resolved inside the reward actor: no driver hop
                 scores.append(rw.score_rollout.remote(ref, i * per, min(n, (i + 1) * per)))
-    return InFlight(rollouts, scores, time.perf_counter())
+    return InFlight(rollouts, scores)
 
 
 def rollout_metrics(parts: list[RolloutBatch], results, groups: list[Group], version: int) -> dict:
@@ -58,13 +58,12 @@ def rollout_metrics(parts: list[RolloutBatch], results, groups: list[Group], ver
     rewards = [r.score for r in results]
     lengths = [len(x) for p in parts for x in p.response_ids]
     finished = [f for p in parts for f in p.finished]
-    statuses: dict[str, int] = {}
-    for r in results:
-        statuses[r.status] = statuses.get(r.status, 0) + 1
+    statuses = Counter(r.status for r in results)
     out = {
         "reward/mean": sum(rewards) / len(rewards),
         "reward/max": max(rewards),
         "reward/accuracy": sum(r.status == "correct" for r in results) / len(results),
+        "reward/verify_p99_s": sorted(r.seconds for r in results)[int(0.99 * (len(results) - 1))],
         "response/length_mean": sum(lengths) / len(lengths),
         "response/truncated_fraction": 1 - sum(finished) / len(finished),
         "staleness/max": version - min(g.policy_version for g in groups),
@@ -101,6 +100,24 @@ def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts
                     "dynamic/filled_groups": filled}
 
 
+def evaluate(actors: Actors, prompts, samples: int) -> dict:
+    """Accuracy (and pass@k when samples > 1) on held-out prompts with the current weights."""
+    k = len(actors.generators)
+    outs = ray.get([gen.evaluate.remote(prompts[j::k], samples) for j, gen in enumerate(actors.generators) if prompts[j::k]])
+    texts, answers = [], []
+    for j, (t, _) in enumerate(outs):
+        texts += t
+        answers += [p.answer for p in prompts[j::k] for _ in range(samples)]
+    results, _ = ray.get(actors.rewards[0].score.remote(texts, answers))
+    correct = [r.status == "correct" for r in results]
+    out = {"eval/accuracy": sum(correct) / len(correct), "eval/reward_mean": sum(r.score for r in results) / len(results),
+           "eval/policy_version": min(v for _, v in outs)}
+    if samples > 1:
+        per_prompt = [sum(correct[i:i + samples]) for i in range(0, len(correct), samples)]
+        out.update({f"eval/pass@{kk}": v for kk, v in mean_pass_at_k(per_prompt, samples).items()})
+    return out
+
+
 def run(cfg: TrainConfig) -> Path:
     """Train per `cfg`; returns the run directory. All input is checked before actors start."""
     from transformers import AutoTokenizer
@@ -109,6 +126,7 @@ def run(cfg: TrainConfig) -> Path:
     model_path = str(resolve_model_path(cfg.model.path))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompts = load_prompts(cfg.data, cfg.model, tokenizer)
+    eval_prompts = load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     ray.init(address=cfg.address or None, ignore_reinit_error=True, log_to_driver=True)
@@ -120,14 +138,15 @@ def run(cfg: TrainConfig) -> Path:
                 len(actors.generators), len(actors.rewards), len(actors.learners))
     tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode)
     try:
-        _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id)
+        _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id, eval_prompts)
     finally:
         tracker.close()
     logger.info("done: %s", run_dir)
     return run_dir
 
 
-def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTracker, pad_id: int) -> None:
+def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTracker, pad_id: int,
+          eval_prompts: list) -> None:
     rng = random.Random(cfg.seed)
     inflight: deque[InFlight] = deque()
     version, pending_loads = 0, []
@@ -142,7 +161,8 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
             groups, dyn = to_groups(parts, results), {}
         t_wait = time.perf_counter() - t0
         metrics = {"step": step, **rollout_metrics(parts, results, groups, version), **dyn}
-        assert metrics["staleness/max"] <= cfg.max_staleness, "staleness bound violated"
+        if metrics["staleness/max"] > cfg.max_staleness:  # the ordering argument above is broken
+            raise RuntimeError(f"staleness {metrics['staleness/max']} over max_staleness={cfg.max_staleness}")
 
         l = cfg.learner
         shards = train_shards(groups, l.advantage, l.w_lambda, l.num_ranks, pad_id, rng)
@@ -166,6 +186,10 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
             "timing/weight_sync_s": time.perf_counter() - t2 + (max(load_s) if load_s else 0.0),
             "timing/step_s": time.perf_counter() - t0,
         })
+        if eval_prompts and (step % cfg.eval.every == 0 or step == cfg.steps):
+            ray.get(pending_loads)  # evaluate the weights this step produced
+            metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples))
+            logger.info("eval at step %d: accuracy %.3f", step, metrics["eval/accuracy"])
         tracker.log(metrics)
         logger.info(
             "step %d/%d | reward %.3f | kept %.2f (tau %.3f) | entropy %.3f | stale %d | gen %.1fs reward %.1fs "

@@ -35,6 +35,7 @@ class RewardResult:
     score: float
     status: str  # correct | wrong | no_answer | unparseable | timeout | error | crashed
     detail: str = ""
+    seconds: float = 0.0  # wall time spent verifying this response
 
 
 def _matching_brace(text: str, open_idx: int) -> int:

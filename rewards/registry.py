@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from rewards.bounded import OK, BoundedProcess
@@ -78,11 +79,13 @@ class RewardScorer:
     def _score_slice(self, proc: BoundedProcess, items: list[tuple[str, str]]) -> list[RewardResult]:
         out = []
         for response, gt in items:
+            t0 = time.perf_counter()
             res = proc.call(score_one, (self.spec, response, gt), self.timeout_s)
+            took = time.perf_counter() - t0
             if res.status == OK:
-                out.append(RewardResult(res.value[0], res.value[1]))
+                out.append(RewardResult(res.value[0], res.value[1], seconds=took))
             else:
-                out.append(RewardResult(0.0, res.status, f"{self.spec}: {res.error}" if res.error else ""))
+                out.append(RewardResult(0.0, res.status, f"{self.spec}: {res.error}" if res.error else "", took))
         return out
 
     def score_batch(self, responses: list[str], ground_truths: list[str]) -> list[RewardResult]:

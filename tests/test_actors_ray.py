@@ -80,9 +80,9 @@ def make_batch(n=8, seed=0):
     return prompts, resp, blp, adv
 
 
-def run_learners(ray, tiny_model, ranks, micro, batch):
+def run_learners(ray, tiny_model, ranks, micro, batch, *extra):
     cfg = tiny_cfg(tiny_model, f"learner.num_ranks={ranks}", f"learner.micro_batch_size={micro}", "prompts_per_step=2",
-                   "generation.group_size=4", "learner.lr=1e-2", "learner.mask.rho=0.3")
+                   "generation.group_size=4", "learner.lr=1e-2", "learner.mask.rho=0.3", *extra)
     learners = launch_learners(cfg, str(tiny_model))
     prompts, resp, blp, adv = batch
     per = len(prompts) // ranks
@@ -94,13 +94,16 @@ def run_learners(ray, tiny_model, ranks, micro, batch):
     return metrics, state
 
 
-def test_two_zero3_ranks_equal_one_process(ray_local, tiny_model):
-    """Batch-scope mask threshold, token-level loss and the update itself are split-invariant."""
+@pytest.mark.parametrize("aggregation, normalize", [
+    ("token_mean", "all"), ("seq_mean_token_mean", "kept"), ("seq_mean_token_sum_norm", "all")])
+def test_two_zero3_ranks_equal_one_process(ray_local, tiny_model, aggregation, normalize):
+    """Batch-scope mask threshold, the loss and the update itself are split-invariant, every mode."""
     import ray
 
     batch = make_batch()
-    (m1,), s1 = run_learners(ray, tiny_model, ranks=1, micro=4, batch=batch)
-    m2, s2 = run_learners(ray, tiny_model, ranks=2, micro=2, batch=batch)
+    modes = (f"learner.aggregation={aggregation}", f"learner.mask.normalize={normalize}")
+    (m1,), s1 = run_learners(ray, tiny_model, 1, 4, batch, *modes)
+    m2, s2 = run_learners(ray, tiny_model, 2, 2, batch, *modes)
     assert m2[0]["mask/threshold"] == m2[1]["mask/threshold"] == m1["mask/threshold"]
     assert m2[0]["mask/kept_tokens"] == m1["mask/kept_tokens"]
     assert m2[0]["losses/loss"] == pytest.approx(m1["losses/policy_loss"], rel=1e-5, abs=1e-7)

@@ -119,14 +119,17 @@ def test_ray_job_submit_to_a_local_head(tiny_model, yes_data, tmp_path):
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
-def test_dynamic_sampling_kl_and_entropy_bonus_run_end_to_end(tiny_model, yes_data, tmp_path):
+def test_dynamic_sampling_kl_entropy_bonus_and_pass_at_k_end_to_end(tiny_model, yes_data, tmp_path):
     run_dir = tmp_path / "dyn"
     res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=3", "dynamic_sampling=true",
                  "dynamic_sampling_max_rounds=2", "learner.kl_coef=0.1", "learner.entropy_coef=0.01",
-                 "learner.num_ranks=1", "tracking.wandb_mode=disabled")
+                 "learner.num_ranks=1", "tracking.wandb_mode=disabled", "eval.every=2", "eval.samples=4",
+                 "eval.num_prompts=8", f"eval.files={yes_data}")
     assert res.returncode == 0, res.stderr[-3000:]
     rows = read_metrics(run_dir)
     assert len(rows) == 3
+    assert "eval/pass@4" not in rows[0] and "eval/pass@4" in rows[1] and "eval/pass@4" in rows[2]
+    assert 0 <= rows[2]["eval/pass@1"] <= rows[2]["eval/pass@2"] <= rows[2]["eval/pass@4"] <= 1
     for r in rows:
         # the random tiny model almost never says 'yes': most groups are all-zero and get dropped
         assert r["dynamic/dropped_fraction"] > 0.5 and r["dynamic/rounds"] == 2

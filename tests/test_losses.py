@@ -132,3 +132,16 @@ def test_kl_estimators_by_hand():
     assert torch.equal(kl_penalty(ref, ref, "k3"), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="unknown KL"):
         kl_penalty(logp, ref, "k4")
+
+
+def test_pass_at_k_matches_the_binomial_formula():
+    from math import comb
+
+    from learner.passk import mean_pass_at_k, pass_at_k
+
+    for n, c, k in [(10, 3, 1), (10, 3, 5), (16, 0, 4), (16, 16, 1), (200, 7, 100), (5, 4, 2)]:
+        assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k))
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert mean_pass_at_k([0, 8], 8) == {k: pytest.approx((0 + 1) / 2) for k in (1, 2, 4, 8)}
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
