@@ -145,6 +145,28 @@ def run(cfg: TrainConfig) -> Path:
     return run_dir
 
 
+def publish_weights(actors: Actors, version: int, previous_loads: list) -> tuple[float, list]:
+    """Gather the full weights once into the object store and queue them on every generator.
+
+    Returns the seconds the *previous* loads took (they are done by now; waiting on the new ones
+    would stall behind in-flight generation) and the new loads' futures."""
+    state = [w.full_state_dict.remote() for w in actors.learners][0]  # every rank gathers; rank 0 returns
+    ray.wait([state])
+    load_s = max(ray.get(previous_loads), default=0.0)
+    return load_s, [gen.load_weights.remote(state, version) for gen in actors.generators]
+
+
+def log_step(cfg: TrainConfig, step: int, m: dict, parts: list[RolloutBatch], results: list[RewardResult]) -> None:
+    logger.info(
+        "step %d/%d | reward %.3f | kept %.2f (tau %.3f) | entropy %.3f | stale %d | gen %.1fs reward %.1fs "
+        "learn %.1fs sync %.1fs | step %.1fs", step, cfg.steps, m["reward/mean"], m["mask/kept_fraction"],
+        m["mask/threshold"], m["entropy/mean"], m["staleness/max"], m["timing/generate_s"], m["timing/reward_s"],
+        m["timing/learn_s"], m["timing/weight_sync_s"], m["timing/step_s"])
+    if step == 1 or step % 5 == 0 or step == cfg.steps:
+        logger.info("sample (reward %.2f, answer %s): %r", results[0].score, parts[0].prompts[0].answer,
+                    parts[0].response_text[0][:300])
+
+
 def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTracker, pad_id: int,
           eval_prompts: list) -> None:
     rng = random.Random(cfg.seed)
@@ -171,11 +193,8 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         t_learn = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        state = [w.full_state_dict.remote() for w in actors.learners][0]  # every rank gathers; rank 0 returns
-        ray.wait([state])
         version += 1
-        load_s = ray.get(pending_loads) if pending_loads else []
-        pending_loads = [gen.load_weights.remote(state, version) for gen in actors.generators]
+        load_s, pending_loads = publish_weights(actors, version, pending_loads)
         metrics.update(learner_metrics)
         metrics.update({
             "policy_version": version,
@@ -183,7 +202,7 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
             "timing/reward_s": reward_s,
             "timing/wait_rollout_s": t_wait,
             "timing/learn_s": t_learn,
-            "timing/weight_sync_s": time.perf_counter() - t2 + (max(load_s) if load_s else 0.0),
+            "timing/weight_sync_s": time.perf_counter() - t2 + load_s,
             "timing/step_s": time.perf_counter() - t0,
         })
         if eval_prompts and (step % cfg.eval.every == 0 or step == cfg.steps):
@@ -191,14 +210,7 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
             metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples))
             logger.info("eval at step %d: accuracy %.3f", step, metrics["eval/accuracy"])
         tracker.log(metrics)
-        logger.info(
-            "step %d/%d | reward %.3f | kept %.2f (tau %.3f) | entropy %.3f | stale %d | gen %.1fs reward %.1fs "
-            "learn %.1fs sync %.1fs | step %.1fs", step, cfg.steps, metrics["reward/mean"], metrics["mask/kept_fraction"],
-            metrics["mask/threshold"], metrics["entropy/mean"], metrics["staleness/max"], metrics["timing/generate_s"],
-            metrics["timing/reward_s"], t_learn, metrics["timing/weight_sync_s"], metrics["timing/step_s"])
-        if step == 1 or step % 5 == 0 or step == cfg.steps:
-            logger.info("sample (reward %.0f, answer %s): %r", results[0].score, parts[0].prompts[0].answer,
-                        parts[0].response_text[0][:300])
+        log_step(cfg, step, metrics, parts, results)
     ray.get(pending_loads)
 
 
