@@ -106,7 +106,7 @@ def test_two_zero3_ranks_equal_one_process(ray_local, tiny_model, aggregation, n
     m2, s2 = run_learners(ray, tiny_model, 2, 2, batch, *modes)
     assert m2[0]["mask/threshold"] == m2[1]["mask/threshold"] == m1["mask/threshold"]
     assert m2[0]["mask/kept_tokens"] == m1["mask/kept_tokens"]
-    assert m2[0]["losses/loss"] == pytest.approx(m1["losses/policy_loss"], rel=1e-5, abs=1e-7)
+    assert m2[0]["losses/loss"] == pytest.approx(m1["losses/loss"], rel=1e-5, abs=1e-7)
     assert m2[0]["losses/grad_norm"] == pytest.approx(m1["losses/grad_norm"], rel=1e-4)
     assert m1["losses/grad_norm"] > 0
     assert s1.keys() == s2.keys() and len(s1) > 0
