@@ -172,6 +172,8 @@ class TrackingConfig:
     """wandb project."""
     wandb_mode: str = "auto"
     """'online', 'offline', 'disabled', or 'auto' (online only when WANDB_API_KEY is set)."""
+    save_every: int = 0
+    """Export the policy as a HF folder under run_dir/checkpoints every this many steps (0 = only at the end)."""
 
 
 @dataclass
@@ -251,6 +253,7 @@ def validate(c: TrainConfig) -> None:
     _check(batch % mini == 0, "learner.mini_batch_size", f"{mini} must divide the batch of {batch} responses")
     _check(mini % (l.num_ranks * l.micro_batch_size) == 0, "learner.micro_batch_size",
            f"mini-batch {mini} must split evenly into learner.num_ranks={l.num_ranks} x micro_batch_size={l.micro_batch_size}")
+    _check(c.tracking.save_every >= 0, "tracking.save_every", "must be >= 0")
     _check(c.tracking.wandb_mode in ("auto", "online", "offline", "disabled"), "tracking.wandb_mode",
            f"unknown mode {c.tracking.wandb_mode!r}")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import ray
 
 from actors.types import RolloutBatch
+from launch.checkpoint import export_hf
 from launch.config import TrainConfig, to_dict
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.models import resolve_model_path
@@ -138,22 +139,22 @@ def run(cfg: TrainConfig) -> Path:
                 len(actors.generators), len(actors.rewards), len(actors.learners))
     tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode)
     try:
-        _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id, eval_prompts)
+        _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id, eval_prompts, model_path)
     finally:
         tracker.close()
     logger.info("done: %s", run_dir)
     return run_dir
 
 
-def publish_weights(actors: Actors, version: int, previous_loads: list) -> tuple[float, list]:
+def publish_weights(actors: Actors, version: int, previous_loads: list):
     """Gather the full weights once into the object store and queue them on every generator.
 
-    Returns the seconds the *previous* loads took (they are done by now; waiting on the new ones
-    would stall behind in-flight generation) and the new loads' futures."""
+    Returns the weights' ObjectRef, the seconds the *previous* loads took (they are done by now;
+    waiting on the new ones would stall behind in-flight generation) and the new loads' futures."""
     state = [w.full_state_dict.remote() for w in actors.learners][0]  # every rank gathers; rank 0 returns
     ray.wait([state])
     load_s = max(ray.get(previous_loads), default=0.0)
-    return load_s, [gen.load_weights.remote(state, version) for gen in actors.generators]
+    return state, load_s, [gen.load_weights.remote(state, version) for gen in actors.generators]
 
 
 def log_step(cfg: TrainConfig, step: int, m: dict, parts: list[RolloutBatch], results: list[RewardResult]) -> None:
@@ -168,7 +169,7 @@ def log_step(cfg: TrainConfig, step: int, m: dict, parts: list[RolloutBatch], re
 
 
 def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTracker, pad_id: int,
-          eval_prompts: list) -> None:
+          eval_prompts: list, model_path: str) -> None:
     rng = random.Random(cfg.seed)
     inflight: deque[InFlight] = deque()
     version, pending_loads = 0, []
@@ -194,7 +195,7 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
 
         t2 = time.perf_counter()
         version += 1
-        load_s, pending_loads = publish_weights(actors, version, pending_loads)
+        state, load_s, pending_loads = publish_weights(actors, version, pending_loads)
         metrics.update(learner_metrics)
         metrics.update({
             "policy_version": version,
@@ -209,6 +210,10 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
             ray.get(pending_loads)  # evaluate the weights this step produced
             metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples))
             logger.info("eval at step %d: accuracy %.3f", step, metrics["eval/accuracy"])
+        save_every = cfg.tracking.save_every
+        if step == cfg.steps or (save_every and step % save_every == 0):
+            path = export_hf(ray.get(state), model_path, tracker.run_dir / "checkpoints" / f"step_{step}")
+            logger.info("saved %s", path)
         tracker.log(metrics)
         log_step(cfg, step, metrics, parts, results)
     ray.get(pending_loads)

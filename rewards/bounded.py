@@ -7,7 +7,6 @@ The worker is started lazily and restarted after a timeout or crash; the caller 
 """
 from __future__ import annotations
 
-import os
 import resource
 import socket
 import subprocess

@@ -102,8 +102,13 @@ def test_two_zero3_ranks_equal_one_process(ray_local, tiny_model, aggregation, n
 
     batch = make_batch()
     modes = (f"learner.aggregation={aggregation}", f"learner.mask.normalize={normalize}")
-    (m1,), s1 = run_learners(ray, tiny_model, 1, 4, batch, *modes)
-    m2, s2 = run_learners(ray, tiny_model, 2, 2, batch, *modes)
+    (m0,), _ = run_learners(ray, tiny_model, 1, 8, batch, *modes)  # the whole batch in one piece
+    (m1,), s1 = run_learners(ray, tiny_model, 1, 4, batch, *modes)  # two micro-batches
+    m2, s2 = run_learners(ray, tiny_model, 2, 2, batch, *modes)  # two ranks, two micro-batches each
+    for key in ("mask/threshold", "mask/kept_tokens"):
+        assert m0[key] == m1[key]
+    assert m1["losses/loss"] == pytest.approx(m0["losses/loss"], rel=1e-5, abs=1e-7)
+    assert m1["losses/grad_norm"] == pytest.approx(m0["losses/grad_norm"], rel=1e-4)
     assert m2[0]["mask/threshold"] == m2[1]["mask/threshold"] == m1["mask/threshold"]
     assert m2[0]["mask/kept_tokens"] == m1["mask/kept_tokens"]
     assert m2[0]["losses/loss"] == pytest.approx(m1["losses/loss"], rel=1e-5, abs=1e-7)

@@ -48,6 +48,17 @@ def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
     assert (run_dir / "curves.png").stat().st_size > 1000
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline and list(offline[0].glob("*.wandb"))
+    # the final policy is exported as a HF folder that loads and differs from the initial weights
+    from safetensors.torch import load_file
+
+    final = run_dir / "checkpoints" / "step_4"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_4"]
+    w0, w4 = load_file(str(tiny_model / "model.safetensors")), load_file(str(final / "model.safetensors"))
+    assert w0.keys() == w4.keys() and any(not (w0[k] == w4[k]).all() for k in w0)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(final)
+    AutoTokenizer.from_pretrained(final)
 
 
 def test_loop_learns_a_trivially_learnable_reward(tiny_model, yes_data, tmp_path):
