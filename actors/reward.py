@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from actors.types import RolloutBatch
 from rewards.math import RewardResult
+from rewards.code import SandboxLimits
 from rewards.registry import RewardScorer
 from rewards.shaping import shaped_score
 
@@ -13,7 +14,8 @@ from rewards.shaping import shaped_score
 class RewardWorker:
     def __init__(self, cfg, max_new_tokens: int):
         self.cfg, self.max_new_tokens = cfg, max_new_tokens
-        self.scorer = RewardScorer(cfg.fn, cfg.timeout_s, cfg.workers_per_actor)
+        limits = SandboxLimits(timeout_s=cfg.code_test_timeout_s, memory_mb=cfg.code_memory_mb)
+        self.scorer = RewardScorer(cfg.fn, cfg.timeout_s, cfg.workers_per_actor, code_limits=limits)
         self.scorer.start()  # pay the verifier processes' start-up before the first batch
 
     def score(self, texts: list[str], answers: list[str]) -> tuple[list[RewardResult], float]:

@@ -82,6 +82,10 @@ class RewardConfig:
     """Killable verifier processes per reward actor (parallel scoring)."""
     timeout_s: float = 5.0
     """Wall-clock limit per response; a response over it scores 0 and counts as a timeout."""
+    code_test_timeout_s: float = 2.0
+    """code reward: wall-clock limit per test run (reward.timeout_s bounds the whole response)."""
+    code_memory_mb: int = 512
+    """code reward: address-space limit per test run."""
     format_weight: float = 0.0
     """Weight of the format reward (boxed answer and a response that ended by itself)."""
     overlong_weight: float = 0.0
@@ -228,6 +232,8 @@ def validate(c: TrainConfig) -> None:
     _check(g.max_model_len > c.data.max_prompt_tokens + g.max_new_tokens - 1, "generation.max_model_len",
            f"{g.max_model_len} cannot hold data.max_prompt_tokens + generation.max_new_tokens")
     _check(c.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
+    _check(c.reward.code_test_timeout_s > 0 and c.reward.code_memory_mb >= 64, "reward.code_test_timeout_s",
+           "code_test_timeout_s must be > 0 and code_memory_mb >= 64")
     _check(0 <= c.reward.overlong_cache <= g.max_new_tokens, "reward.overlong_cache",
            f"must be in [0, generation.max_new_tokens={g.max_new_tokens}]")
     _check(c.reward.num_actors >= 1 and c.reward.workers_per_actor >= 1, "reward.num_actors", "must be >= 1")

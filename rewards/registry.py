@@ -48,14 +48,14 @@ def _import_fn(spec: str):
     return fn
 
 
-def score_one(spec: str, response: str, ground_truth: str) -> tuple[float, str]:
+def score_one(spec: str, response: str, ground_truth: str, code_limits=None) -> tuple[float, str]:
     """Runs inside the verifier process: (score, status)."""
     if spec == "math":
         return score_math(response, ground_truth)
     if spec == "code":
-        from rewards.code import score_code
+        from rewards.code import SandboxLimits, score_code
 
-        return score_code(response, ground_truth)
+        return score_code(response, ground_truth, code_limits or SandboxLimits())
     fn = starts_with if spec == "starts_with" else _import_fn(spec)
     score = fn(response, ground_truth)
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
@@ -66,9 +66,10 @@ def score_one(spec: str, response: str, ground_truth: str) -> tuple[float, str]:
 class RewardScorer:
     """Scores batches in parallel over `num_workers` killable processes, `timeout_s` per response."""
 
-    def __init__(self, spec: str, timeout_s: float, num_workers: int = 1, memory_limit_mb: int = 4096):
+    def __init__(self, spec: str, timeout_s: float, num_workers: int = 1, memory_limit_mb: int = 4096,
+                 code_limits=None):
         check_spec(spec)
-        self.spec, self.timeout_s = spec, timeout_s
+        self.spec, self.timeout_s, self.code_limits = spec, timeout_s, code_limits
         preload = ("rewards.registry",) + (() if spec in BUILTINS else (spec.split(":")[0],))
         self._procs = [BoundedProcess(memory_limit_mb, preload) for _ in range(num_workers)]
         self._pool = ThreadPoolExecutor(max_workers=num_workers)
@@ -80,7 +81,7 @@ class RewardScorer:
         out = []
         for response, gt in items:
             t0 = time.perf_counter()
-            res = proc.call(score_one, (self.spec, response, gt), self.timeout_s)
+            res = proc.call(score_one, (self.spec, response, gt, self.code_limits), self.timeout_s)
             took = time.perf_counter() - t0
             if res.status == OK:
                 out.append(RewardResult(res.value[0], res.value[1], seconds=took))

@@ -76,3 +76,16 @@ def test_format_and_overlong_shaping():
     assert overlong_penalty(100, 100, 0) == 0.0
     assert shaped_score(1.0, r"\boxed{3}", True, 90, format_weight=0.5, overlong_weight=1.0, max_len=100,
                         overlong_cache=20) == pytest.approx(1.0 + 0.5 - 0.5)
+
+
+def test_code_reward_through_the_scorer_with_configured_limits():
+    from rewards.registry import RewardScorer
+
+    s = RewardScorer("code", timeout_s=10.0, code_limits=SandboxLimits(timeout_s=0.5))
+    try:
+        good, slow = s.score_batch([sol("print(int(input()) * 2)"),
+                                    sol("import time\ntime.sleep(1.0)\nprint(int(input()) * 2)")], [DOUBLE, DOUBLE])
+        assert (good.score, good.status) == (1.0, "correct")
+        assert slow.score == 0.0  # 1 s of sleep is over the 0.5 s per-test limit
+    finally:
+        s.close()
