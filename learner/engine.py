@@ -101,10 +101,18 @@ class PolicyTrainer:
     # -- scoring ---------------------------------------------------------------------------------
 
     def _forward(self, mb: TrainShard, with_entropy: bool, engine=None):
+        """((m, l-1) log-probs, (m, l-1) entropies or None); zero off the valid response tokens."""
+        dev = self.device
         logits = (engine or self.engine)(
-            input_ids=mb.input_ids.to(self.device), attention_mask=mb.attention_mask.to(self.device)
+            input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev)
         ).logits[:, :-1]  # (m, l-1, V): column t predicts token t+1
-        return logprobs_and_entropy(logits, mb.targets.to(self.device), self.temperature, self.cfg.logprob_chunk, with_entropy)
+        valid = mb.valid.to(dev)
+        # Only response tokens are scored: prompt and padding positions would double the
+        # vocabulary-sized softmax work for nothing.
+        lp, h = logprobs_and_entropy(logits[valid][None], mb.targets.to(dev)[valid][None], self.temperature,
+                                     self.cfg.logprob_chunk, with_entropy)  # (1, k) each
+        scatter = lambda x: torch.zeros(valid.shape, dtype=x.dtype, device=dev).masked_scatter(valid, x[0])  # noqa: E731
+        return scatter(lp), (scatter(h) if h is not None else None)
 
     @torch.no_grad()
     def score(self, shard: TrainShard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -59,14 +59,14 @@ def main() -> None:
     out = Path(args.out)
     fig.savefig(out / "curves.png", dpi=100)
 
-    lines = ["| arm | reward first 3 steps | reward last 3 steps | eval accuracy (first -> last) | kept fraction | s/step |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| arm | reward first 3 steps | reward last 3 steps | eval accuracy (first -> last) | kept fraction |",
+             "| --- | --- | --- | --- | --- |"]
     for name, rows in results.items():
         ev = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         lines.append(f"| {name} | {mean([r['reward/mean'] for r in rows[:3]]):.3f} | "
                      f"{mean([r['reward/mean'] for r in rows[-3:]]):.3f} | {ev[0]:.3f} -> {ev[-1]:.3f} | "
-                     f"{mean([r['mask/kept_fraction'] for r in rows]):.2f} | {mean([r['timing/step_s'] for r in rows]):.1f} |")
+                     f"{mean([r['mask/kept_fraction'] for r in rows]):.2f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
