@@ -1,6 +1,7 @@
 """Mask ablation on the CPU demo task: none vs top-20% vs bottom-80% vs random-20%, equal steps.
 
 Usage: python bench/ablation/run.py [--steps 12] [--out bench/ablation/results] [extra key=value ...]
+Add --report-only to rebuild the plot and table from an earlier run's metrics.
 Runs `forkrl train` once per arm (sequentially, same seed and data), then writes
 `curves.png` (mean training reward and held-out greedy accuracy over steps) and `table.md`.
 """
@@ -23,6 +24,8 @@ ARMS = {
 
 def run_arm(name: str, overrides: list[str], args) -> list[dict]:
     run_dir = Path(args.out) / name.split()[0]
+    if args.report_only:
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     cmd = [sys.executable, "-m", "launch.train", "--config", str(REPO / "configs/demo.yaml"), f"steps={args.steps}",
            f"tracking.run_dir={run_dir}", f"tracking.name=ablation-{name.split()[0]}", "tracking.wandb_mode=offline",
            f"eval.every={args.eval_every}", "eval.num_prompts=32", *overrides, *args.extra]
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--eval-every", type=int, default=4)
     ap.add_argument("--out", default=str(REPO / "bench/ablation/results"))
+    ap.add_argument("--report-only", action="store_true", help="rebuild the plot and table from earlier runs")
     ap.add_argument("extra", nargs="*", help="key=value overrides applied to every arm")
     args = ap.parse_args()
     results = {name: run_arm(name, ov, args) for name, ov in ARMS.items()}
