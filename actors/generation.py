@@ -84,6 +84,3 @@ class GenerationWorker:
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         self.version = version
         return time.perf_counter() - t0
-
-    def get_version(self) -> int:
-        return self.version
