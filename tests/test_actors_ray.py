@@ -125,3 +125,17 @@ def test_two_zero3_ranks_equal_one_process(ray_local, tiny_model, aggregation, n
     assert d1.abs().max() > 1e-3  # the step really moved the weights
     assert torch.nn.functional.cosine_similarity(d1, d2, dim=0) > 0.999
     assert ((d1 - d2).abs() > 1e-6).float().mean() < 0.01
+
+
+def test_several_updates_per_batch_keep_the_mask_fixed(ray_local, tiny_model):
+    """mini_batch_size=4 of 8 and 2 epochs: four optimizer updates on one rollout batch."""
+    import ray
+
+    (m,), s4 = run_learners(ray, tiny_model, 1, 2, make_batch(), "learner.mini_batch_size=4", "learner.epochs=2")
+    (m_once,), s1 = run_learners(ray, tiny_model, 1, 2, make_batch())
+    assert m["charts/optimizer_updates"] == 4 and m_once["charts/optimizer_updates"] == 1
+    # the mask comes from the scoring pass before any update, so it is the same batch threshold
+    assert m["mask/threshold"] == m_once["mask/threshold"]
+    # later updates see a moved policy, so the clipped objective's statistics and the weights differ
+    assert m["losses/approx_kl"] != pytest.approx(m_once["losses/approx_kl"])
+    assert any(not torch.equal(s4[k], s1[k]) for k in s1)
