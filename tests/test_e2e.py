@@ -33,7 +33,9 @@ def read_metrics(run_dir):
 
 def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
     run_dir = tmp_path / "run"
-    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=4", "max_staleness=1", "learner.num_ranks=2")
+    # Overlong shaping on (L_cache 4 of 8 tokens) also checks the reward actor's shaping wiring.
+    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=4", "max_staleness=1", "learner.num_ranks=2",
+                 "reward.overlong_weight=1.0", "reward.overlong_cache=4")
     assert res.returncode == 0, res.stderr[-3000:]
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -42,6 +44,8 @@ def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
         assert set(REQUIRED) <= set(r)
         assert 0.2 <= r["mask/kept_fraction"] < 0.5  # top-20% of the batch (ties may add a few)
         assert r["staleness/max"] <= 1
+        # the random model rarely stops early: most responses hit 8 tokens and take the full -1
+        assert r["response/truncated_fraction"] > 0.5 and r["reward/mean"] < -0.4
     assert [r["staleness/max"] for r in rows[1:]] == [1, 1, 1]  # generation really ran ahead
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["learner"]["num_ranks"] == 2 and cfg["max_staleness"] == 1
