@@ -36,7 +36,3 @@ class RewardWorker:
             for r, i in zip(results, range(start, stop))
         ]
         return shaped, seconds
-
-    def restarts(self) -> int:
-        """Verifier processes killed and restarted so far (timeouts and crashes)."""
-        return self.scorer.restarts
