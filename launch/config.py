@@ -10,8 +10,13 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
+
+from learner.advantages import Estimator
+from learner.losses import Aggregation, KLEstimator, Normalize
+from learner.masking import MaskMode, MaskScope
 
 
 class ConfigError(ValueError):
@@ -61,10 +66,11 @@ class GenerationConfig:
     temperature: float = 1.0
     """Sampling temperature; the learner scores tokens at the same temperature."""
     top_p: float = 1.0
-    """Nucleus sampling; keep 1.0 so behaviour log-probs are those of the full distribution."""
+    """Must stay 1.0: below it vLLM's log-probs are renormalised over the nucleus while the learner
+    scores the full softmax, which would bias every importance ratio."""
     gpu_memory_utilization: float = 0.2
     """vLLM memory fraction (of CPU RAM on the CPU backend)."""
-    dtype: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """vLLM dtype: 'auto' is float32 on CPU (faster than bf16 there) and bfloat16 on GPU."""
     max_model_len: int = 1024
     """vLLM context length; must hold prompt + response."""
@@ -96,12 +102,14 @@ class RewardConfig:
 
 @dataclass
 class MaskConfig:
-    mode: str = "top"
+    mode: MaskMode = "top"
     """'top' (highest-entropy rho, the paper), 'bottom' (lowest 1-rho), 'random' (rho), 'none'."""
     rho: float = 0.2
     """Fraction of the batch's valid response tokens that receive gradient (1.0 = every token)."""
-    normalize: str = "all"
-    """Loss denominator: 'all' valid tokens (the paper's objective) or only the 'kept' ones."""
+    normalize: Normalize = "all"
+    """Loss denominator: 'all' in-scope tokens (the paper's objective) or only the 'kept' ones."""
+    scope: MaskScope = "informative"
+    """Tokens the mask picks from and the loss counts: 'informative' (non-zero advantage) or 'all'."""
 
 
 @dataclass
@@ -128,7 +136,7 @@ class LearnerConfig:
     """Sequences per optimizer update, all ranks together; 0 = the whole rollout batch."""
     epochs: int = 1
     """Passes over each rollout batch."""
-    advantage: str = "grpo"
+    advantage: Estimator = "grpo"
     """'grpo' (group mean/std), 'drgrpo' (group mean), 'rloo', 'reinforce_pp' (batch), 'w_reinforce'."""
     w_lambda: float = 0.1
     """w_reinforce: weight of positive samples relative to negative ones (0 = pure NSR)."""
@@ -136,19 +144,21 @@ class LearnerConfig:
     """Lower ratio clip epsilon."""
     clip_high: float = 0.28
     """Upper ratio clip epsilon (DAPO clip-higher)."""
-    dual_clip: float = 0.0
-    """Dual-clip bound c > 1 for negative advantages (0 = off; DAPO runs used 10)."""
-    aggregation: str = "token_mean"
+    dual_clip: float = 3.0
+    """Dual-clip bound c > 1: a negative-advantage token's loss is at most c * |A| (0 = off; verl's 3)."""
+    is_cap: float = 2.0
+    """Truncation C of the importance weight min(pi_prox / pi_behaviour, C) for stale rollouts (0 = off)."""
+    aggregation: Aggregation = "token_mean"
     """'token_mean' (DAPO), 'seq_mean_token_mean' (GRPO) or 'seq_mean_token_sum_norm' (Dr. GRPO)."""
     kl_coef: float = 0.0
     """Weight of the KL penalty to the frozen initial policy (0 = off, as in DAPO; no reference is built)."""
-    kl_estimator: str = "k3"
-    """KL estimator: 'k1', 'k2' or 'k3'."""
+    kl_estimator: KLEstimator = "k2"
+    """KL term in the loss: 'k2' (gradient of KL(pi || ref)) or 'k3' (GRPO's; gradient of KL(ref || pi))."""
     entropy_coef: float = 0.0
     """Entropy bonus weight (subtracts coef * entropy from the loss; one-shot RLVR used ~1e-3)."""
     logprob_chunk: int = 1024
     """Tokens per chunk when computing log-softmax/entropy over the vocabulary."""
-    dtype: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Training dtype: 'auto' is float32 on CPU and bfloat16 on GPU."""
     mask: MaskConfig = field(default_factory=MaskConfig)
     """Entropy-percentile gradient mask."""
@@ -174,7 +184,7 @@ class TrackingConfig:
     """Run name (wandb run name too)."""
     wandb_project: str = "forkrl"
     """wandb project."""
-    wandb_mode: str = "auto"
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     """'online', 'offline', 'disabled', or 'auto' (online only when WANDB_API_KEY is set)."""
     save_every: int = 0
     """Export the policy as a HF folder under run_dir/checkpoints every this many steps (0 = only at the end)."""
@@ -226,9 +236,9 @@ def validate(c: TrainConfig) -> None:
     _check(g.num_actors >= 1, "generation.num_actors", "must be >= 1")
     _check(g.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1")
     _check(g.temperature > 0, "generation.temperature", f"must be > 0, got {g.temperature}")
-    _check(0 < g.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {g.top_p}")
+    _check(g.top_p == 1.0, "generation.top_p", f"must be 1.0, got {g.top_p}: vLLM's log-probs would be renormalised "
+           "over the nucleus while the learner scores the full softmax, biasing every importance ratio")
     _check(0 < g.gpu_memory_utilization < 1, "generation.gpu_memory_utilization", "must be in (0, 1)")
-    _check(g.dtype in ("auto", "float32", "bfloat16", "float16"), "generation.dtype", f"unknown dtype {g.dtype!r}")
     _check(g.max_model_len > c.data.max_prompt_tokens + g.max_new_tokens - 1, "generation.max_model_len",
            f"{g.max_model_len} cannot hold data.max_prompt_tokens + generation.max_new_tokens")
     _check(c.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
@@ -237,18 +247,13 @@ def validate(c: TrainConfig) -> None:
     _check(0 <= c.reward.overlong_cache <= g.max_new_tokens, "reward.overlong_cache",
            f"must be in [0, generation.max_new_tokens={g.max_new_tokens}]")
     _check(c.reward.num_actors >= 1 and c.reward.workers_per_actor >= 1, "reward.num_actors", "must be >= 1")
-    _check(m.mode in ("top", "bottom", "random", "none"), "learner.mask.mode",
-           f"must be one of top, bottom, random, none; got {m.mode!r}")
     _check(0 < m.rho <= 1, "learner.mask.rho", f"must be in (0, 1], got {m.rho}")
-    _check(m.normalize in ("all", "kept"), "learner.mask.normalize", f"must be 'all' or 'kept', got {m.normalize!r}")
-    _check(l.advantage in ("grpo", "drgrpo", "rloo", "reinforce_pp", "w_reinforce"), "learner.advantage",
-           f"unknown estimator {l.advantage!r}")
+    _check(not (m.normalize == "kept" and l.aggregation == "seq_mean_token_sum_norm"), "learner.mask.normalize",
+           "'kept' has no meaning with learner.aggregation=seq_mean_token_sum_norm, which divides by a constant length")
     _check(l.dual_clip == 0 or l.dual_clip > 1, "learner.dual_clip", f"must be 0 (off) or > 1, got {l.dual_clip}")
     _check(l.kl_coef >= 0, "learner.kl_coef", "must be >= 0")
-    _check(l.kl_estimator in ("k1", "k2", "k3"), "learner.kl_estimator", f"must be k1, k2 or k3, got {l.kl_estimator!r}")
+    _check(l.is_cap == 0 or l.is_cap >= 1, "learner.is_cap", f"must be 0 (off) or >= 1, got {l.is_cap}")
     _check(l.warmup_steps >= 0, "learner.warmup_steps", "must be >= 0")
-    _check(l.aggregation in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
-           "learner.aggregation", f"unknown mode {l.aggregation!r}")
     _check(l.num_ranks >= 1, "learner.num_ranks", "must be >= 1")
     _check(l.lr > 0, "learner.lr", "must be > 0")
     _check(l.torch_threads >= 0, "learner.torch_threads", "must be >= 0")
@@ -260,8 +265,6 @@ def validate(c: TrainConfig) -> None:
     _check(mini % (l.num_ranks * l.micro_batch_size) == 0, "learner.micro_batch_size",
            f"mini-batch {mini} must split evenly into learner.num_ranks={l.num_ranks} x micro_batch_size={l.micro_batch_size}")
     _check(c.tracking.save_every >= 0, "tracking.save_every", "must be >= 0")
-    _check(c.tracking.wandb_mode in ("auto", "online", "offline", "disabled"), "tracking.wandb_mode",
-           f"unknown mode {c.tracking.wandb_mode!r}")
 
 
 # ---- building the tree from YAML and overrides -------------------------------------------------
@@ -280,10 +283,22 @@ def _build(cls, raw: dict, prefix: str):
     return cls(**kwargs)
 
 
+# Choices left out on purpose, with the reason a user who asks for them gets.
+REFUSED = {
+    ("learner.kl_estimator", "k1"): "k1 = log(pi/ref) as a loss has zero expected gradient",
+}
+
+
 def _coerce(tp, value, key):
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            why = f" ({REFUSED[key, value]})" if (key, value) in REFUSED else ""
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}{why}")
+        return value
     if origin is list:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]

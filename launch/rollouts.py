@@ -7,9 +7,14 @@ from dataclasses import dataclass
 import torch
 
 from actors.types import Prompt, RolloutBatch
-from learner.advantages import compute_advantages
+from learner.advantages import compute_advantages, group_is_informative
 from learner.batch import TrainShard, collate
-from rewards.math import RewardResult
+from rewards.math import CORRECT, RewardResult
+from rewards.bounded import CRASHED, ERROR, TIMEOUT
+
+# Verifications that did not finish: no verdict, so the response is left out of the group's
+# statistics and gets no gradient (scoring it 0 would count it as a wrong answer).
+FAILED = (TIMEOUT, ERROR, CRASHED)
 
 
 @dataclass(frozen=True)
@@ -19,50 +24,61 @@ class Group:
     prompt: Prompt
     response_ids: list[list[int]]  # (G, ragged)
     behaviour_logprobs: list[list[float]]  # (G, ragged)
-    rewards: list[float]  # (G,)
+    rewards: list[float]  # (G,) shaped scores
+    correct: list[bool]  # (G,) the verifier's verdict
+    verified: list[bool]  # (G,) False where verification timed out, raised or crashed
     policy_version: int
 
-    @property
-    def informative(self) -> bool:
-        """False when all G rewards are equal: every advantage is then zero (DAPO drops these)."""
-        return len(set(self.rewards)) > 1
+    def informative(self, estimator: str, w_lambda: float) -> bool:
+        """Whether `estimator` gives any response of this group a non-zero advantage (DAPO drops
+        groups that do not; which ones those are depends on the estimator, not only the rewards)."""
+        return group_is_informative(torch.tensor(self.rewards), torch.tensor(self.correct),
+                                    torch.tensor(self.verified), estimator, w_lambda)
 
 
 def to_groups(parts: list[RolloutBatch], results: list[RewardResult]) -> list[Group]:
+    """Groups in rollout order; `results` holds one result per response, in the same order."""
     groups, i = [], 0
     for part in parts:
         g = part.group_size
         for j, prompt in enumerate(part.prompts):
+            res = results[i + j * g : i + (j + 1) * g]
             rows = slice(j * g, (j + 1) * g)
             groups.append(Group(prompt, part.response_ids[rows], part.behaviour_logprobs[rows],
-                                [r.score for r in results[i + j * g : i + (j + 1) * g]], part.policy_version))
+                                [r.score for r in res], [r.status == CORRECT for r in res],
+                                [r.status not in FAILED for r in res], part.policy_version))
         i += len(part)
     return groups
 
 
-def choose_groups(informative: list[Group], uninformative: list[Group], needed: int) -> tuple[list[Group], int]:
-    """`needed` groups, informative first; short of those, zero-advantage groups fill the batch
-    (the learner's shapes are fixed: ZeRO-3 ranks must run the same number of micro-batches).
-    Returns (groups, how many were fill)."""
+def choose_groups(informative: list[Group], uninformative: list[Group], needed: int) -> tuple[list[Group], list[Group]]:
+    """`needed` groups, informative first; short of those, fill groups complete the batch (the
+    learner's shapes are fixed: ZeRO-3 ranks must run the same number of micro-batches).
+    Returns (chosen, fill): fill groups get zero advantage under every estimator."""
     chosen = informative[:needed]
-    fill = uninformative[: needed - len(chosen)]
-    return chosen + fill, len(fill)
+    return chosen, uninformative[: needed - len(chosen)]
 
 
-def train_shards(groups: list[Group], estimator: str, w_lambda: float, ranks: int, pad_id: int,
+def train_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambda: float, ranks: int, pad_id: int,
                  rng: random.Random) -> list[TrainShard]:
-    """Advantages per group, then the responses shuffled and cut into one shard per learner rank."""
-    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)  # (P, G)
-    adv = compute_advantages(rewards, estimator, w_lambda).flatten()  # (P*G,)
-    size = len(groups[0].rewards)
-    prompt_ids = [g.prompt.token_ids for g in groups for _ in range(size)]
-    resp = [r for g in groups for r in g.response_ids]
-    blp = [lp for g in groups for lp in g.behaviour_logprobs]
+    """Advantages per group (fill groups and failed verifications left out of every statistic),
+    then the responses shuffled and cut into one shard per learner rank."""
+    every = groups + fill
+    rewards = torch.tensor([g.rewards for g in every], dtype=torch.float32)  # (P, G)
+    correct = torch.tensor([g.correct for g in every])  # (P, G) bool
+    verified = torch.tensor([g.verified for g in every])  # (P, G) bool
+    is_fill = torch.tensor([False] * len(groups) + [True] * len(fill))[:, None]  # (P, 1)
+    adv = compute_advantages(rewards, correct, verified & ~is_fill, estimator, w_lambda).flatten()  # (P*G,)
+    size = len(every[0].rewards)
+    prompt_ids = [g.prompt.token_ids for g in every for _ in range(size)]
+    resp = [r for g in every for r in g.response_ids]
+    blp = [lp for g in every for lp in g.behaviour_logprobs]
+    trained = verified.flatten().tolist()  # a failed verification's tokens are out of every term
     order = list(range(len(resp)))
     rng.shuffle(order)  # mini-batches then draw from every group rather than a few prompts
     per = len(order) // ranks
     return [
         collate([prompt_ids[i] for i in idx], [resp[i] for i in idx], [blp[i] for i in idx],
-                [float(adv[i]) for i in idx], pad_id)
+                [float(adv[i]) for i in idx], pad_id, trained=[trained[i] for i in idx])
         for idx in (order[r * per:(r + 1) * per] for r in range(ranks))
     ]

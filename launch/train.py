@@ -24,7 +24,7 @@ from launch.config import TrainConfig, to_dict
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.models import resolve_model_path
 from launch.placement import Actors, check_resources, launch_actors
-from launch.rollouts import Group, choose_groups, to_groups, train_shards
+from launch.rollouts import FAILED, Group, choose_groups, to_groups, train_shards
 from launch.tracking import RunTracker
 from learner.passk import mean_pass_at_k
 from rewards.math import RewardResult
@@ -64,6 +64,8 @@ def rollout_metrics(parts: list[RolloutBatch], results, groups: list[Group], ver
         "reward/mean": sum(rewards) / len(rewards),
         "reward/max": max(rewards),
         "reward/accuracy": sum(r.status == "correct" for r in results) / len(results),
+        # verifications that timed out, raised or crashed: left out of baselines and gradients
+        "reward/excluded_fraction": sum(r.status in FAILED for r in results) / len(results),
         "reward/verify_p99_s": sorted(r.seconds for r in results)[int(0.99 * (len(results) - 1))],
         "response/length_mean": sum(lengths) / len(lengths),
         "response/truncated_fraction": 1 - sum(finished) / len(finished),
@@ -81,24 +83,25 @@ def collect(batch: InFlight) -> tuple[list[RolloutBatch], list[RewardResult], fl
 
 
 def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts: list, results: list):
-    """DAPO dynamic sampling: keep groups whose rewards differ and sample more prompts until the
-    batch is full or `dynamic_sampling_max_rounds` rounds ran. Extends `parts` and `results` in
-    place, so the step's reward metrics cover every response sampled."""
-    need = cfg.prompts_per_step
-    groups = to_groups(parts, results)
-    good = [g for g in groups if g.informative]
-    dull = [g for g in groups if not g.informative]
+    """DAPO dynamic sampling: keep groups the advantage estimator gives signal to and sample more
+    prompts until the batch is full or `dynamic_sampling_max_rounds` rounds ran. Extends `parts`
+    and `results` in place, so the step's reward metrics cover every response sampled.
+    Returns (chosen groups, fill groups, metrics)."""
+    need, l = cfg.prompts_per_step, cfg.learner
+    good, dull = [], []
+    for g in to_groups(parts, results):
+        (good if g.informative(l.advantage, l.w_lambda) else dull).append(g)
     rounds = 1
     while len(good) < need and rounds < cfg.dynamic_sampling_max_rounds:
         more_parts, more_results, _ = collect(submit_rollout(actors, stream.take(need), cfg.generation.group_size))
         parts += more_parts
         results += more_results
         for g in to_groups(more_parts, more_results):
-            (good if g.informative else dull).append(g)
+            (good if g.informative(l.advantage, l.w_lambda) else dull).append(g)
         rounds += 1
-    chosen, filled = choose_groups(good, dull, need)
-    return chosen, {"dynamic/rounds": rounds, "dynamic/dropped_fraction": len(dull) / (len(good) + len(dull)),
-                    "dynamic/filled_groups": filled}
+    chosen, fill = choose_groups(good, dull, need)
+    return chosen, fill, {"dynamic/rounds": rounds, "dynamic/dropped_fraction": len(dull) / (len(good) + len(dull)),
+                          "dynamic/filled_groups": len(fill)}
 
 
 def evaluate(actors: Actors, prompts, samples: int) -> dict:
@@ -179,16 +182,16 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
             inflight.append(submit_rollout(actors, stream.take(cfg.prompts_per_step), cfg.generation.group_size))
         parts, results, reward_s = collect(inflight.popleft())
         if cfg.dynamic_sampling:
-            groups, dyn = dynamic_sample(cfg, actors, stream, parts, results)
+            groups, fill, dyn = dynamic_sample(cfg, actors, stream, parts, results)
         else:
-            groups, dyn = to_groups(parts, results), {}
+            groups, fill, dyn = to_groups(parts, results), [], {}
         t_wait = time.perf_counter() - t0
-        metrics = {"step": step, **rollout_metrics(parts, results, groups, version), **dyn}
+        metrics = {"step": step, **rollout_metrics(parts, results, groups + fill, version), **dyn}
         if metrics["staleness/max"] > cfg.max_staleness:  # the ordering argument above is broken
             raise RuntimeError(f"staleness {metrics['staleness/max']} over max_staleness={cfg.max_staleness}")
 
         l = cfg.learner
-        shards = train_shards(groups, l.advantage, l.w_lambda, l.num_ranks, pad_id, rng)
+        shards = train_shards(groups, fill, l.advantage, l.w_lambda, l.num_ranks, pad_id, rng)
         t1 = time.perf_counter()
         learner_metrics = ray.get([w.train_step.remote(s) for w, s in zip(actors.learners, shards)])[0]
         t_learn = time.perf_counter() - t1

@@ -1,56 +1,116 @@
-"""Critic-free advantage estimators. Input rewards are (P, G): P prompts, G responses each.
+"""Critic-free advantage estimators. Pure functions over (P, G): P prompts, G responses each.
 
-Every estimator returns (P, G) advantages; every token of response (p, g) gets advantages[p, g].
+Every estimator takes the rewards, the verifier's verdicts and an `included` mask and returns
+(P, G) advantages; every token of response (p, g) gets advantages[p, g].
+
+Departures from a bare `(r - mean) / std`:
+- `included` is False for responses whose verification failed (timeout, error, crash) and for
+  fill groups. They are left out of every baseline and statistic and get advantage 0: a failed
+  verification scored as 0 would pull its group's baseline down as if it were a wrong answer.
+- A group whose included rewards are all equal, or with fewer than two included responses, gets
+  exactly 0 (no float residue), so "uninformative" is an exact test, `advantages == 0`.
+- W-REINFORCE reads the verifier's verdict (`correct`), never the shaped score: a format bonus
+  must not turn a wrong answer into a positive sample, nor an overlong penalty a right one into a
+  negative one.
 """
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import torch
 
-ESTIMATORS = ("grpo", "drgrpo", "rloo", "reinforce_pp", "w_reinforce")
+Estimator = Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "w_reinforce"]
+# Estimators whose advantage needs the whole batch: a single group cannot be judged uninformative.
+BATCH_LEVEL = ("reinforce_pp",)
 
 
-def grpo(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def _group_stats(rewards: torch.Tensor, included: torch.Tensor):
+    """(P, 1) included count, mean, and whether the group can carry signal at all."""
+    inc = included.float()  # (P, G)
+    n = inc.sum(dim=1, keepdim=True)  # (P, 1)
+    mean = (rewards * inc).sum(dim=1, keepdim=True) / n.clamp(min=1)  # (P, 1)
+    lo = torch.where(included, rewards, torch.full_like(rewards, float("inf"))).amin(dim=1, keepdim=True)
+    hi = torch.where(included, rewards, torch.full_like(rewards, float("-inf"))).amax(dim=1, keepdim=True)
+    live = (n >= 2) & (hi > lo)  # (P, 1): two or more included responses that disagree
+    return n, mean, live
+
+
+def grpo(rewards: torch.Tensor, included: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """(r - group mean) / (group std + eps); std is the unbiased one, as in the GRPO paper's code."""
-    mean = rewards.mean(dim=1, keepdim=True)  # (P, 1)
-    std = rewards.std(dim=1, keepdim=True)  # (P, 1)
-    return (rewards - mean) / (std + eps)
+    n, mean, live = _group_stats(rewards, included)
+    var = (((rewards - mean) * included) ** 2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)  # (P, 1)
+    adv = (rewards - mean) / (var.sqrt() + eps)
+    return torch.where(live & included, adv, torch.zeros_like(adv))
 
 
-def drgrpo(rewards: torch.Tensor) -> torch.Tensor:
+def drgrpo(rewards: torch.Tensor, included: torch.Tensor) -> torch.Tensor:
     """r - group mean (Dr. GRPO: no std division, which over-weights very easy and hard groups)."""
-    return rewards - rewards.mean(dim=1, keepdim=True)
+    _, mean, live = _group_stats(rewards, included)
+    adv = rewards - mean
+    return torch.where(live & included, adv, torch.zeros_like(adv))
 
 
-def rloo(rewards: torch.Tensor) -> torch.Tensor:
-    """r - mean of the other G-1 rewards of the group (leave-one-out baseline)."""
-    g = rewards.shape[1]
-    others = (rewards.sum(dim=1, keepdim=True) - rewards) / (g - 1)  # (P, G)
-    return rewards - others
+def rloo(rewards: torch.Tensor, included: torch.Tensor) -> torch.Tensor:
+    """r - mean of the group's other included rewards (leave-one-out baseline)."""
+    n, mean, live = _group_stats(rewards, included)
+    others = (mean * n - rewards) / (n - 1).clamp(min=1)  # (P, G)
+    adv = rewards - others
+    return torch.where(live & included, adv, torch.zeros_like(adv))
 
 
-def reinforce_pp(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(r - batch mean) / (batch std + eps) over the whole batch (REINFORCE++ style)."""
-    return (rewards - rewards.mean()) / (rewards.std() + eps)
+def reinforce_pp(rewards: torch.Tensor, included: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(r - batch mean) / (batch std + eps) over every included response (REINFORCE++ style)."""
+    vals = rewards[included]  # (K,)
+    if vals.numel() < 2 or bool((vals == vals[0]).all()):
+        return torch.zeros_like(rewards)
+    adv = (rewards - vals.mean()) / (vals.std() + eps)
+    return torch.where(included, adv, torch.zeros_like(adv))
 
 
-def w_reinforce(rewards: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
-    """Weighted REINFORCE: reward +1 (correct, r > 0) scaled by lam, -1 (wrong) kept.
+def w_reinforce(correct: torch.Tensor, included: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
+    """Weighted REINFORCE on the verifier's verdict: correct samples +lam, wrong ones -1.
 
-    lam = 0 is pure negative-sample reinforcement (NSR); rewards are read as pass/fail.
+    lam = 0 is pure negative-sample reinforcement (NSR). An all-wrong group still gets -1 on
+    every response: there is no group baseline, so it carries signal.
     """
-    return torch.where(rewards > 0, torch.full_like(rewards, lam), torch.full_like(rewards, -1.0))
+    adv = torch.where(correct, torch.full(correct.shape, lam), torch.full(correct.shape, -1.0))  # (P, G)
+    return torch.where(included, adv, torch.zeros_like(adv))
 
 
-def compute_advantages(rewards: torch.Tensor, estimator: str, w_lambda: float = 0.1) -> torch.Tensor:
-    """Dispatch on the config's estimator name; (P, G) -> (P, G)."""
+def compute_advantages(
+    rewards: torch.Tensor,  # (P, G) float, shaped scores
+    correct: torch.Tensor,  # (P, G) bool, the verifier's verdict
+    included: torch.Tensor,  # (P, G) bool, False = left out of statistics, advantage 0
+    estimator: str,
+    w_lambda: float = 0.1,
+) -> torch.Tensor:
+    """(P, G) advantages by the config's estimator name."""
     if estimator == "grpo":
-        return grpo(rewards)
+        return grpo(rewards, included)
     if estimator == "drgrpo":
-        return drgrpo(rewards)
+        return drgrpo(rewards, included)
     if estimator == "rloo":
-        return rloo(rewards)
+        return rloo(rewards, included)
     if estimator == "reinforce_pp":
-        return reinforce_pp(rewards)
+        return reinforce_pp(rewards, included)
     if estimator == "w_reinforce":
-        return w_reinforce(rewards, w_lambda)
-    raise ValueError(f"unknown advantage estimator {estimator!r}; one of {ESTIMATORS}")
+        return w_reinforce(correct, included, w_lambda)
+    raise ValueError(f"unknown advantage estimator {estimator!r}; one of {typing.get_args(Estimator)}")
+
+
+def group_is_informative(
+    rewards: torch.Tensor,  # (G,) float
+    correct: torch.Tensor,  # (G,) bool
+    included: torch.Tensor,  # (G,) bool
+    estimator: str,
+    w_lambda: float = 0.1,
+) -> bool:
+    """Whether a group would get any non-zero advantage: the estimator decides, not the rewards.
+
+    For a batch-level estimator (reinforce_pp) any group with an included response counts, since
+    its baseline is the batch's, not the group's."""
+    if estimator in BATCH_LEVEL:
+        return bool(included.any())
+    adv = compute_advantages(rewards[None], correct[None], included[None], estimator, w_lambda)
+    return bool((adv != 0).any())

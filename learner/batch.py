@@ -41,6 +41,7 @@ def collate(
     behaviour_logp: list[list[float]],  # one per response token
     advantages: list[float],
     pad_id: int,
+    trained: list[bool] | None = None,  # False: the response takes part in no loss term (no valid tokens)
 ) -> TrainShard:
     n = len(prompt_ids)
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
@@ -55,6 +56,6 @@ def collate(
         ids[i, : lengths[i]] = torch.tensor(p + r, dtype=torch.long)
         attn[i, : lengths[i]] = 1
         # Response token j sits at position len(p)+j and is predicted from column len(p)+j-1.
-        valid[i, len(p) - 1 : lengths[i] - 1] = True
+        valid[i, len(p) - 1 : lengths[i] - 1] = trained is None or trained[i]
         blp[i, len(p) - 1 : lengths[i] - 1] = torch.tensor(lp, dtype=torch.float32)
     return TrainShard(ids, attn, valid, blp, torch.tensor(advantages, dtype=torch.float32))

@@ -2,9 +2,12 @@
 
 A step, on every rank at once:
 1. a no-grad pass over this rank's micro-batches gives each response token's full-vocabulary
-   entropy (current policy, rollout temperature) and its log-prob;
-2. the entropy mask is chosen once for the whole batch over all ranks (`learner.masking`) and
-   stays fixed for every mini-batch update of the batch;
+   entropy (current policy, rollout temperature) and its log-prob, which is the *proximal*
+   policy of the decoupled objective (`learner.losses`): the weights before this batch's first
+   update;
+2. the scope (all response tokens, or those with a non-zero advantage) and then the entropy
+   mask are chosen once for the whole batch over all ranks (`learner.masking`) and stay fixed for
+   every mini-batch update of the batch;
 3. for each epoch and mini-batch, micro-batch losses weighted by the mini-batch's global token
    counts are back-propagated and DeepSpeed steps at the accumulation boundary.
 
@@ -17,14 +20,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 
 from learner.batch import TrainShard
 from learner.logprobs import logprobs_and_entropy
-from learner.losses import BatchCounts, clipped_pg_loss, kl_penalty, token_weights
-from learner.masking import select_tokens
+from learner.losses import (BatchCounts, clipped_pg_loss, importance_weights, kl_penalty, kl_sample_weights,
+                            token_weights)
+from learner.masking import scope_tokens, select_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,22 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     work = t.cuda() if backend == "nccl" else t.clone()
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     return work.to(t.device)
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Elementwise max over the learner group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    work = t.cuda() if dist.get_backend() == "nccl" else t.clone()
+    dist.all_reduce(work, op=dist.ReduceOp.MAX)
+    return work.to(t.device)
+
+
+def reduce_named(sums: dict[str, float], reduce) -> dict[str, float]:
+    """Sum named scalars over ranks in one collective (every rank passes the same names)."""
+    names = sorted(sums)
+    total = reduce(torch.tensor([float(sums[k]) for k in names], dtype=torch.float64))
+    return dict(zip(names, total.tolist()))
 
 
 def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf16: bool) -> dict:
@@ -116,8 +137,8 @@ class PolicyTrainer:
 
     @torch.no_grad()
     def score(self, shard: TrainShard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(n, L-1) log-probs and entropies of this rank's shard under the current policy, and the
-        reference policy's log-probs when a KL penalty is on (else None)."""
+        """(n, L-1) log-probs (the proximal policy) and entropies of this rank's shard under the
+        current weights, and the reference policy's log-probs when a KL penalty is on (else None)."""
         n, width = shard.valid.shape
         logp, ent = torch.zeros(n, width), torch.zeros(n, width)
         ref_logp = torch.zeros(n, width) if self.ref_engine is not None else None
@@ -133,18 +154,26 @@ class PolicyTrainer:
 
     # -- training --------------------------------------------------------------------------------
 
+    @property
+    def updates_per_batch(self) -> int:
+        return self.cfg.epochs * self.minis_per_batch
+
     def train_step(self, shard: TrainShard) -> dict[str, float]:
         """One optimizer batch (this rank's shard); returns metrics reduced over all ranks."""
         c, m = self.cfg, self.cfg.mask
         t0 = time.perf_counter()
-        old_logp, entropy, ref_logp = self.score(shard)
+        prox_logp, entropy, ref_logp = self.score(shard)
+        # From here on `valid` means "in scope": the tokens the mask chooses among and every
+        # denominator counts (all response tokens, or only those with a non-zero advantage).
+        all_valid = shard.valid
+        shard = replace(shard, valid=scope_tokens(shard.valid, shard.advantages, m.scope))
         keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
-        metrics = self._mask_metrics(shard, keep, entropy, tau, old_logp)
+        metrics = self._mask_metrics(shard, all_valid, keep, entropy, tau)
+        metrics.update(self._off_policy_metrics(all_valid, prox_logp, shard.behaviour_logp))
         metrics["timing/score_s"] = time.perf_counter() - t0
 
-        n_local = len(shard)
-        rows_per_mini = n_local // self.minis_per_batch
-        sums = torch.zeros(7, dtype=torch.float64)  # loss, clip_low, clip_high, approx_kl, weight, kl, entropy
+        rows_per_mini = len(shard) // self.minis_per_batch
+        sums: dict[str, float] = {}
         grad_norms, lrs = [], []
         for _ in range(c.epochs):
             for mi in range(self.minis_per_batch):
@@ -152,79 +181,111 @@ class PolicyTrainer:
                 counts = self._global_counts(shard.valid[lo:hi], keep[lo:hi])
                 for s in range(lo, hi, c.micro_batch_size):
                     mb = shard.rows(s, s + c.micro_batch_size)
-                    cols = slice(0, mb.valid.shape[1])
-                    mb_ref = ref_logp[s : s + len(mb), cols] if ref_logp is not None else None
-                    sums += self._micro_step(mb, keep[s : s + len(mb), cols], counts, mb_ref)
+                    rows, cols = slice(s, s + len(mb)), slice(0, mb.valid.shape[1])
+                    mb_ref = ref_logp[rows, cols] if ref_logp is not None else None
+                    for k, v in self._micro_step(mb, keep[rows, cols], counts, prox_logp[rows, cols], mb_ref).items():
+                        sums[k] = sums.get(k, 0.0) + v
                 grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
                 lrs.append(self.scheduler.get_last_lr()[0] if self.scheduler else c.lr)
                 self.updates += 1
-        sums = all_reduce_sum(sums)
-        passes = c.epochs * self.minis_per_batch
+        sums = reduce_named(sums, all_reduce_sum)
+        passes, weight = self.updates_per_batch, max(sums["weight"], 1e-12)
         metrics.update({
-            "losses/loss": sums[0].item() / passes,
-            "losses/clipfrac_low": sums[1].item() / max(sums[4].item(), 1e-12),
-            "losses/clipfrac_high": sums[2].item() / max(sums[4].item(), 1e-12),
-            "losses/approx_kl": sums[3].item() / max(sums[4].item(), 1e-12),
+            "losses/loss": sums["loss"] / passes,
+            "losses/policy_loss": sums["policy_loss"] / passes,
+            "losses/clipfrac_low": sums["clip_low"] / weight,
+            "losses/clipfrac_high": sums["clip_high"] / weight,
+            "losses/dual_clip_fraction": sums["dual_clip"] / weight,
+            "losses/approx_kl": sums["approx_kl"] / weight,
             "losses/grad_norm": sum(grad_norms) / len(grad_norms),
-            "losses/ref_kl": sums[5].item() / max(sums[4].item(), 1e-12),
-            "losses/kept_entropy": sums[6].item() / max(sums[4].item(), 1e-12),
+            "losses/ref_kl": sums["ref_kl"] / max(sums["kl_weight"], 1e-12),
+            "losses/kept_entropy": sums["entropy"] / weight,
             "charts/lr": lrs[-1],
             "charts/optimizer_updates": self.updates,
-            "timing/learn_s": time.perf_counter() - t0,
         })
+        metrics["timing/train_s"] = time.perf_counter() - t0  # the driver's timing/learn_s includes transfer
         return metrics
 
     def _global_counts(self, valid: torch.Tensor, keep: torch.Tensor) -> BatchCounts:
-        local = torch.tensor([valid.sum().item(), keep.sum().item(), valid.shape[0]], dtype=torch.int64)
-        v, k, s = all_reduce_sum(local).tolist()
-        return BatchCounts(valid_tokens=v, kept_tokens=k, sequences=s)
+        local = torch.tensor([valid.sum().item(), keep.sum().item(), valid.any(dim=1).sum().item(),
+                              keep.any(dim=1).sum().item()], dtype=torch.int64)
+        v, k, s, ks = all_reduce_sum(local).tolist()
+        return BatchCounts(valid_tokens=v, kept_tokens=k, sequences=s, kept_sequences=ks)
 
-    def _micro_step(self, mb: TrainShard, keep: torch.Tensor, counts: BatchCounts, ref_logp) -> torch.Tensor:
+    def _micro_step(self, mb: TrainShard, keep: torch.Tensor, counts: BatchCounts, prox_logp: torch.Tensor,
+                    ref_logp: torch.Tensor | None) -> dict[str, float]:
         c = self.cfg
         logp, ent = self._forward(mb, with_entropy=c.entropy_coef > 0)
         logp = logp.float()
         dev = logp.device
+        behaviour = mb.behaviour_logp.to(dev)
+        # With one update per batch the proximal policy *is* the current one (the optimizer steps
+        # only after the last micro-batch), so its log-probs are this forward's, detached; the
+        # scoring pass's copy is needed only once earlier updates have moved the weights.
+        prox = logp.detach() if self.updates_per_batch == 1 else prox_logp.to(dev)
         weights = token_weights(mb.valid, keep, c.aggregation, c.mask.normalize, counts, self.max_new_tokens).to(dev)
-        loss, stats = clipped_pg_loss(
-            logp, mb.behaviour_logp.to(dev), mb.advantages.to(dev), weights, c.clip_low, c.clip_high, c.dual_clip
-        )
-        # KL and entropy terms use the same weights, so only the masked-in (forking) tokens get any
-        # gradient at all: the mask is the one place that decides where the update goes.
-        kl_sum = ent_sum = torch.zeros((), device=dev)
+        pg_loss, stats = clipped_pg_loss(logp, prox, behaviour, mb.advantages.to(dev), weights, c.clip_low,
+                                         c.clip_high, c.dual_clip, c.is_cap)
+        loss = pg_loss
+        out = {k: v.item() for k, v in stats.items()}
+        out.update(policy_loss=pg_loss.item(), weight=weights.sum().item(), ref_kl=0.0, kl_weight=0.0, entropy=0.0)
         if ref_logp is not None:
-            kl_sum = (kl_penalty(logp, ref_logp.to(dev), c.kl_estimator) * weights).sum()
-            loss = loss + c.kl_coef * kl_sum
+            # The KL regularises the whole policy, so it covers every in-scope token, not only the
+            # kept ones (as the peers do); its weights are the aggregation's with nothing masked.
+            kl_w = token_weights(mb.valid, mb.valid, c.aggregation, "all", counts, self.max_new_tokens).to(dev)
+            ref = ref_logp.to(dev)
+            kl = kl_penalty(logp, ref, c.kl_estimator) * kl_sample_weights(logp, behaviour, c.is_cap)
+            loss = loss + c.kl_coef * (kl * kl_w).sum()
+            out.update(ref_kl=(kl_penalty(logp.detach(), ref, "k3") * kl_w).sum().item(), kl_weight=kl_w.sum().item())
         if ent is not None:
+            # The entropy bonus stays on the kept (forking) tokens: exploration is wanted where the
+            # reasoning branches, and the paper finds RLVR mainly moves those tokens' entropy.
             ent_sum = (ent.float() * weights).sum()
             loss = loss - c.entropy_coef * ent_sum
+            out["entropy"] = ent_sum.item()
         # Undo DeepSpeed's 1/accumulation and 1/world averaging: `loss` is already this micro-batch's
         # exact share of the global objective.
         self.engine.backward(loss * self.micro_per_mini * self.world)
         self.engine.step()
-        return torch.tensor([loss.item(), stats["clip_low"].item(), stats["clip_high"].item(),
-                             stats["approx_kl"].item(), weights.sum().item(), kl_sum.item(), ent_sum.item()],
-                            dtype=torch.float64)
+        out["loss"] = loss.item()
+        return out
 
-    def _mask_metrics(self, shard, keep, entropy, tau, old_logp) -> dict[str, float]:
+    def _mask_metrics(self, shard, all_valid, keep, entropy, tau) -> dict[str, float]:
         valid = shard.valid
         dropped = valid & ~keep
-        mismatch = (old_logp - shard.behaviour_logp).abs()
-        local = torch.tensor([
-            valid.sum().item(), keep.sum().item(),
-            entropy[valid].double().sum().item(), entropy[keep].double().sum().item(),
-            entropy[dropped].double().sum().item(), mismatch[valid].double().sum().item(),
-        ], dtype=torch.float64)
-        n_valid, n_keep, h_all, h_keep, h_drop, mis = all_reduce_sum(local).tolist()
+        sums = reduce_named({
+            "valid": valid.sum().item(), "all_valid": all_valid.sum().item(), "keep": keep.sum().item(),
+            "h_all": entropy[valid].double().sum().item(), "h_keep": entropy[keep].double().sum().item(),
+            "h_drop": entropy[dropped].double().sum().item(),
+        }, all_reduce_sum)
+        n_valid, n_keep = sums["valid"], sums["keep"]
         n_drop = n_valid - n_keep
         return {
             "mask/threshold": tau,
             "mask/kept_fraction": n_keep / max(n_valid, 1),
             "mask/kept_tokens": n_keep,
-            "entropy/mean": h_all / max(n_valid, 1),
-            "entropy/kept_mean": h_keep / max(n_keep, 1),
-            "entropy/dropped_mean": h_drop / n_drop if n_drop else math.nan,
-            "train/response_tokens": n_valid,
-            "train/behaviour_logp_abs_diff": mis / max(n_valid, 1),
+            "mask/scope_fraction": n_valid / max(sums["all_valid"], 1),
+            "entropy/mean": sums["h_all"] / max(n_valid, 1),
+            "entropy/kept_mean": sums["h_keep"] / max(n_keep, 1),
+            "entropy/dropped_mean": sums["h_drop"] / n_drop if n_drop else math.nan,
+            "train/response_tokens": sums["all_valid"],
+        }
+
+    def _off_policy_metrics(self, valid, prox_logp, behaviour_logp) -> dict[str, float]:
+        """How far vLLM's behaviour log-probs are from the learner's proximal ones, and what the
+        truncated importance weight did about it, over every response token of the batch."""
+        diff = (prox_logp - behaviour_logp)[valid].double()  # (K,) log pi_prox / mu
+        w = importance_weights(prox_logp, behaviour_logp, self.cfg.is_cap)[valid].double()
+        truncated = (diff > math.log(self.cfg.is_cap)).sum().item() if self.cfg.is_cap > 0 else 0
+        sums = reduce_named({"n": diff.numel(), "abs": diff.abs().sum().item(), "w": w.sum().item(),
+                             "truncated": truncated}, all_reduce_sum)
+        peak = all_reduce_max(torch.tensor([diff.abs().max().item() if diff.numel() else 0.0], dtype=torch.float64))
+        n = max(sums["n"], 1)
+        return {
+            "off_policy/is_weight_mean": sums["w"] / n,
+            "off_policy/is_truncated_fraction": sums["truncated"] / n,
+            "off_policy/log_ratio_max": peak.item(),
+            "train/behaviour_logp_abs_diff": sums["abs"] / n,
         }
 
     # -- weights ---------------------------------------------------------------------------------

@@ -13,12 +13,19 @@ single-process one) and there is no element cap as with `torch.quantile` (16M).
 from __future__ import annotations
 
 import math
-from typing import Callable
+import typing
+from typing import Callable, Literal
 
 import torch
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums an int64 tensor over ranks (identity on one)
-MODES = ("top", "bottom", "random", "none")
+MaskMode = Literal["top", "bottom", "random", "none"]
+# Which response tokens the mask chooses among and the loss divides by: "informative" ones (non-zero
+# advantage) or "all". Zero-advantage tokens get no policy gradient anyway; under "all" they would
+# still take part of the top-rho budget and the denominators, so the share of tokens that carry
+# signal would fall below rho and move with accuracy. The paper's batches come after DAPO's
+# filtering, where the two coincide.
+MaskScope = Literal["informative", "all"]
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -72,8 +79,8 @@ def select_tokens(
     smallest. random: a uniformly random ceil(rho N) tokens (threshold on the random scores).
     none: every valid token. N counts valid tokens over all ranks (via `reduce`).
     """
-    if mode not in MODES:
-        raise ValueError(f"mask mode {mode!r} not in {MODES}")
+    if mode not in typing.get_args(MaskMode):
+        raise ValueError(f"mask mode {mode!r} not in {typing.get_args(MaskMode)}")
     if not 0 < rho <= 1:
         raise ValueError(f"rho must be in (0, 1], got {rho}")
     n_total = int(reduce(valid.sum().reshape(1).to(torch.int64)).item())
@@ -90,6 +97,19 @@ def select_tokens(
     tau = kth_largest(scores[valid], k, reduce)
     keep = valid & (scores >= tau)
     return keep, (-tau if mode == "bottom" else tau)
+
+
+def scope_tokens(
+    valid: torch.Tensor,  # (N, T) bool response tokens that are not padding
+    advantages: torch.Tensor,  # (N,) float
+    scope: str,
+) -> torch.Tensor:
+    """(N, T) bool: the tokens the mask selects from and the loss counts (see MaskScope)."""
+    if scope == "all":
+        return valid
+    if scope == "informative":
+        return valid & (advantages[:, None] != 0)
+    raise ValueError(f"mask scope {scope!r} not in {typing.get_args(MaskScope)}")
 
 
 def entropy_mask(entropy: torch.Tensor, valid: torch.Tensor, rho: float) -> torch.BoolTensor:

@@ -41,7 +41,8 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m filter reads the markers
 def pytest_collection_modifyitems(items):
-    for item in items:  # unmarked tests in test_unit_* files are unit tests
-        if not any(item.iter_markers(name) for name in ("ray", "e2e")):
+    for item in items:  # unmarked tests are unit tests
+        if not any(item.get_closest_marker(name) for name in ("ray", "e2e")):
             item.add_marker(pytest.mark.unit)

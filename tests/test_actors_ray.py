@@ -139,3 +139,25 @@ def test_several_updates_per_batch_keep_the_mask_fixed(ray_local, tiny_model):
     # later updates see a moved policy, so the clipped objective's statistics and the weights differ
     assert m["losses/approx_kl"] != pytest.approx(m_once["losses/approx_kl"])
     assert any(not torch.equal(s4[k], s1[k]) for k in s1)
+
+
+def test_a_stale_batch_gets_a_bounded_update_on_real_zero3(ray_local, tiny_model):
+    """Behaviour log-probs 8 nats below the learner's (a very stale rollout), negative advantages:
+    the truncated importance weight caps each token's weight at is_cap = 2, so loss and gradient are
+    exactly twice the on-policy ones instead of e^8 ~ 3000 times."""
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    prompts, resp, _, adv = make_batch()
+    on_policy = [hf_logprobs(model, p, r).tolist() for p, r in zip(prompts, resp)]
+    stale = [[x - 8.0 for x in lp] for lp in on_policy]
+    neg = [-abs(a) - 0.1 for a in adv]
+    (m_on,), _ = run_learners(ray, tiny_model, 1, 4, (prompts, resp, on_policy, neg))
+    (m_stale,), _ = run_learners(ray, tiny_model, 1, 4, (prompts, resp, stale, neg))
+    assert m_on["off_policy/log_ratio_max"] < 1e-3 and m_on["off_policy/is_truncated_fraction"] == 0
+    assert m_stale["off_policy/log_ratio_max"] == pytest.approx(8.0, abs=1e-3)
+    assert m_stale["off_policy/is_truncated_fraction"] == 1.0
+    assert m_stale["off_policy/is_weight_mean"] == pytest.approx(2.0)
+    assert m_stale["losses/policy_loss"] == pytest.approx(2 * m_on["losses/policy_loss"], rel=1e-3)
+    assert m_stale["losses/grad_norm"] == pytest.approx(2 * m_on["losses/grad_norm"], rel=1e-3)

@@ -9,41 +9,52 @@ from learner.logprobs import logprobs_and_entropy
 from learner.losses import BatchCounts, clipped_pg_loss, token_weights
 
 
+def every(r):
+    return torch.ones_like(r, dtype=torch.bool)
+
+
 def test_grpo_by_hand():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     # mean 0.5, unbiased std sqrt(1/3)
     expect = (r - 0.5) / (math.sqrt(1 / 3) + 1e-6)
-    assert torch.allclose(grpo(r), expect)
-    assert torch.equal(grpo(torch.ones(1, 4)), torch.zeros(1, 4))  # all-equal group: no signal
+    assert torch.allclose(grpo(r, every(r)), expect)
+    assert torch.equal(grpo(torch.ones(1, 4), every(torch.ones(1, 4))), torch.zeros(1, 4))  # all-equal: no signal
+    # equal non-round rewards give exactly 0, not a float residue of the mean
+    r3 = torch.full((1, 4), 0.3)
+    for fn in (grpo, drgrpo, rloo):
+        assert torch.equal(fn(r3, every(r3)), torch.zeros(1, 4))
 
 
 def test_drgrpo_rloo_reinforce_pp_wreinforce_by_hand():
     r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0]])
-    assert torch.allclose(drgrpo(r), torch.tensor([[0.75, -0.25, -0.25, -0.25], [0.25, 0.25, -0.75, 0.25]]))
+    inc = every(r)
+    assert torch.allclose(drgrpo(r, inc), torch.tensor([[0.75, -0.25, -0.25, -0.25], [0.25, 0.25, -0.75, 0.25]]))
     # leave-one-out: 1 - 0 = 1; 0 - 1/3
-    assert torch.allclose(rloo(r)[0], torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]))
+    assert torch.allclose(rloo(r, inc)[0], torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]))
     flat = r.flatten()
-    assert torch.allclose(reinforce_pp(r), (r - flat.mean()) / (flat.std() + 1e-6))
-    assert torch.equal(w_reinforce(r, 0.1)[0], torch.tensor([0.1, -1.0, -1.0, -1.0]))
-    assert torch.equal(w_reinforce(r, 0.0)[1], torch.tensor([0.0, 0.0, -1.0, 0.0]))  # pure NSR
+    assert torch.allclose(reinforce_pp(r, inc), (r - flat.mean()) / (flat.std() + 1e-6))
+    correct = r > 0
+    assert torch.equal(w_reinforce(correct, inc, 0.1)[0], torch.tensor([0.1, -1.0, -1.0, -1.0]))
+    assert torch.equal(w_reinforce(correct, inc, 0.0)[1], torch.tensor([0.0, 0.0, -1.0, 0.0]))  # pure NSR
     with pytest.raises(ValueError, match="unknown advantage"):
-        compute_advantages(r, "ppo")
+        compute_advantages(r, correct, inc, "ppo")
 
 
 def test_clipped_loss_by_hand_with_clip_higher():
     logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios against behaviour logp 0
     old = torch.zeros(1, 3)
     w = torch.ones(1, 3)
-    loss_pos, stats = clipped_pg_loss(logp, old, torch.tensor([1.0]), w, 0.2, 0.28)
+    loss_pos, stats = clipped_pg_loss(logp, old, old, torch.tensor([1.0]), w, 0.2, 0.28, dual_clip=0)
     # A>0: -min(r, clip(r)) -> -1.28, -0.5, -1.1
     assert loss_pos.item() == pytest.approx(-(1.28 + 0.5 + 1.1))
     assert stats["clip_high"].item() == 1.0 and stats["clip_low"].item() == 0.0
-    loss_neg, stats = clipped_pg_loss(logp, old, torch.tensor([-1.0]), w, 0.2, 0.28)
+    loss_neg, stats = clipped_pg_loss(logp, old, old, torch.tensor([-1.0]), w, 0.2, 0.28, dual_clip=0)
     # A<0: max(r, clip(r)) -> 1.5, 0.8, 1.1
     assert loss_neg.item() == pytest.approx(1.5 + 0.8 + 1.1)
     assert stats["clip_low"].item() == 1.0
-    dual, _ = clipped_pg_loss(logp, old, torch.tensor([-1.0]), w, 0.2, 0.28, dual_clip=1.2)
+    dual, stats = clipped_pg_loss(logp, old, old, torch.tensor([-1.0]), w, 0.2, 0.28, dual_clip=1.2)
     assert dual.item() == pytest.approx(1.2 + 0.8 + 1.1)  # 1.5 capped at c*|A| = 1.2
+    assert stats["dual_clip"].item() == 1.0
 
 
 def test_masked_tokens_get_exactly_zero_gradient():
@@ -54,16 +65,17 @@ def test_masked_tokens_get_exactly_zero_gradient():
     valid = torch.ones(2, 5, dtype=torch.bool)
     keep = torch.zeros(2, 5, dtype=torch.bool)
     keep[0, 1] = keep[1, 3] = True
-    w = token_weights(valid, keep, "token_mean", "all", BatchCounts(10, 2, 2), 5)
-    loss, _ = clipped_pg_loss(logp, logp.detach(), torch.tensor([1.0, -0.5]), w, 0.2, 0.28)
+    w = token_weights(valid, keep, "token_mean", "all", BatchCounts(10, 2, 2, 2), 5)
+    loss, _ = clipped_pg_loss(logp, logp.detach(), logp.detach() - 0.3, torch.tensor([1.0, -0.5]), w, 0.2, 0.28)
     loss.backward()
     per_token = logits.grad.abs().sum(-1)  # (2, 5)
     assert torch.count_nonzero(per_token[~keep]) == 0
     assert (per_token[keep] > 0).all()
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
-@pytest.mark.parametrize("normalize", ["all", "kept"])
+@pytest.mark.parametrize("aggregation, normalize", [
+    ("token_mean", "all"), ("token_mean", "kept"), ("seq_mean_token_mean", "all"), ("seq_mean_token_mean", "kept"),
+    ("seq_mean_token_sum_norm", "all")])
 def test_micro_batched_loss_and_gradient_equal_whole_batch(aggregation, normalize):
     torch.manual_seed(1)
     n, t = 6, 7
@@ -73,12 +85,13 @@ def test_micro_batched_loss_and_gradient_equal_whole_batch(aggregation, normaliz
     keep = valid & (torch.rand(n, t) > 0.5)
     adv = torch.randn(n)
     old = torch.randn(n, t) * 0.1 - 2.5
-    counts = BatchCounts(int(valid.sum()), int(keep.sum()), n)
+    counts = BatchCounts(int(valid.sum()), int(keep.sum()), n, int(keep.any(1).sum()))
+    behaviour = old + torch.randn(n, t) * 0.5  # stale: the importance weights differ per token
 
     def loss_of(rows):
         lp, _ = logprobs_and_entropy(logits[rows], targets[rows])
         w = token_weights(valid[rows], keep[rows], aggregation, normalize, counts, t)
-        return clipped_pg_loss(lp, old[rows], adv[rows], w, 0.2, 0.28)[0]
+        return clipped_pg_loss(lp, old[rows], behaviour[rows], adv[rows], w, 0.2, 0.28)[0]
 
     whole = loss_of(slice(0, n))
     (g_whole,) = torch.autograd.grad(whole, logits)
@@ -91,11 +104,15 @@ def test_micro_batched_loss_and_gradient_equal_whole_batch(aggregation, normaliz
 def test_token_mean_divides_by_all_valid_tokens_or_kept():
     valid = torch.tensor([[True, True, True, False]])
     keep = torch.tensor([[True, False, False, False]])
-    counts = BatchCounts(valid_tokens=30, kept_tokens=6, sequences=4)
+    counts = BatchCounts(valid_tokens=30, kept_tokens=6, sequences=4, kept_sequences=2)
     assert token_weights(valid, keep, "token_mean", "all", counts, 8)[0, 0] == pytest.approx(1 / 30)
     assert token_weights(valid, keep, "token_mean", "kept", counts, 8)[0, 0] == pytest.approx(1 / 6)
     assert token_weights(valid, keep, "seq_mean_token_mean", "all", counts, 8)[0, 0] == pytest.approx(1 / 3 / 4)
     assert token_weights(valid, keep, "seq_mean_token_sum_norm", "all", counts, 8)[0, 0] == pytest.approx(1 / 32)
+    # kept: mean over the kept tokens of each sequence that has one, then over those sequences only
+    assert token_weights(valid, keep, "seq_mean_token_mean", "kept", counts, 8)[0, 0] == pytest.approx(1 / 1 / 2)
+    with pytest.raises(ValueError, match="normalize must be 'all'"):
+        token_weights(valid, keep, "seq_mean_token_sum_norm", "kept", counts, 8)
 
 
 def test_chunked_logprobs_and_entropy_match_direct():
@@ -125,13 +142,13 @@ def test_kl_estimators_by_hand():
     logp = torch.log(torch.tensor([[0.5, 0.2]]))
     ref = torch.log(torch.tensor([[0.25, 0.4]]))
     lr = logp - ref  # log p/q = [log 2, log 0.5]
-    assert torch.allclose(kl_penalty(logp, ref, "k1"), lr)
     assert torch.allclose(kl_penalty(logp, ref, "k2"), 0.5 * lr**2)
     q_over_p = torch.tensor([[0.5, 2.0]])
     assert torch.allclose(kl_penalty(logp, ref, "k3"), q_over_p - 1 - torch.log(q_over_p))
     assert torch.equal(kl_penalty(ref, ref, "k3"), torch.zeros(1, 2))
-    with pytest.raises(ValueError, match="unknown KL"):
-        kl_penalty(logp, ref, "k4")
+    for bad in ("k1", "k4"):  # k1 as a loss has zero expected gradient
+        with pytest.raises(ValueError, match="unknown KL"):
+            kl_penalty(logp, ref, bad)
 
 
 def test_pass_at_k_matches_the_binomial_formula():

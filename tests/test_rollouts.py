@@ -21,19 +21,19 @@ def test_groups_follow_rollout_order_and_drop_uninformative():
     groups = to_groups(parts, results([1, 0, 1, 0, 0, 0, 1, 1, 1]))
     assert [g.prompt.uid for g in groups] == [0, 1, 10]
     assert [g.rewards for g in groups] == [[1, 0, 1], [0, 0, 0], [1, 1, 1]]
-    assert [g.informative for g in groups] == [True, False, False]
+    assert [g.informative("grpo", 0.1) for g in groups] == [True, False, False]
     assert [g.policy_version for g in groups] == [4, 4, 5]
-    good = [g for g in groups if g.informative]
-    dull = [g for g in groups if not g.informative]
-    chosen, filled = choose_groups(good, dull, 2)
-    assert [g.prompt.uid for g in chosen] == [0, 1] and filled == 1
-    chosen, filled = choose_groups(good * 3, dull, 2)
-    assert filled == 0 and all(g.informative for g in chosen)
+    good = [g for g in groups if g.informative("grpo", 0.1)]
+    dull = [g for g in groups if not g.informative("grpo", 0.1)]
+    chosen, fill = choose_groups(good, dull, 2)
+    assert [g.prompt.uid for g in chosen + fill] == [0, 1] and len(fill) == 1
+    chosen, fill = choose_groups(good * 3, dull, 2)
+    assert fill == [] and all(g.informative("grpo", 0.1) for g in chosen)
 
 
 def test_train_shards_split_evenly_with_group_advantages():
     groups = to_groups([rollout(4, 2, 0)], results([1, 0, 0, 0, 1, 1, 0, 1]))
-    shards = train_shards(groups, "drgrpo", 0.1, 2, 0, random.Random(0))
+    shards = train_shards(groups, [], "drgrpo", 0.1, 2, 0, random.Random(0))
     assert [len(s) for s in shards] == [4, 4]
     advs = sorted(float(a) for s in shards for a in s.advantages)
     assert advs == [-0.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]
