@@ -15,26 +15,46 @@ class DataError(ValueError):
     """A data file or row that cannot be used; the message names the file and row."""
 
 
-def synthetic_arithmetic(n: int, max_operand: int, seed: int) -> list[dict]:
-    """Seeded arithmetic problems with exact integer answers, as {prompt, answer} rows."""
+_NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jon", "Kemi", "Lea"]
+_THINGS = ["apples", "books", "coins", "pencils", "stamps", "marbles", "shells", "cards"]
+
+
+def _add(rng, a, b):
+    return rng.choice([f"What is {a} + {b}?", f"Compute {a} plus {b}.", f"{a} + {b} = ?", f"Add {a} and {b}.",
+                       f"What is the sum of {a} and {b}?"]), a + b
+
+
+def _sub(rng, a, b):
+    hi, lo = max(a, b), min(a, b)
+    return rng.choice([f"What is {hi} - {lo}?", f"Compute {hi} minus {lo}.", f"{hi} - {lo} = ?",
+                       f"Subtract {lo} from {hi}.", f"What is the difference between {hi} and {lo}?"]), hi - lo
+
+
+def _mul(rng, a, b):
+    return rng.choice([f"What is {a} times {b}?", f"What is {a} * {b}?", f"Compute {a} multiplied by {b}.",
+                       f"{a} x {b} = ?"]), a * b
+
+
+def _word(rng, a, b):
+    who, what = rng.choice(_NAMES), rng.choice(_THINGS)
+    if rng.random() < 0.5:
+        return f"{who} has {a} {what} and gets {b} more. How many {what} does {who} have now?", a + b
+    hi, lo = max(a, b), min(a, b)
+    return f"{who} has {hi} {what} and gives away {lo}. How many {what} does {who} have left?", hi - lo
+
+
+# Problem kinds of the built-in generator: each makes (question, integer answer) from two operands.
+KINDS = {"add": _add, "sub": _sub, "mul": _mul, "word": _word}
+
+
+def synthetic_arithmetic(n: int, max_operand: int, seed: int, kinds: list[str] = tuple(KINDS)) -> list[dict]:
+    """Seeded grade-school arithmetic with exact integer answers, as {prompt, answer} rows: the
+    kinds in turn at random, operands in 1..max_operand, several phrasings of each kind."""
     rng = random.Random(seed)
-    names = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goro", "Hana"]
-    things = ["apples", "books", "coins", "pencils", "stamps", "marbles"]
     rows = []
     for _ in range(n):
-        a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
-        kind = rng.randrange(4)
-        if kind == 0:
-            rows.append({"prompt": f"What is {a} + {b}?", "answer": str(a + b)})
-        elif kind == 1:
-            hi, lo = max(a, b), min(a, b)
-            rows.append({"prompt": f"What is {hi} - {lo}?", "answer": str(hi - lo)})
-        elif kind == 2:
-            rows.append({"prompt": f"What is {a} times {b}?", "answer": str(a * b)})
-        else:
-            who, what = rng.choice(names), rng.choice(things)
-            rows.append({"prompt": f"{who} has {a} {what} and gets {b} more. How many {what} does {who} have now?",
-                         "answer": str(a + b)})
+        question, answer = KINDS[rng.choice(list(kinds))](rng, rng.randint(1, max_operand), rng.randint(1, max_operand))
+        rows.append({"prompt": question, "answer": str(answer)})
     return rows
 
 

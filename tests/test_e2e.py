@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import re
 import time
 from pathlib import Path
 
@@ -15,6 +16,18 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 REQUIRED = ["step", "policy_version", "reward/mean", "entropy/mean", "mask/threshold", "mask/kept_fraction",
             "staleness/max", "timing/step_s", "timing/generate_s", "timing/learn_s", "timing/weight_sync_s"]
+
+
+def readme_metric_names() -> list[str]:
+    """Metric names in the README's 'Metrics per step' paragraph, braces expanded."""
+    text = (REPO / "README.md").read_text()
+    para = text[text.index("Metrics per step"):]
+    para = para[: para.index("\n\n")]
+    names = []
+    for name in re.findall(r"`([a-z_]+/[^`]+|policy_version)`", para):
+        m = re.search(r"\{([^}]*)\}", name)
+        names += [name[: m.start()] + x + name[m.end():] for x in m.group(1).split(",")] if m else [name]
+    return names
 
 
 def forkrl(*args, timeout=900, env=None):
@@ -40,9 +53,16 @@ def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [r["policy_version"] for r in rows] == [1, 2, 3, 4]
+    logged = set().union(*rows)
+    names = readme_metric_names()
+    assert len(names) > 30
+    for name in names:  # every metric the README promises is in the run's metrics
+        assert (any(k.startswith(name[:-1]) for k in logged) if name.endswith("*") else name in logged), name
     for r in rows:
         assert set(REQUIRED) <= set(r)
-        assert 0.2 <= r["mask/kept_fraction"] < 0.5  # top-20% of the batch (ties may add a few)
+        if r["mask/scope_fraction"] > 0:  # top-20% of the informative tokens (ties may add a few)
+            assert 0.2 <= r["mask/kept_fraction"] < 0.5
+        assert r["off_policy/is_weight_mean"] <= 2.0 + 1e-6
         assert r["staleness/max"] <= 1
         # the random model rarely stops early: most responses hit 8 tokens and take the full -1
         assert r["response/truncated_fraction"] > 0.5 and r["reward/mean"] < -0.4
