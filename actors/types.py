@@ -11,6 +11,7 @@ class Prompt:
     uid: int  # row index in the dataset
     token_ids: list[int]  # (P,) prompt ids, chat template applied
     answer: str  # ground truth handed to the reward function
+    text: str = ""  # the question as the data gave it (before template and instruction)
 
 
 @dataclass(frozen=True)

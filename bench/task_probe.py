@@ -65,7 +65,7 @@ def main() -> None:
             t0 = time.perf_counter()
             greedy = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=args.max_tokens), use_tqdm=False)
             sampled = llm.generate(prompts, SamplingParams(n=args.n, temperature=args.temperature,
-                                                          max_tokens=args.max_tokens, seed=0), use_tqdm=False)
+                                                          max_tokens=args.max_tokens), use_tqdm=False)
             g_res = scorer.score_batch([o.outputs[0].text for o in greedy], [r["answer"] for r in rows])
             s_texts = [c.text for o in sampled for c in o.outputs]
             s_res = scorer.score_batch(s_texts, [r["answer"] for r in rows for _ in range(args.n)])

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from launch.data import DataError
     from launch.placement import ResourceError
+    from launch.rollouts import RewardFailure
 
     try:
         if args.command == "train":
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     except (ConfigError, DataError, ResourceError, FileNotFoundError, ValueError) as e:
         print(f"forkrl: error: {e}", file=sys.stderr)
         return 2
+    except RewardFailure as e:  # the run started and stopped itself; its files are kept
+        print(f"forkrl: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 import yaml
 
+from launch.data import KINDS
 from learner.advantages import Estimator
 from learner.losses import Aggregation, KLEstimator, Normalize
 from learner.masking import MaskMode, MaskScope
@@ -43,6 +44,8 @@ class DataConfig:
     """Rows the built-in generator makes when train_files is empty."""
     synthetic_max_operand: int = 20
     """Largest operand of generated arithmetic problems (small keeps the demo learnable)."""
+    synthetic_kinds: list[str] = field(default_factory=lambda: ["add", "sub", "mul", "word"])
+    """Problem kinds the generator mixes: add, sub, mul, word (word problems, + and -)."""
     instruction: str = "Put the final answer in \\boxed{}."
     """Text appended to every prompt (empty for none)."""
     max_prompt_tokens: int = 256
@@ -98,6 +101,10 @@ class RewardConfig:
     """Weight of DAPO's soft overlong punishment (0 = off)."""
     overlong_cache: int = 0
     """L_cache: tokens before generation.max_new_tokens where the overlong penalty ramps to -1."""
+    max_error_fraction: float = 0.5
+    """Stop the run when at least this share of a step's verifications time out, raise or crash ..."""
+    max_error_steps: int = 2
+    """... for this many consecutive steps (a broken reward must not train on zeros for hours)."""
 
 
 @dataclass
@@ -173,7 +180,7 @@ class EvalConfig:
     num_prompts: int = 64
     """Held-out prompts scored per evaluation."""
     samples: int = 1
-    """Responses per prompt: 1 = greedy accuracy; n > 1 = sampled, logging pass@k for k = 1, 2, 4 .. n."""
+    """Greedy accuracy is always measured; n > 1 also samples n per prompt: avg@n and pass@k, k = 1, 2, 4 .. n."""
 
 
 @dataclass
@@ -247,6 +254,11 @@ def validate(c: TrainConfig) -> None:
     _check(0 <= c.reward.overlong_cache <= g.max_new_tokens, "reward.overlong_cache",
            f"must be in [0, generation.max_new_tokens={g.max_new_tokens}]")
     _check(c.reward.num_actors >= 1 and c.reward.workers_per_actor >= 1, "reward.num_actors", "must be >= 1")
+    _check(0 < c.reward.max_error_fraction <= 1, "reward.max_error_fraction", "must be in (0, 1]")
+    _check(c.reward.max_error_steps >= 1, "reward.max_error_steps", "must be >= 1")
+    bad = [k for k in c.data.synthetic_kinds if k not in KINDS]
+    _check(not bad and bool(c.data.synthetic_kinds), "data.synthetic_kinds",
+           f"unknown kind(s) {bad}; choose from {', '.join(KINDS)}")
     _check(0 < m.rho <= 1, "learner.mask.rho", f"must be in (0, 1], got {m.rho}")
     _check(not (m.normalize == "kept" and l.aggregation == "seq_mean_token_sum_norm"), "learner.mask.normalize",
            "'kept' has no meaning with learner.aggregation=seq_mean_token_sum_norm, which divides by a constant length")

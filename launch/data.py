@@ -5,10 +5,13 @@ Every malformed row is reported with its file and row number before any actor st
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
 from actors.types import Prompt
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -113,7 +116,7 @@ def tokenize(rows: list[dict], tokenizer, chat_template: bool, instruction: str,
             raise DataError(f"{source} row {i + 1}: prompt has {len(ids)} tokens, over data.max_prompt_tokens={max_prompt_tokens}")
         if not ids:
             raise DataError(f"{source} row {i + 1}: prompt is empty after tokenization")
-        prompts.append(Prompt(uid=i, token_ids=ids, answer=row["answer"]))
+        prompts.append(Prompt(uid=i, token_ids=ids, answer=row["answer"], text=row["prompt"]))
     return prompts
 
 
@@ -122,20 +125,35 @@ def load_prompts(cfg, model_cfg, tokenizer) -> list[Prompt]:
     if cfg.train_files:
         rows, source = load_rows(cfg.train_files, cfg.prompt_key, cfg.answer_key), ",".join(cfg.train_files)
     else:
-        rows, source = synthetic_arithmetic(cfg.num_synthetic, cfg.synthetic_max_operand, cfg.seed), "synthetic data"
+        rows = synthetic_arithmetic(cfg.num_synthetic, cfg.synthetic_max_operand, cfg.seed, cfg.synthetic_kinds)
+        source = "synthetic data"
     return tokenize(rows, tokenizer, model_cfg.chat_template, cfg.instruction, cfg.max_prompt_tokens, source)
 
 
+def normalise(text: str) -> str:
+    """A question's identity for the held-out check: exact text with runs of whitespace collapsed."""
+    return " ".join(text.split())
+
+
 def load_eval_prompts(cfg, data_cfg, model_cfg, tokenizer, train: list[Prompt]) -> list[Prompt]:
-    """Held-out prompts: eval.files, else generated rows whose question is not in the training set."""
+    """Held-out prompts, never training prompts: eval.files (rows whose question is also a training
+    question are removed, with a warning), else generated rows the training set lacks. The first
+    eval.num_prompts of them, the same set at every evaluation."""
+    seen = {normalise(p.text) for p in train}
     if cfg.files:
         rows, source = load_rows(cfg.files, data_cfg.prompt_key, data_cfg.answer_key), ",".join(cfg.files)
     else:
-        seen = set(tuple(p.token_ids) for p in train)
-        rows, source = synthetic_arithmetic(cfg.num_prompts * 20, data_cfg.synthetic_max_operand, data_cfg.seed + 1), "synthetic eval data"
-        prompts = tokenize(rows, tokenizer, model_cfg.chat_template, data_cfg.instruction, data_cfg.max_prompt_tokens, source)
-        return [p for p in prompts if tuple(p.token_ids) not in seen][: cfg.num_prompts]
-    prompts = tokenize(rows, tokenizer, model_cfg.chat_template, data_cfg.instruction, data_cfg.max_prompt_tokens, source)
+        rows = synthetic_arithmetic(cfg.num_prompts * 20, data_cfg.synthetic_max_operand, data_cfg.seed + 1,
+                                    data_cfg.synthetic_kinds)
+        source = "synthetic eval data"
+    held_out = [r for r in rows if normalise(r["prompt"]) not in seen]
+    if len(held_out) < len(rows) and cfg.files:
+        logger.warning("eval.files: removed %d of %d rows whose question is also a training question",
+                       len(rows) - len(held_out), len(rows))
+    if not held_out:
+        raise DataError(f"eval.files: every question in {source} is also a training question; nothing is held out")
+    prompts = tokenize(held_out, tokenizer, model_cfg.chat_template, data_cfg.instruction, data_cfg.max_prompt_tokens,
+                       source)
     return prompts[: cfg.num_prompts]
 
 

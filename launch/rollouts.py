@@ -36,6 +36,33 @@ class Group:
                                     torch.tensor(self.verified), estimator, w_lambda)
 
 
+class RewardFailure(RuntimeError):
+    """The reward function keeps failing; the message names it and quotes its first error."""
+
+
+class RewardHealth:
+    """Stops a run whose reward keeps failing: `max_steps` consecutive steps in which at least
+    `max_fraction` of the verifications timed out, raised or crashed. Otherwise such a run would
+    train on nothing (failed verifications get no gradient) for all its steps."""
+
+    def __init__(self, fn: str, max_fraction: float, max_steps: int):
+        self.fn, self.max_fraction, self.max_steps = fn, max_fraction, max_steps
+        self.streak, self.first_error = 0, ""
+
+    def check(self, results: list[RewardResult]) -> None:
+        failed = [r for r in results if r.status in FAILED]
+        if len(failed) < self.max_fraction * len(results):
+            self.streak, self.first_error = 0, ""
+            return
+        self.streak += 1
+        self.first_error = self.first_error or failed[0].detail or failed[0].status
+        if self.streak >= self.max_steps:
+            raise RewardFailure(
+                f"reward.fn={self.fn}: {len(failed)} of {len(results)} verifications failed (timeout/error/crash) "
+                f"for {self.streak} consecutive steps (reward.max_error_fraction={self.max_fraction}, "
+                f"reward.max_error_steps={self.max_steps}); first error: {self.first_error!r}")
+
+
 def to_groups(parts: list[RolloutBatch], results: list[RewardResult]) -> list[Group]:
     """Groups in rollout order; `results` holds one result per response, in the same order."""
     groups, i = [], 0

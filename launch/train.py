@@ -24,7 +24,7 @@ from launch.config import TrainConfig, to_dict
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.models import resolve_model_path
 from launch.placement import Actors, check_resources, launch_actors
-from launch.rollouts import FAILED, Group, choose_groups, to_groups, train_shards
+from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, to_groups, train_shards
 from launch.tracking import RunTracker
 from learner.passk import mean_pass_at_k
 from rewards.math import RewardResult
@@ -104,8 +104,9 @@ def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts
                           "dynamic/filled_groups": len(fill)}
 
 
-def evaluate(actors: Actors, prompts, samples: int) -> dict:
-    """Accuracy (and pass@k when samples > 1) on held-out prompts with the current weights."""
+def _eval_correct(actors: Actors, prompts, samples: int) -> tuple[list[bool], int]:
+    """`samples` responses per prompt (greedy when 1), verified: (correct flags grouped by prompt,
+    the oldest policy version that answered)."""
     k = len(actors.generators)
     outs = ray.get([gen.evaluate.remote(prompts[j::k], samples) for j, gen in enumerate(actors.generators) if prompts[j::k]])
     texts, answers = [], []
@@ -113,13 +114,30 @@ def evaluate(actors: Actors, prompts, samples: int) -> dict:
         texts += t
         answers += [p.answer for p in prompts[j::k] for _ in range(samples)]
     results, _ = ray.get(actors.rewards[0].score.remote(texts, answers))
-    correct = [r.status == "correct" for r in results]
-    out = {"eval/accuracy": sum(correct) / len(correct), "eval/reward_mean": sum(r.score for r in results) / len(results),
-           "eval/policy_version": min(v for _, v in outs)}
+    return [r.status == "correct" for r in results], min(v for _, v in outs)
+
+
+def evaluate(actors: Actors, prompts, samples: int) -> dict:
+    """Held-out greedy accuracy with the current weights; with samples = n > 1 also n sampled
+    responses per prompt at the training temperature: avg@n (mean accuracy) and pass@k."""
+    correct, version = _eval_correct(actors, prompts, 1)
+    out = {"eval/accuracy": sum(correct) / len(correct), "eval/policy_version": version, "eval/prompts": len(prompts)}
     if samples > 1:
+        correct, _ = _eval_correct(actors, prompts, samples)
         per_prompt = [sum(correct[i:i + samples]) for i in range(0, len(correct), samples)]
+        out[f"eval/avg@{samples}"] = sum(correct) / len(correct)
         out.update({f"eval/pass@{kk}": v for kk, v in mean_pass_at_k(per_prompt, samples).items()})
     return out
+
+
+def summary_line(first: dict, last: dict) -> str:
+    """The run's result in one line, e.g. 'held-out accuracy 0.31 -> 0.58 (+27 points, 128 prompts)'."""
+    a, b = first["eval/accuracy"], last["eval/accuracy"]
+    line = f"held-out accuracy {a:.2f} -> {b:.2f} ({100 * (b - a):+.0f} points, {last['eval/prompts']} prompts)"
+    avg = next((k for k in last if k.startswith("eval/avg@")), None)
+    if avg and avg in first:
+        line += f"; {avg[5:]} {first[avg]:.2f} -> {last[avg]:.2f}"
+    return line
 
 
 def run(cfg: TrainConfig) -> Path:
@@ -142,9 +160,16 @@ def run(cfg: TrainConfig) -> Path:
                 len(actors.generators), len(actors.rewards), len(actors.learners))
     tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode)
     try:
-        _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id, eval_prompts, model_path)
+        baseline = {}
+        if eval_prompts:  # step 0: the initial policy on the same held-out prompts, the run's baseline
+            baseline = {"step": 0, "policy_version": 0, **evaluate(actors, eval_prompts, cfg.eval.samples)}
+            tracker.log(baseline)
+            logger.info("eval at step 0 (before training): accuracy %.3f", baseline["eval/accuracy"])
+        final = _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id, eval_prompts, model_path)
     finally:
         tracker.close()
+    if baseline:
+        logger.info("%s", summary_line(baseline, final))
     logger.info("done: %s", run_dir)
     return run_dir
 
@@ -172,10 +197,12 @@ def log_step(cfg: TrainConfig, step: int, m: dict, parts: list[RolloutBatch], re
 
 
 def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTracker, pad_id: int,
-          eval_prompts: list, model_path: str) -> None:
+          eval_prompts: list, model_path: str) -> dict:
+    """Trains cfg.steps steps; returns the last step's metrics."""
     rng = random.Random(cfg.seed)
     inflight: deque[InFlight] = deque()
     version, pending_loads = 0, []
+    health = RewardHealth(cfg.reward.fn, cfg.reward.max_error_fraction, cfg.reward.max_error_steps)
     for step in range(1, cfg.steps + 1):
         t0 = time.perf_counter()
         while len(inflight) < cfg.max_staleness + 1:  # keep generation ahead of the learner
@@ -186,6 +213,7 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         else:
             groups, fill, dyn = to_groups(parts, results), [], {}
         t_wait = time.perf_counter() - t0
+        health.check(results)
         metrics = {"step": step, **rollout_metrics(parts, results, groups + fill, version), **dyn}
         if metrics["staleness/max"] > cfg.max_staleness:  # the ordering argument above is broken
             raise RuntimeError(f"staleness {metrics['staleness/max']} over max_staleness={cfg.max_staleness}")
@@ -220,6 +248,7 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         tracker.log(metrics)
         log_step(cfg, step, metrics, parts, results)
     ray.get(pending_loads)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

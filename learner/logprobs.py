@@ -20,7 +20,10 @@ def logprobs_and_entropy(
     flat = logits.reshape(n * t, v)
     tgt = targets.reshape(n * t)
     logp_parts, ent_parts = [], []
-    for s in range(0, n * t, chunk):
+    # At least one (possibly empty) chunk: a micro-batch with no scored token must still return
+    # tensors attached to the logits, so that backward runs and ZeRO-3's gradient hooks fire on
+    # every rank (a rank that skipped them would hang the others' reduce-scatter).
+    for s in range(0, max(n * t, 1), chunk):
         part = flat[s : s + chunk].float() / temperature  # (c, V)
         logz = torch.logsumexp(part, dim=-1)  # (c,)
         logp_parts.append(part.gather(1, tgt[s : s + chunk, None]).squeeze(1) - logz)

@@ -30,6 +30,18 @@ def yes_data(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def yes_eval(tmp_path_factory) -> Path:
+    """Held-out prompts of the same kind as `yes_data` (different words order, another seed)."""
+    rng = random.Random(1)
+    words = "the a cat dog red blue green big small up down left right it we so then".split()
+    path = tmp_path_factory.mktemp("data") / "yes_eval.jsonl"
+    with open(path, "w") as f:
+        for _ in range(32):
+            f.write(json.dumps({"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(3, 6))), "answer": "yes"}) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     import ray

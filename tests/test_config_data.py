@@ -72,13 +72,50 @@ def test_parquet_rows_and_custom_keys(tmp_path):
 
 
 def test_synthetic_arithmetic_is_seeded_and_correct():
-    rows = synthetic_arithmetic(200, 20, seed=3)
-    assert rows == synthetic_arithmetic(200, 20, seed=3) and rows != synthetic_arithmetic(200, 20, seed=4)
+    import re
+
+    rows = synthetic_arithmetic(400, 20, seed=3)
+    assert rows == synthetic_arithmetic(400, 20, seed=3) and rows != synthetic_arithmetic(400, 20, seed=4)
+    ops = {"sum": ("+", "plus", "sum", "Add", "more"), "diff": (" - ", "minus", "Subtract", "difference", "away"),
+           "prod": ("times", "*", "multiplied", " x ")}
+    seen = set()
     for r in rows:
         q = r["prompt"]
-        if q.startswith("What is ") and " + " in q:
-            a, b = q[len("What is "):-1].split(" + ")
-            assert int(r["answer"]) == int(a) + int(b)
-        elif " times " in q:
-            a, b = q[len("What is "):-1].split(" times ")
-            assert int(r["answer"]) == int(a) * int(b)
+        a, b = map(int, re.findall(r"\d+", q))
+        (kind,) = [k for k, words in ops.items() if any(w in q for w in words)]
+        want = {"sum": a + b, "diff": abs(a - b), "prod": a * b}[kind]
+        assert int(r["answer"]) == want, q
+        seen.add(kind)
+        assert 1 <= a <= 20 and 1 <= b <= 20
+    assert seen == {"sum", "diff", "prod"}
+    only_add = synthetic_arithmetic(50, 9, seed=0, kinds=["add"])
+    assert all(int(r["answer"]) <= 18 for r in only_add)
+    with pytest.raises(ConfigError, match="data.synthetic_kinds"):
+        load_config(None, ["data.synthetic_kinds=add,division"])
+
+
+def test_held_out_prompts_that_repeat_training_prompts_are_removed(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    from launch.data import load_eval_prompts, tokenize
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    cfg = load_config(None, ["model.chat_template=false", "data.instruction=", "eval.every=1", "eval.num_prompts=10"])
+    train = tokenize([{"prompt": "the cat", "answer": "yes"}, {"prompt": "a dog", "answer": "yes"}], tok, False, "",
+                     64, "train")
+    f = tmp_path / "eval.jsonl"
+    # the same questions up to whitespace, plus two new ones
+    f.write_text("\n".join(json.dumps(r) for r in [{"prompt": " the  cat ", "answer": "yes"}, {"prompt": "red up", "answer": "no"},
+                                                   {"prompt": "a\tdog", "answer": "yes"}, {"prompt": "big it", "answer": "no"}]))
+    cfg.eval.files = [str(f)]
+    held = load_eval_prompts(cfg.eval, cfg.data, cfg.model, tok, train)
+    assert [p.text for p in held] == ["red up", "big it"]
+    f.write_text(json.dumps({"prompt": "the cat", "answer": "yes"}) + "\n")
+    with pytest.raises(DataError, match="every question .* is also a training question"):
+        load_eval_prompts(cfg.eval, cfg.data, cfg.model, tok, train)
+    # generated held-out rows never repeat a generated training question either
+    cfg = load_config(None, ["eval.num_prompts=50", "data.synthetic_max_operand=5"])
+    rows = synthetic_arithmetic(cfg.data.num_synthetic, 5, cfg.data.seed)
+    train = tokenize(rows, tok, False, "", 64, "train")
+    held = load_eval_prompts(cfg.eval, cfg.data, load_config(None, ["model.chat_template=false"]).model, tok, train)
+    assert not {" ".join(p.text.split()) for p in held} & {" ".join(r["prompt"].split()) for r in rows}

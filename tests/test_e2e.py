@@ -85,17 +85,42 @@ def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
     AutoTokenizer.from_pretrained(final)
 
 
-def test_loop_learns_a_trivially_learnable_reward(tiny_model, yes_data, tmp_path):
-    """Reward 1 when the response starts with 'yes' (about 1 in 44 at random init)."""
+def test_loop_learns_a_trivially_learnable_reward(tiny_model, yes_data, yes_eval, tmp_path):
+    """Reward 1 when the response starts with 'yes' (about 1 in 44 at random init); held-out
+    prompts are evaluated before training (step 0), at step 20 and after the last step."""
     run_dir = tmp_path / "learn"
     res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=40", "prompts_per_step=8", "generation.group_size=8",
                  "generation.max_new_tokens=4", "learner.num_ranks=1", "learner.micro_batch_size=16", "learner.lr=1e-2",
-                 "tracking.wandb_mode=disabled")
+                 "tracking.wandb_mode=disabled", "eval.every=20", "eval.num_prompts=32", f"eval.files={yes_eval}",
+                 "eval.samples=4")
     assert res.returncode == 0, res.stderr[-3000:]
-    rewards = [r["reward/mean"] for r in read_metrics(run_dir)]
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(0, 41))
+    evals = [r for r in rows if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 20, 40]
+    assert evals[0]["policy_version"] == 0 and evals[0]["eval/prompts"] == 32
+    assert evals[-1]["eval/accuracy"] > evals[0]["eval/accuracy"] + 0.5, evals
+    assert evals[-1]["eval/avg@4"] > evals[0]["eval/avg@4"]
+    line = f"held-out accuracy {evals[0]['eval/accuracy']:.2f} -> {evals[-1]['eval/accuracy']:.2f}"
+    assert line in res.stderr and "32 prompts" in res.stderr
+    rewards = [r["reward/mean"] for r in rows[1:]]
     assert rewards[0] < 0.2
     assert max(rewards) > 0.8, rewards
     assert sum(rewards[-5:]) / 5 > 0.8, rewards
+
+
+@pytest.mark.parametrize("fn, quoted", [("tests.fixtures.my_reward:broken", "KeyError: 'oops'"),
+                                        ("tests.fixtures.my_reward:infinite", "expected a finite float")])
+def test_a_reward_that_keeps_failing_stops_the_run_loudly(tiny_model, yes_data, tmp_path, fn, quoted):
+    run_dir = tmp_path / "broken"
+    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=6", "learner.num_ranks=1",
+                 "tracking.wandb_mode=disabled", f"reward.fn={fn}")
+    assert res.returncode == 1, res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"forkrl: error: reward.fn={fn}: ") and quoted in last and "2 consecutive steps" in last
+    rows = read_metrics(run_dir)  # the steps before the stop are kept
+    assert [r["step"] for r in rows] == [1] and rows[0]["reward/excluded_fraction"] == 1.0
+    assert (run_dir / "config.yaml").is_file()
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -154,19 +179,24 @@ def test_ray_job_submit_to_a_local_head(tiny_model, yes_data, tmp_path):
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
-def test_dynamic_sampling_kl_entropy_bonus_and_pass_at_k_end_to_end(tiny_model, yes_data, tmp_path):
+def test_dynamic_sampling_kl_entropy_bonus_and_pass_at_k_end_to_end(tiny_model, yes_data, yes_eval, tmp_path):
     run_dir = tmp_path / "dyn"
     res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=3", "dynamic_sampling=true",
                  "dynamic_sampling_max_rounds=2", "learner.kl_coef=0.1", "learner.entropy_coef=0.01",
                  "learner.num_ranks=1", "tracking.wandb_mode=disabled", "eval.every=2", "eval.samples=4",
-                 "eval.num_prompts=8", f"eval.files={yes_data}")
+                 "eval.num_prompts=8", f"eval.files={yes_eval}")
     assert res.returncode == 0, res.stderr[-3000:]
     rows = read_metrics(run_dir)
-    assert len(rows) == 3
-    assert "eval/pass@4" not in rows[0] and "eval/pass@4" in rows[1] and "eval/pass@4" in rows[2]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert "eval/pass@4" in rows[0] and "eval/pass@4" not in rows[1]
+    assert "eval/pass@4" in rows[2] and "eval/pass@4" in rows[3]
+    rows = rows[1:]
     assert 0 <= rows[2]["eval/pass@1"] <= rows[2]["eval/pass@2"] <= rows[2]["eval/pass@4"] <= 1
     for r in rows:
         # the random tiny model almost never says 'yes': most groups are all-zero and get dropped
         assert r["dynamic/dropped_fraction"] > 0.5 and r["dynamic/rounds"] == 2
-        assert r["losses/ref_kl"] >= 0 and r["losses/kept_entropy"] > 0
+        assert r["losses/ref_kl"] >= 0
+        # fill groups carry zero advantage, so under scope=informative they are out of the mask and loss
+        assert (r["mask/scope_fraction"] < 1) == (r["dynamic/filled_groups"] > 0)
+        assert r["losses/kept_entropy"] > 0 or r["mask/scope_fraction"] == 0
     assert rows[0]["losses/ref_kl"] < 1e-6  # the first update starts at the reference policy

@@ -162,3 +162,13 @@ def test_pass_at_k_matches_the_binomial_formula():
     assert mean_pass_at_k([0, 8], 8) == {k: pytest.approx((0 + 1) / 2) for k in (1, 2, 4, 8)}
     with pytest.raises(ValueError):
         pass_at_k(4, 5, 1)
+
+
+def test_no_scored_token_still_gives_a_backward_path():
+    """A micro-batch whose tokens are all out of scope must still back-propagate (zeros), or one
+    ZeRO-3 rank would skip the gradient collectives the others wait in."""
+    logits = torch.randn(1, 0, 11, requires_grad=True)
+    lp, ent = logprobs_and_entropy(logits, torch.zeros(1, 0, dtype=torch.long))
+    assert lp.shape == (1, 0) and ent.shape == (1, 0) and lp.requires_grad
+    (lp.sum() + ent.sum()).backward()
+    assert logits.grad is not None
