@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,9 +26,18 @@ from rewards.registry import RewardScorer  # noqa: E402
 
 INSTRUCTIONS = {
     "box": "Put the final answer in \\boxed{}.",
+    "boxex": "Write the final answer in a box, like \\boxed{12}.",
     "plain": "",
     "answer": "End with 'The answer is N.'",
 }
+_NUM = re.compile(r"-?\d+")
+
+
+def last_number(text: str) -> str | None:
+    """Diagnostic only (never a reward): the response's last integer, to see what the model knows
+    apart from whether it writes the answer in a form the verifier accepts."""
+    nums = _NUM.findall(text)
+    return nums[-1] if nums else None
 
 
 def main() -> None:
@@ -35,7 +45,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperatures", default="1.0", help="comma-separated sampling temperatures")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--tasks", default="add:9,sub:9,mul:9,word:9,add+sub+word:20",
                     help="comma-separated KINDS(+KINDS):max_operand")
@@ -64,25 +74,29 @@ def main() -> None:
             prompts = [TokensPrompt(prompt_token_ids=list(i)) for i in ids]
             t0 = time.perf_counter()
             greedy = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=args.max_tokens), use_tqdm=False)
-            sampled = llm.generate(prompts, SamplingParams(n=args.n, temperature=args.temperature,
-                                                          max_tokens=args.max_tokens), use_tqdm=False)
-            g_res = scorer.score_batch([o.outputs[0].text for o in greedy], [r["answer"] for r in rows])
-            s_texts = [c.text for o in sampled for c in o.outputs]
-            s_res = scorer.score_batch(s_texts, [r["answer"] for r in rows for _ in range(args.n)])
-            correct = [r.status == "correct" for r in s_res]
-            per_prompt = [sum(correct[i:i + args.n]) for i in range(0, len(correct), args.n)]
-            pk = mean_pass_at_k(per_prompt, args.n)
-            row = {"task": task, "instruction": ins_name, "prompts": len(rows), "n": args.n,
-                   "temperature": args.temperature, "max_tokens": args.max_tokens,
-                   "greedy": sum(r.status == "correct" for r in g_res) / len(rows),
-                   "greedy_no_answer": sum(r.status == "no_answer" for r in g_res) / len(rows),
-                   f"avg@{args.n}": sum(correct) / len(correct), f"pass@{args.n}": pk[args.n],
-                   "sampled_no_answer": sum(r.status == "no_answer" for r in s_res) / len(s_res),
-                   "seconds": round(time.perf_counter() - t0, 1),
-                   "greedy_example": greedy[0].outputs[0].text[:160], "prompt_example": rows[0]["prompt"]}
-            print(json.dumps(row), flush=True)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            g_texts = [o.outputs[0].text for o in greedy]
+            g_res = scorer.score_batch(g_texts, [r["answer"] for r in rows])
+            base = {"task": task, "instruction": ins_name, "prompts": len(rows), "n": args.n,
+                    "max_tokens": args.max_tokens,
+                    "greedy": sum(r.status == "correct" for r in g_res) / len(rows),
+                    "greedy_no_answer": sum(r.status == "no_answer" for r in g_res) / len(rows),
+                    "greedy_last_number": sum(last_number(t) == r["answer"] for t, r in zip(g_texts, rows)) / len(rows),
+                    "greedy_example": g_texts[0][:160], "prompt_example": rows[0]["prompt"]}
+            for temp in map(float, args.temperatures.split(",")):
+                sampled = llm.generate(prompts, SamplingParams(n=args.n, temperature=temp, max_tokens=args.max_tokens),
+                                       use_tqdm=False)
+                s_texts = [c.text for o in sampled for c in o.outputs]
+                s_res = scorer.score_batch(s_texts, [r["answer"] for r in rows for _ in range(args.n)])
+                correct = [r.status == "correct" for r in s_res]
+                per_prompt = [sum(correct[i:i + args.n]) for i in range(0, len(correct), args.n)]
+                pk = mean_pass_at_k(per_prompt, args.n)
+                row = {**base, "temperature": temp, f"avg@{args.n}": sum(correct) / len(correct),
+                       "pass@k": {k: round(v, 3) for k, v in pk.items()},
+                       "sampled_no_answer": sum(r.status == "no_answer" for r in s_res) / len(s_res),
+                       "seconds": round(time.perf_counter() - t0, 1)}
+                print(json.dumps(row), flush=True)
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
     scorer.close()
 
 

@@ -60,6 +60,14 @@ class RunTracker:
             ax.set_title(key)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
+        if "eval/accuracy" in keys:  # held-out greedy and sampled accuracy share one axis
+            ev_ax = axes[keys.index("eval/accuracy")]
+            avg = next((k for m in self.history for k in m if k.startswith("eval/avg@")), None)
+            if avg:
+                pts = [(m["step"], m[avg]) for m in self.history if isinstance(m.get(avg), (int, float))]
+                ev_ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
+            ev_ax.legend(["greedy"] + ([avg[5:] + " (sampled)"] if avg else []))
+            ev_ax.set_title("held-out accuracy")
         ent_ax = axes[keys.index("entropy/mean")]
         ent_ax.plot(steps, [m.get("entropy/kept_mean", math.nan) for m in self.history], marker=".")
         ent_ax.legend(["all response tokens", "kept (gradient) tokens"])

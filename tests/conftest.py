@@ -18,28 +18,26 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+def write_yes_prompts(path: Path, n: int, seed: int, min_words: int) -> Path:
+    """n prompts of tiny-vocabulary words whose answer is 'yes' (for the starts_with reward)."""
+    rng = random.Random(seed)
+    words = "the a cat dog red blue green big small up down left right it we so then".split()
+    with open(path, "w") as f:
+        for _ in range(n):
+            f.write(json.dumps({"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(min_words, 6))),
+                                "answer": "yes"}) + "\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def yes_data(tmp_path_factory) -> Path:
-    """Prompts of tiny-vocabulary words whose answer is 'yes' (for the starts_with reward)."""
-    rng = random.Random(0)
-    words = "the a cat dog red blue green big small up down left right it we so then".split()
-    path = tmp_path_factory.mktemp("data") / "yes.jsonl"
-    with open(path, "w") as f:
-        for _ in range(64):
-            f.write(json.dumps({"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(2, 6))), "answer": "yes"}) + "\n")
-    return path
+    return write_yes_prompts(tmp_path_factory.mktemp("data") / "yes.jsonl", 64, seed=0, min_words=2)
 
 
 @pytest.fixture(scope="session")
 def yes_eval(tmp_path_factory) -> Path:
-    """Held-out prompts of the same kind as `yes_data` (different words order, another seed)."""
-    rng = random.Random(1)
-    words = "the a cat dog red blue green big small up down left right it we so then".split()
-    path = tmp_path_factory.mktemp("data") / "yes_eval.jsonl"
-    with open(path, "w") as f:
-        for _ in range(32):
-            f.write(json.dumps({"prompt": " ".join(rng.choice(words) for _ in range(rng.randint(3, 6))), "answer": "yes"}) + "\n")
-    return path
+    """Held-out prompts like `yes_data` (another seed; any repeat of a training prompt is dropped by the loader)."""
+    return write_yes_prompts(tmp_path_factory.mktemp("data") / "yes_eval.jsonl", 32, seed=1, min_words=3)
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ def test_loop_learns_a_trivially_learnable_reward(tiny_model, yes_data, yes_eval
 def test_a_reward_that_keeps_failing_stops_the_run_loudly(tiny_model, yes_data, tmp_path, fn, quoted):
     run_dir = tmp_path / "broken"
     res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=6", "learner.num_ranks=1",
-                 "tracking.wandb_mode=disabled", f"reward.fn={fn}")
+                 "tracking.wandb_mode=disabled", f"reward.fn={fn}", env={"PYTHONPATH": str(REPO)})
     assert res.returncode == 1, res.stderr[-3000:]
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith(f"forkrl: error: reward.fn={fn}: ") and quoted in last and "2 consecutive steps" in last

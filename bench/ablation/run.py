@@ -1,76 +1,123 @@
-"""Mask ablation on the CPU demo task: none vs top-20% vs bottom-80% vs random-20%, equal steps.
+"""Mask ablation: top-20% vs full-token vs random-20% vs bottom-80%, equal steps, several seeds.
 
-Usage: python bench/ablation/run.py [--steps 12] [--out bench/ablation/results] [extra key=value ...]
-Add --report-only to rebuild the plot and table from an earlier run's metrics.
-Runs `forkrl train` once per arm (sequentially, same seed and data), then writes
-`curves.png` (mean training reward and held-out greedy accuracy over steps) and `table.md`.
+Usage: python bench/ablation/run.py [--seeds 0 1 2] [--arms top none random bottom]
+       [--config configs/demo.yaml] [--out bench/ablation/results] [extra key=value ...]
+Add --report-only to rebuild the plot and table from the runs already on disk.
+
+Each (arm, seed) is one `forkrl train` run of the config (sequentially; same data and seed across
+arms, so step 1 sees identical rollouts). Every run evaluates its held-out set at step 0 and at
+the end, so each arm's figure is a *gain over its own baseline*. Writes `gains.png` (mean +- std
+of the held-out gain per arm, with each seed as a dot), `curves.png` (held-out accuracy over steps,
+mean over seeds) and `table.md`. Runs whose directory already holds a finished metrics.jsonl are
+not rerun, so an interrupted sweep continues where it stopped.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 ARMS = {
-    "none (all tokens)": ["learner.mask.mode=none"],
-    "top 20% entropy": ["learner.mask.mode=top", "learner.mask.rho=0.2"],
-    "bottom 80% entropy": ["learner.mask.mode=bottom", "learner.mask.rho=0.2"],
-    "random 20%": ["learner.mask.mode=random", "learner.mask.rho=0.2"],
+    "top": ("top 20% entropy (the paper)", ["learner.mask.mode=top", "learner.mask.rho=0.2"]),
+    "none": ("all tokens", ["learner.mask.mode=none"]),
+    "random": ("random 20% (control)", ["learner.mask.mode=random", "learner.mask.rho=0.2"]),
+    "bottom": ("bottom 80% entropy (the paper's ablation)", ["learner.mask.mode=bottom", "learner.mask.rho=0.2"]),
 }
 
 
-def run_arm(name: str, overrides: list[str], args) -> list[dict]:
-    run_dir = Path(args.out) / name.split()[0]
-    if args.report_only:
-        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    cmd = [sys.executable, "-m", "launch.train", "--config", str(REPO / "configs/demo.yaml"), f"steps={args.steps}",
-           f"tracking.run_dir={run_dir}", f"tracking.name=ablation-{name.split()[0]}", "tracking.wandb_mode=offline",
-           f"eval.every={args.eval_every}", "eval.num_prompts=32", *overrides, *args.extra]
-    print("running", name, flush=True)
+def read_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def finished(rows: list[dict], steps: int) -> bool:
+    return bool(rows) and rows[-1].get("step") == steps and "eval/accuracy" in rows[-1]
+
+
+def run_one(arm: str, seed: int, args) -> list[dict]:
+    run_dir = Path(args.out) / f"{arm}-seed{seed}"
+    rows = read_rows(run_dir)
+    if args.report_only or finished(rows, args.steps):
+        return rows
+    cmd = [sys.executable, "-m", "launch.train", "--config", str(REPO / args.config), f"seed={seed}",
+           f"tracking.run_dir={run_dir}", f"tracking.name=ablation-{arm}-seed{seed}", "tracking.wandb_mode=offline",
+           f"steps={args.steps}", *ARMS[arm][1], *args.extra]
+    print(f"[{time.strftime('%H:%M:%S')}] running {arm} seed {seed}: {' '.join(cmd[2:])}", flush=True)
+    if run_dir.exists():  # an unfinished earlier attempt: start it again from nothing
+        import shutil
+
+        shutil.rmtree(run_dir)
     subprocess.run(cmd, cwd=REPO, check=True)
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_rows(run_dir)
+
+
+def gain(rows: list[dict]) -> float:
+    ev = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
+    return ev[-1] - ev[0]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--eval-every", type=int, default=4)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--steps", type=int, default=None, help="default: the config's steps")
     ap.add_argument("--out", default=str(REPO / "bench/ablation/results"))
-    ap.add_argument("--report-only", action="store_true", help="rebuild the plot and table from earlier runs")
-    ap.add_argument("extra", nargs="*", help="key=value overrides applied to every arm")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("extra", nargs="*", help="key=value overrides applied to every run")
     args = ap.parse_args()
-    results = {name: run_arm(name, ov, args) for name, ov in ARMS.items()}
+    if args.steps is None:
+        sys.path.insert(0, str(REPO))
+        from launch.config import load_config
 
+        args.steps = load_config(REPO / args.config, args.extra).steps
+    t0 = time.perf_counter()
+    runs = {arm: {s: run_one(arm, s, args) for s in args.seeds} for arm in args.arms}
+    runs = {arm: {s: rows for s, rows in by_seed.items() if finished(rows, args.steps)} for arm, by_seed in runs.items()}
+    report(runs, Path(args.out), time.perf_counter() - t0)
+
+
+def report(runs: dict, out: Path, seconds: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_r, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, rows in results.items():
-        ax_r.plot([r["step"] for r in rows], [r["reward/mean"] for r in rows], marker=".", label=name)
-        ev = [r for r in rows if "eval/accuracy" in r]
-        ax_e.plot([r["step"] for r in ev], [r["eval/accuracy"] for r in ev], marker="o", label=name)
-    for ax, title in ((ax_r, "training reward (mean)"), (ax_e, "held-out greedy accuracy")):
-        ax.set_title(title)
-        ax.set_xlabel("step")
+    fig, (ax_g, ax_c) = plt.subplots(1, 2, figsize=(12, 4.2))
+    lines = ["| arm | seeds | step-0 accuracy | final accuracy | gain (points), mean +- std | gain per seed |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for i, (arm, by_seed) in enumerate(runs.items()):
+        if not by_seed:
+            continue
+        gains = [100 * gain(rows) for rows in by_seed.values()]
+        sd = statistics.stdev(gains) if len(gains) > 1 else 0.0
+        ax_g.bar(i, statistics.mean(gains), yerr=sd, capsize=6, alpha=0.6)
+        ax_g.scatter([i] * len(gains), gains, color="k", zorder=3, s=12)
+        first = [[r["eval/accuracy"] for r in rows if "eval/accuracy" in r] for rows in by_seed.values()]
+        steps = [r["step"] for r in next(iter(by_seed.values())) if "eval/accuracy" in r]
+        mean_curve = [statistics.mean(ev[j] for ev in first) for j in range(len(steps))]
+        ax_c.plot(steps, mean_curve, marker="o", label=ARMS[arm][0])
+        lines.append(f"| {ARMS[arm][0]} | {len(gains)} | {statistics.mean(ev[0] for ev in first):.3f} | "
+                     f"{statistics.mean(ev[-1] for ev in first):.3f} | {statistics.mean(gains):+.1f} +- {sd:.1f} | "
+                     f"{', '.join(f'{g:+.1f}' for g in gains)} |")
+    ax_g.set_xticks(range(len(runs)), [ARMS[a][0].split(" (")[0] for a in runs], fontsize=8)
+    ax_g.set_ylabel("held-out greedy accuracy gain (points)")
+    ax_g.axhline(0, color="k", lw=0.8)
+    ax_g.set_title("gain over step 0, mean +- std over seeds")
+    ax_c.set_title("held-out greedy accuracy (mean over seeds)")
+    ax_c.set_xlabel("step")
+    ax_c.legend(fontsize=8)
+    for ax in (ax_g, ax_c):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(args.out)
-    fig.savefig(out / "curves.png", dpi=100)
-
-    lines = ["| arm | reward first 3 steps | reward last 3 steps | eval accuracy (first -> last) | kept fraction |",
-             "| --- | --- | --- | --- | --- |"]
-    for name, rows in results.items():
-        ev = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        lines.append(f"| {name} | {mean([r['reward/mean'] for r in rows[:3]]):.3f} | "
-                     f"{mean([r['reward/mean'] for r in rows[-3:]]):.3f} | {ev[0]:.3f} -> {ev[-1]:.3f} | "
-                     f"{mean([r['mask/kept_fraction'] for r in rows]):.2f} |")
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "gains.png", dpi=100)
+    lines.append(f"\nWall time of this invocation: {seconds / 60:.1f} min.")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
