@@ -65,14 +65,14 @@ class GenerationWorker:
                 finished.append(o.finish_reason == "stop")
         return RolloutBatch(prompts, c.group_size, ids, lps, texts, finished, self.version, time.perf_counter() - t0)
 
-    def evaluate(self, prompts: list[Prompt], samples: int) -> tuple[list[str], int]:
-        """`samples` responses per prompt (greedy when 1, else at the rollout temperature), grouped
-        by prompt, and the policy version that wrote them."""
+    def evaluate(self, prompts: list[Prompt], samples: int, max_tokens: int) -> tuple[list[str], int]:
+        """`samples` responses per prompt (greedy when 1, else at the rollout temperature), at most
+        `max_tokens` each, grouped by prompt, and the policy version that wrote them."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         temperature = 0.0 if samples == 1 else self.cfg.temperature
-        params = SamplingParams(n=samples, temperature=temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_new_tokens)
+        params = SamplingParams(n=samples, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
         return [o.text for out in outs for o in out.outputs], self.version
 

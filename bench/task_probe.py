@@ -51,6 +51,7 @@ def main() -> None:
                     help="comma-separated KINDS(+KINDS):max_operand")
     ap.add_argument("--instructions", default="box,plain")
     ap.add_argument("--out", default=str(REPO / "bench/results/task_probe.jsonl"))
+    ap.add_argument("--note", default="", help="free text stored with each row (e.g. what changed)")
     args = ap.parse_args()
 
     from transformers import AutoTokenizer
@@ -76,7 +77,7 @@ def main() -> None:
             greedy = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=args.max_tokens), use_tqdm=False)
             g_texts = [o.outputs[0].text for o in greedy]
             g_res = scorer.score_batch(g_texts, [r["answer"] for r in rows])
-            base = {"task": task, "instruction": ins_name, "prompts": len(rows), "n": args.n,
+            base = {"note": args.note, "task": task, "instruction": ins_name, "prompts": len(rows), "n": args.n,
                     "max_tokens": args.max_tokens,
                     "greedy": sum(r.status == "correct" for r in g_res) / len(rows),
                     "greedy_no_answer": sum(r.status == "no_answer" for r in g_res) / len(rows),

@@ -179,6 +179,8 @@ class EvalConfig:
     """Held-out jsonl/parquet rows (same keys as data); empty = generated rows the training set lacks."""
     num_prompts: int = 64
     """Held-out prompts scored per evaluation."""
+    max_new_tokens: int = 0
+    """Response limit when evaluating (0 = generation.max_new_tokens); longer keeps a rambling base model fair."""
     samples: int = 1
     """Greedy accuracy is always measured; n > 1 also samples n per prompt: avg@n and pass@k, k = 1, 2, 4 .. n."""
 
@@ -238,6 +240,9 @@ def validate(c: TrainConfig) -> None:
     _check(c.dynamic_sampling_max_rounds >= 1, "dynamic_sampling_max_rounds", "must be >= 1")
     _check(c.eval.every >= 0 and c.eval.num_prompts >= 1, "eval.every", "eval.every must be >= 0, eval.num_prompts >= 1")
     _check(c.eval.samples >= 1, "eval.samples", f"must be >= 1, got {c.eval.samples}")
+    _check(c.eval.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0 (0 = generation.max_new_tokens)")
+    _check(g.max_model_len > c.data.max_prompt_tokens + c.eval.max_new_tokens - 1, "generation.max_model_len",
+           f"{g.max_model_len} cannot hold data.max_prompt_tokens + eval.max_new_tokens")
     _check(c.max_staleness >= 0, "max_staleness", f"must be >= 0, got {c.max_staleness}")
     _check(g.group_size >= 2, "generation.group_size", f"needs >= 2 responses for a group baseline, got {g.group_size}")
     _check(g.num_actors >= 1, "generation.num_actors", "must be >= 1")

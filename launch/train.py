@@ -104,11 +104,12 @@ def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts
                           "dynamic/filled_groups": len(fill)}
 
 
-def _eval_correct(actors: Actors, prompts, samples: int) -> tuple[list[bool], int]:
+def _eval_correct(actors: Actors, prompts, samples: int, max_tokens: int) -> tuple[list[bool], int]:
     """`samples` responses per prompt (greedy when 1), verified: (correct flags grouped by prompt,
     the oldest policy version that answered)."""
     k = len(actors.generators)
-    outs = ray.get([gen.evaluate.remote(prompts[j::k], samples) for j, gen in enumerate(actors.generators) if prompts[j::k]])
+    outs = ray.get([gen.evaluate.remote(prompts[j::k], samples, max_tokens) for j, gen in enumerate(actors.generators)
+                    if prompts[j::k]])
     texts, answers = [], []
     for j, (t, _) in enumerate(outs):
         texts += t
@@ -117,13 +118,13 @@ def _eval_correct(actors: Actors, prompts, samples: int) -> tuple[list[bool], in
     return [r.status == "correct" for r in results], min(v for _, v in outs)
 
 
-def evaluate(actors: Actors, prompts, samples: int) -> dict:
+def evaluate(actors: Actors, prompts, samples: int, max_tokens: int) -> dict:
     """Held-out greedy accuracy with the current weights; with samples = n > 1 also n sampled
     responses per prompt at the training temperature: avg@n (mean accuracy) and pass@k."""
-    correct, version = _eval_correct(actors, prompts, 1)
+    correct, version = _eval_correct(actors, prompts, 1, max_tokens)
     out = {"eval/accuracy": sum(correct) / len(correct), "eval/policy_version": version, "eval/prompts": len(prompts)}
     if samples > 1:
-        correct, _ = _eval_correct(actors, prompts, samples)
+        correct, _ = _eval_correct(actors, prompts, samples, max_tokens)
         per_prompt = [sum(correct[i:i + samples]) for i in range(0, len(correct), samples)]
         out[f"eval/avg@{samples}"] = sum(correct) / len(correct)
         out.update({f"eval/pass@{kk}": v for kk, v in mean_pass_at_k(per_prompt, samples).items()})
@@ -160,9 +161,9 @@ def run(cfg: TrainConfig) -> Path:
                 len(actors.generators), len(actors.rewards), len(actors.learners))
     tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode)
     try:
-        baseline = {}
+        baseline, eval_tokens = {}, cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
         if eval_prompts:  # step 0: the initial policy on the same held-out prompts, the run's baseline
-            baseline = {"step": 0, "policy_version": 0, **evaluate(actors, eval_prompts, cfg.eval.samples)}
+            baseline = {"step": 0, "policy_version": 0, **evaluate(actors, eval_prompts, cfg.eval.samples, eval_tokens)}
             tracker.log(baseline)
             logger.info("eval at step 0 (before training): accuracy %.3f", baseline["eval/accuracy"])
         final = _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id, eval_prompts, model_path)
@@ -239,7 +240,8 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         })
         if eval_prompts and (step % cfg.eval.every == 0 or step == cfg.steps):
             ray.get(pending_loads)  # evaluate the weights this step produced
-            metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples))
+            metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples,
+                                    cfg.eval.max_new_tokens or cfg.generation.max_new_tokens))
             logger.info("eval at step %d: accuracy %.3f", step, metrics["eval/accuracy"])
         save_every = cfg.tracking.save_every
         if step == cfg.steps or (save_every and step % save_every == 0):

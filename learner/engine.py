@@ -162,11 +162,15 @@ class PolicyTrainer:
         """One optimizer batch (this rank's shard); returns metrics reduced over all ranks."""
         c, m = self.cfg, self.cfg.mask
         t0 = time.perf_counter()
-        prox_logp, entropy, ref_logp = self.score(shard)
         # From here on `valid` means "in scope": the tokens the mask chooses among and every
         # denominator counts (all response tokens, or only those with a non-zero advantage).
         all_valid = shard.valid
         shard = replace(shard, valid=scope_tokens(shard.valid, shard.advantages, m.scope))
+        if int(all_reduce_sum(shard.valid.sum().reshape(1).to(torch.int64)).item()) == 0:
+            # No token of the batch, on any rank, is in any loss term: every gradient would be
+            # exactly zero, so the passes and the optimizer step are skipped (all ranks agree).
+            return self._skipped_metrics(all_valid, t0)
+        prox_logp, entropy, ref_logp = self.score(shard)
         keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
         metrics = self._mask_metrics(shard, all_valid, keep, entropy, tau)
         metrics.update(self._off_policy_metrics(all_valid, prox_logp, shard.behaviour_logp))
@@ -202,9 +206,24 @@ class PolicyTrainer:
             "losses/kept_entropy": sums["entropy"] / weight,
             "charts/lr": lrs[-1],
             "charts/optimizer_updates": self.updates,
+            "train/skipped_no_signal": 0,
         })
         metrics["timing/train_s"] = time.perf_counter() - t0  # the driver's timing/learn_s includes transfer
         return metrics
+
+    def _skipped_metrics(self, all_valid: torch.Tensor, t0: float) -> dict[str, float]:
+        n = int(all_reduce_sum(all_valid.sum().reshape(1).to(torch.int64)).item())
+        nan = math.nan
+        out = {k: nan for k in ("mask/threshold", "entropy/mean", "entropy/kept_mean", "entropy/dropped_mean",
+                                "losses/loss", "losses/policy_loss", "losses/clipfrac_low", "losses/clipfrac_high",
+                                "losses/dual_clip_fraction", "losses/approx_kl", "losses/grad_norm", "losses/ref_kl",
+                                "losses/kept_entropy", "off_policy/is_weight_mean", "off_policy/is_truncated_fraction",
+                                "off_policy/log_ratio_max", "train/behaviour_logp_abs_diff")}
+        out.update({"mask/kept_fraction": 0.0, "mask/kept_tokens": 0, "mask/scope_fraction": 0.0,
+                    "train/response_tokens": n, "train/skipped_no_signal": 1, "charts/optimizer_updates": self.updates,
+                    "charts/lr": self.scheduler.get_last_lr()[0] if self.scheduler else self.cfg.lr,
+                    "timing/score_s": 0.0, "timing/train_s": time.perf_counter() - t0})
+        return out
 
     def _global_counts(self, valid: torch.Tensor, keep: torch.Tensor) -> BatchCounts:
         local = torch.tensor([valid.sum().item(), keep.sum().item(), valid.any(dim=1).sum().item(),

@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 5.0
 MAX_ANSWER_CHARS = 1000  # longer "final answers" are treated as unparseable, not verified
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# A last line that is a worked equation ending in a number ("3 + 4 = 7"): small models state
+# results this way, and reading it is what a person does. Only a plain number after the last '='
+# at the very end of the response counts, so this adds no expression or variable matching.
+_EQUATION_END_RE = re.compile(r"=\s*\$?\s*(-?\d+(?:\.\d+)?(?:/\d+)?)\s*\$?\s*[.!]?\s*$")
 _STATED_RE = re.compile(
     r"(?:final answer is|final answer:|answer is|answer:)\s*:?\s*(?:\$+)?([^\n$]{1,200})", re.IGNORECASE
 )
@@ -65,7 +69,8 @@ def last_boxed(text: str) -> str | None:
 
 
 def extract_final_answer(text: str) -> str | None:
-    """The response's final answer: the last box, else the last stated answer, else None."""
+    """The response's final answer: the last box, else the last stated answer, else the number
+    that ends a final-line equation ("2 + 5 = 7"), else None."""
     text = text.replace("\x00", "")
     boxed = last_boxed(text)
     if boxed is not None:
@@ -74,7 +79,9 @@ def extract_final_answer(text: str) -> str | None:
     stated = list(_STATED_RE.finditer(tail))
     if stated:
         return stated[-1].group(1).strip().rstrip(".").strip()
-    return None
+    lines = tail.strip().splitlines()
+    equation = _EQUATION_END_RE.search(lines[-1][-200:]) if lines else None
+    return equation.group(1) if equation else None
 
 
 def _as_gold(ground_truth: str) -> str:

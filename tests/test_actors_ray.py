@@ -161,3 +161,17 @@ def test_a_stale_batch_gets_a_bounded_update_on_real_zero3(ray_local, tiny_model
     assert m_stale["off_policy/is_weight_mean"] == pytest.approx(2.0)
     assert m_stale["losses/policy_loss"] == pytest.approx(2 * m_on["losses/policy_loss"], rel=1e-3)
     assert m_stale["losses/grad_norm"] == pytest.approx(2 * m_on["losses/grad_norm"], rel=1e-3)
+
+
+def test_a_batch_without_signal_is_skipped_on_every_rank(ray_local, tiny_model):
+    """All advantages zero (every group scored alike): no token is in scope, so both ranks skip
+    the passes and the optimizer step together, and the weights stay as they were."""
+    import ray
+    from safetensors.torch import load_file
+
+    prompts, resp, blp, _ = make_batch()
+    metrics, state = run_learners(ray, tiny_model, 2, 2, (prompts, resp, blp, [0.0] * len(prompts)))
+    assert [m["train/skipped_no_signal"] for m in metrics] == [1, 1]
+    assert metrics[0]["charts/optimizer_updates"] == 0 and metrics[0]["mask/scope_fraction"] == 0
+    w0 = load_file(str(tiny_model / "model.safetensors"))
+    assert all(torch.equal(state[k], w0[k]) for k in state)

@@ -129,6 +129,16 @@ CASES = [
     ("So the final answer is 3/4.", "0.75", 1.0),
     ("Therefore, the final answer is: 10", "10", 1.0),
     ("I think the answer is 11", "10", 0.0),
+    # a final-line equation ending in a number
+    ("2 + 1 = 3", "3", 1.0),
+    ("So, 8 - 3 = 5.", "5", 1.0),
+    ("Ana has 4 + 5 = $9$", "9", 1.0),
+    ("2 + 1 = 4", "3", 0.0),
+    ("2 + 1 = 3\nThat was easy.", "3", 0.0),  # the equation is not the end: no answer
+    ("2 + 1 = 3 apples, I think", "3", 0.0),
+    ("\\boxed{4}\n2 + 1 = 3", "3", 0.0),  # a box always wins
+    ("x + 1 = y", "3", 0.0),
+    ("The answer is 4.\n1 + 2 = 3", "3", 0.0),  # a stated answer wins
     # junk
     (r"\boxed{\boxed{5}}", "5", 1.0),
     (r"\boxed{???}", "5", 0.0),
