@@ -173,7 +173,8 @@ class PolicyTrainer:
         prox_logp, entropy, ref_logp = self.score(shard)
         keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
         metrics = self._mask_metrics(shard, all_valid, keep, entropy, tau)
-        metrics.update(self._off_policy_metrics(all_valid, prox_logp, shard.behaviour_logp))
+        # The scoring pass scores in-scope tokens only (the rest is zero), so the gap is taken there.
+        metrics.update(self._off_policy_metrics(shard.valid, prox_logp, shard.behaviour_logp))
         metrics["timing/score_s"] = time.perf_counter() - t0
 
         rows_per_mini = len(shard) // self.minis_per_batch
@@ -292,7 +293,7 @@ class PolicyTrainer:
 
     def _off_policy_metrics(self, valid, prox_logp, behaviour_logp) -> dict[str, float]:
         """How far vLLM's behaviour log-probs are from the learner's proximal ones, and what the
-        truncated importance weight did about it, over every response token of the batch."""
+        truncated importance weight did about it, over the batch's in-scope response tokens."""
         diff = (prox_logp - behaviour_logp)[valid].double()  # (K,) log pi_prox / mu
         w = importance_weights(prox_logp, behaviour_logp, self.cfg.is_cap)[valid].double()
         truncated = (diff > math.log(self.cfg.is_cap)).sum().item() if self.cfg.is_cap > 0 else 0

@@ -67,6 +67,9 @@ def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
         # the random model rarely stops early: most responses hit 8 tokens and take the full -1
         assert r["response/truncated_fraction"] > 0.5 and r["reward/mean"] < -0.4
     assert [r["staleness/max"] for r in rows[1:]] == [1, 1, 1]  # generation really ran ahead
+    # step 1 was sampled by the very weights the learner scores with: vLLM and learner agree
+    if not rows[0]["train/skipped_no_signal"]:
+        assert rows[0]["train/behaviour_logp_abs_diff"] < 1e-3 and rows[0]["off_policy/log_ratio_max"] < 1e-2
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["learner"]["num_ranks"] == 2 and cfg["max_staleness"] == 1
     assert (run_dir / "curves.png").stat().st_size > 1000
