@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
 from pathlib import Path
+
+# The engine in this process: killing the probe then leaves no orphaned vLLM worker behind.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
