@@ -131,6 +131,11 @@ def evaluate(actors: Actors, prompts, samples: int, max_tokens: int) -> dict:
     return out
 
 
+def eval_max_tokens(cfg: TrainConfig) -> int:
+    """Evaluation response limit: eval.max_new_tokens, else the training one."""
+    return cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
+
+
 def summary_line(first: dict, last: dict) -> str:
     """The run's result in one line, e.g. 'held-out accuracy 0.31 -> 0.58 (+27 points, 128 prompts)'."""
     a, b = first["eval/accuracy"], last["eval/accuracy"]
@@ -161,9 +166,9 @@ def run(cfg: TrainConfig) -> Path:
                 len(actors.generators), len(actors.rewards), len(actors.learners))
     tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode)
     try:
-        baseline, eval_tokens = {}, cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
+        baseline = {}
         if eval_prompts:  # step 0: the initial policy on the same held-out prompts, the run's baseline
-            baseline = {"step": 0, "policy_version": 0, **evaluate(actors, eval_prompts, cfg.eval.samples, eval_tokens)}
+            baseline = {"step": 0, "policy_version": 0, **evaluate(actors, eval_prompts, cfg.eval.samples, eval_max_tokens(cfg))}
             tracker.log(baseline)
             logger.info("eval at step 0 (before training): accuracy %.3f", baseline["eval/accuracy"])
         final = _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id, eval_prompts, model_path)
@@ -240,8 +245,7 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         })
         if eval_prompts and (step % cfg.eval.every == 0 or step == cfg.steps):
             ray.get(pending_loads)  # evaluate the weights this step produced
-            metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples,
-                                    cfg.eval.max_new_tokens or cfg.generation.max_new_tokens))
+            metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples, eval_max_tokens(cfg)))
             logger.info("eval at step %d: accuracy %.3f", step, metrics["eval/accuracy"])
         save_every = cfg.tracking.save_every
         if step == cfg.steps or (save_every and step % save_every == 0):
