@@ -163,6 +163,15 @@ class LearnerConfig:
     """KL term in the loss: 'k2' (gradient of KL(pi || ref)) or 'k3' (GRPO's; gradient of KL(ref || pi))."""
     entropy_coef: float = 0.0
     """Entropy bonus weight (subtracts coef * entropy from the loss; one-shot RLVR used ~1e-3)."""
+    zero_persistence_threshold: int = 100_000
+    """ZeRO-3 keeps parameters with fewer elements than this gathered on every rank (DeepSpeed's
+    stage3_param_persistence_threshold): no gather/release per pass for them, at their full size in
+    each rank's memory."""
+    single_pass: bool = True
+    """With one update per batch, forward each micro-batch once and take the mask's entropies from
+    that same pass (graphs held until the mask is chosen): no scoring pass, a third less compute,
+    the whole shard's activations in memory. False: a no-grad scoring pass first, then forward +
+    backward per micro-batch (memory of one micro-batch). Several updates per batch always score."""
     logprob_chunk: int = 1024
     """Tokens per chunk when computing log-softmax/entropy over the vocabulary."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"

@@ -23,6 +23,11 @@ class TrainShard:
     def targets(self) -> torch.Tensor:  # (n, L-1) long
         return self.input_ids[:, 1:]
 
+    def take(self, order: torch.Tensor) -> "TrainShard":
+        """The same sequences in `order` ((n,) row indices)."""
+        return TrainShard(self.input_ids[order], self.attention_mask[order], self.valid[order],
+                          self.behaviour_logp[order], self.advantages[order])
+
     def rows(self, start: int, stop: int) -> "TrainShard":
         """Sequences start..stop, trimmed to their longest real length (less padding to score)."""
         length = int(self.attention_mask[start:stop].sum(dim=1).max().item())

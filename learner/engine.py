@@ -60,16 +60,29 @@ def reduce_named(sums: dict[str, float], reduce) -> dict[str, float]:
     return dict(zip(names, total.tolist()))
 
 
+def length_order(lengths: torch.Tensor, groups: int) -> torch.Tensor:
+    """(n,) row order that sorts rows by length inside each of `groups` equal consecutive slices
+    (the mini-batches): micro-batches then hold similar lengths and carry little padding, while
+    every mini-batch keeps the same rows (its random draw from the batch is unchanged)."""
+    n = lengths.shape[0]
+    per = n // groups
+    return torch.cat([g * per + torch.argsort(lengths[g * per:(g + 1) * per], stable=True) for g in range(groups)])
+
+
 def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf16: bool) -> dict:
     ds = {
         "train_micro_batch_size_per_gpu": micro_per_rank,
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": micro_per_rank * accumulation * world,
         "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False,
+                              "stage3_param_persistence_threshold": cfg.zero_persistence_threshold},
         "optimizer": {
             "type": "AdamW",
-            "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": [0.9, 0.999], "torch_adam": True},
+            # torch's fused AdamW (CPU and CUDA): one kernel over the flat ZeRO partition,
+            # several times faster than its per-tensor loop here, and no extension to build.
+            "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": [0.9, 0.999], "torch_adam": True,
+                       "fused": True},
         },
         "bf16": {"enabled": bf16},
         "steps_per_print": 10**9,
@@ -100,7 +113,11 @@ class PolicyTrainer:
         mini = cfg.mini_batch_size or batch_size
         self.minis_per_batch = batch_size // mini
         self.micro_per_mini = mini // (self.world * cfg.micro_batch_size)
-        ds_cfg = deepspeed_config(cfg, cfg.micro_batch_size, self.micro_per_mini, self.world, bf16)
+        self.single_pass = cfg.single_pass and cfg.epochs * self.minis_per_batch == 1
+        # The single pass back-propagates the whole shard at once: one DeepSpeed accumulation step.
+        self.accumulation = 1 if self.single_pass else self.micro_per_mini
+        per_step = cfg.micro_batch_size * self.micro_per_mini // self.accumulation
+        ds_cfg = deepspeed_config(cfg, per_step, self.accumulation, self.world, bf16)
         torch.manual_seed(seed)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
@@ -121,17 +138,21 @@ class PolicyTrainer:
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    def _forward(self, mb: TrainShard, with_entropy: bool, engine=None):
+    def _forward(self, mb: TrainShard, with_entropy: bool, engine=None, entropy_grad: bool = False):
         """((m, l-1) log-probs, (m, l-1) entropies or None); zero off the valid response tokens."""
         dev = self.device
-        logits = (engine or self.engine)(
-            input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev)
-        ).logits[:, :-1]  # (m, l-1, V): column t predicts token t+1
         valid = mb.valid.to(dev)
-        # Only response tokens are scored: prompt and padding positions would double the
-        # vocabulary-sized softmax work for nothing.
-        lp, h = logprobs_and_entropy(logits[valid][None], mb.targets.to(dev)[valid][None], self.temperature,
-                                     self.cfg.logprob_chunk, with_entropy)  # (1, k) each
+        # Logits only from the first column any row scores: the vocabulary projection is about a
+        # fifth of this model's compute, and prompt positions would spend it for nothing.
+        cols = valid.any(dim=0).nonzero()
+        start = int(cols[0]) if len(cols) else valid.shape[1] - 1
+        logits = (engine or self.engine)(
+            input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev),
+            logits_to_keep=torch.arange(start, valid.shape[1], device=dev),
+        ).logits  # (m, l-1-start, V): column j predicts token start+j+1
+        part = valid[:, start:]
+        lp, h = logprobs_and_entropy(logits[part][None], mb.targets.to(dev)[:, start:][part][None], self.temperature,
+                                     self.cfg.logprob_chunk, with_entropy, entropy_grad)  # (1, k) each
         scatter = lambda x: torch.zeros(valid.shape, dtype=x.dtype, device=dev).masked_scatter(valid, x[0])  # noqa: E731
         return scatter(lp), (scatter(h) if h is not None else None)
 
@@ -141,16 +162,23 @@ class PolicyTrainer:
         current weights, and the reference policy's log-probs when a KL penalty is on (else None)."""
         n, width = shard.valid.shape
         logp, ent = torch.zeros(n, width), torch.zeros(n, width)
-        ref_logp = torch.zeros(n, width) if self.ref_engine is not None else None
         for s in range(0, n, self.cfg.micro_batch_size):
             mb = shard.rows(s, s + self.cfg.micro_batch_size)
             lp, h = self._forward(mb, with_entropy=True)
-            w = lp.shape[1]
-            logp[s : s + len(mb), :w] = lp.float().cpu()
-            ent[s : s + len(mb), :w] = h.float().cpu()
-            if ref_logp is not None:
-                ref_logp[s : s + len(mb), :w] = self._forward(mb, False, self.ref_engine)[0].float().cpu()
-        return logp, ent, ref_logp
+            logp[s : s + len(mb), : lp.shape[1]] = lp.float().cpu()
+            ent[s : s + len(mb), : h.shape[1]] = h.float().cpu()
+        return logp, ent, (self.reference_logp(shard) if self.ref_engine is not None else None)
+
+    @torch.no_grad()
+    def reference_logp(self, shard: TrainShard) -> torch.Tensor:
+        """(n, L-1) log-probs of the frozen reference policy."""
+        n, width = shard.valid.shape
+        out = torch.zeros(n, width)
+        for s in range(0, n, self.cfg.micro_batch_size):
+            mb = shard.rows(s, s + self.cfg.micro_batch_size)
+            lp = self._forward(mb, False, self.ref_engine)[0]
+            out[s : s + len(mb), : lp.shape[1]] = lp.float().cpu()
+        return out
 
     # -- training --------------------------------------------------------------------------------
 
@@ -170,6 +198,10 @@ class PolicyTrainer:
             # No token of the batch, on any rank, is in any loss term: every gradient would be
             # exactly zero, so the passes and the optimizer step are skipped (all ranks agree).
             return self._skipped_metrics(all_valid, t0)
+        order = length_order(shard.attention_mask.sum(dim=1), self.minis_per_batch)
+        shard, all_valid = shard.take(order), all_valid[order]
+        if self.single_pass:
+            return self._train_single_pass(shard, all_valid, t0)
         prox_logp, entropy, ref_logp = self.score(shard)
         keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
         metrics = self._mask_metrics(shard, all_valid, keep, entropy, tau)
@@ -187,15 +219,70 @@ class PolicyTrainer:
                 for s in range(lo, hi, c.micro_batch_size):
                     mb = shard.rows(s, s + c.micro_batch_size)
                     rows, cols = slice(s, s + len(mb)), slice(0, mb.valid.shape[1])
+                    logp, ent = self._forward(mb, with_entropy=c.entropy_coef > 0, entropy_grad=True)
+                    # With one update per batch the proximal policy *is* the current one (the
+                    # optimizer steps only after the last micro-batch): this forward's, detached.
+                    prox = logp.detach() if self.updates_per_batch == 1 else prox_logp[rows, cols]
                     mb_ref = ref_logp[rows, cols] if ref_logp is not None else None
-                    for k, v in self._micro_step(mb, keep[rows, cols], counts, prox_logp[rows, cols], mb_ref).items():
-                        sums[k] = sums.get(k, 0.0) + v
+                    loss, stats = self._loss(mb, logp, ent, keep[rows, cols], counts, prox, mb_ref)
+                    self._backward(loss)
+                    self._accumulate(sums, stats)
                 grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
                 lrs.append(self.scheduler.get_last_lr()[0] if self.scheduler else c.lr)
                 self.updates += 1
+        metrics.update(self._update_metrics(sums, grad_norms, lrs))
+        metrics["timing/train_s"] = time.perf_counter() - t0  # the driver's timing/learn_s includes transfer
+        return metrics
+
+    def _train_single_pass(self, shard: TrainShard, all_valid: torch.Tensor, t0: float) -> dict[str, float]:
+        """One update per batch without a scoring pass: every micro-batch is forwarded once with
+        grad and its graph held until the batch-wide mask is chosen from those same forwards'
+        entropies, then each is back-propagated. Exactly the two-pass update (the proximal
+        log-probs are the forward's own, detached), for a third less compute and, in exchange, the
+        whole shard's activations in memory at once (learner.single_pass=false trades back)."""
+        c, m = self.cfg, self.cfg.mask
+        n, width = shard.valid.shape
+        starts = range(0, n, c.micro_batch_size)
+        micro = [shard.rows(s, s + c.micro_batch_size) for s in starts]
+        outs = [self._forward(mb, with_entropy=True, entropy_grad=c.entropy_coef > 0) for mb in micro]
+        logp_all, entropy = torch.zeros(n, width), torch.zeros(n, width)
+        for s, (lp, h) in zip(starts, outs):
+            logp_all[s : s + lp.shape[0], : lp.shape[1]] = lp.detach().float().cpu()
+            entropy[s : s + h.shape[0], : h.shape[1]] = h.detach().float().cpu()
+        ref_logp = self.reference_logp(shard) if self.ref_engine is not None else None
+        keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
+        metrics = self._mask_metrics(shard, all_valid, keep, entropy, tau)
+        metrics.update(self._off_policy_metrics(shard.valid, logp_all, shard.behaviour_logp))
+        metrics["timing/score_s"] = 0.0
+        counts = self._global_counts(shard.valid, keep)
+        sums: dict[str, float] = {}
+        total = 0.0
+        for s, mb, (lp, h) in zip(starts, micro, outs):
+            rows, cols = slice(s, s + len(mb)), slice(0, mb.valid.shape[1])
+            mb_ref = ref_logp[rows, cols] if ref_logp is not None else None
+            loss, stats = self._loss(mb, lp, h if c.entropy_coef > 0 else None, keep[rows, cols], counts,
+                                     lp.detach(), mb_ref)
+            total = total + loss
+            self._accumulate(sums, stats)
+        outs.clear()
+        # One backward over every micro-batch's graph (DeepSpeed sees one accumulation step):
+        # ZeRO-3's gradient hooks expect each forward phase to be followed by its own backward.
+        self._backward(total)
+        self.updates += 1
+        metrics.update(self._update_metrics(sums, [float(self.engine.get_global_grad_norm() or 0.0)],
+                                            [self.scheduler.get_last_lr()[0] if self.scheduler else c.lr]))
+        metrics["timing/train_s"] = time.perf_counter() - t0
+        return metrics
+
+    @staticmethod
+    def _accumulate(sums: dict[str, float], part: dict[str, float]) -> None:
+        for k, v in part.items():
+            sums[k] = sums.get(k, 0.0) + v
+
+    def _update_metrics(self, sums: dict[str, float], grad_norms: list[float], lrs: list[float]) -> dict[str, float]:
         sums = reduce_named(sums, all_reduce_sum)
         passes, weight = self.updates_per_batch, max(sums["weight"], 1e-12)
-        metrics.update({
+        return {
             "losses/loss": sums["loss"] / passes,
             "losses/policy_loss": sums["policy_loss"] / passes,
             "losses/clipfrac_low": sums["clip_low"] / weight,
@@ -208,9 +295,7 @@ class PolicyTrainer:
             "charts/lr": lrs[-1],
             "charts/optimizer_updates": self.updates,
             "train/skipped_no_signal": 0,
-        })
-        metrics["timing/train_s"] = time.perf_counter() - t0  # the driver's timing/learn_s includes transfer
-        return metrics
+        }
 
     def _skipped_metrics(self, all_valid: torch.Tensor, t0: float) -> dict[str, float]:
         n = int(all_reduce_sum(all_valid.sum().reshape(1).to(torch.int64)).item())
@@ -232,20 +317,25 @@ class PolicyTrainer:
         v, k, s, ks = all_reduce_sum(local).tolist()
         return BatchCounts(valid_tokens=v, kept_tokens=k, sequences=s, kept_sequences=ks)
 
-    def _micro_step(self, mb: TrainShard, keep: torch.Tensor, counts: BatchCounts, prox_logp: torch.Tensor,
-                    ref_logp: torch.Tensor | None) -> dict[str, float]:
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate one accumulation step's loss; DeepSpeed steps at the boundary."""
+        # Undo DeepSpeed's 1/accumulation and 1/world averaging: `loss` is already this part's
+        # exact share of the global objective.
+        self.engine.backward(loss * self.accumulation * self.world)
+        self.engine.step()
+
+    def _loss(self, mb: TrainShard, logp: torch.Tensor, ent: torch.Tensor | None, keep: torch.Tensor,
+              counts: BatchCounts, prox_logp: torch.Tensor, ref_logp: torch.Tensor | None
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+        """This micro-batch's share of the objective and its statistics. logp (m, l-1) carries the
+        graph; ent likewise when it is in the loss."""
         c = self.cfg
-        logp, ent = self._forward(mb, with_entropy=c.entropy_coef > 0)
         logp = logp.float()
         dev = logp.device
         behaviour = mb.behaviour_logp.to(dev)
-        # With one update per batch the proximal policy *is* the current one (the optimizer steps
-        # only after the last micro-batch), so its log-probs are this forward's, detached; the
-        # scoring pass's copy is needed only once earlier updates have moved the weights.
-        prox = logp.detach() if self.updates_per_batch == 1 else prox_logp.to(dev)
         weights = token_weights(mb.valid, keep, c.aggregation, c.mask.normalize, counts, self.max_new_tokens).to(dev)
-        pg_loss, stats = clipped_pg_loss(logp, prox, behaviour, mb.advantages.to(dev), weights, c.clip_low,
-                                         c.clip_high, c.dual_clip, c.is_cap)
+        pg_loss, stats = clipped_pg_loss(logp, prox_logp.to(dev), behaviour, mb.advantages.to(dev), weights,
+                                         c.clip_low, c.clip_high, c.dual_clip, c.is_cap)
         loss = pg_loss
         out = {k: v.item() for k, v in stats.items()}
         out.update(policy_loss=pg_loss.item(), weight=weights.sum().item(), ref_kl=0.0, kl_weight=0.0, entropy=0.0)
@@ -263,12 +353,8 @@ class PolicyTrainer:
             ent_sum = (ent.float() * weights).sum()
             loss = loss - c.entropy_coef * ent_sum
             out["entropy"] = ent_sum.item()
-        # Undo DeepSpeed's 1/accumulation and 1/world averaging: `loss` is already this micro-batch's
-        # exact share of the global objective.
-        self.engine.backward(loss * self.micro_per_mini * self.world)
-        self.engine.step()
         out["loss"] = loss.item()
-        return out
+        return loss, out
 
     def _mask_metrics(self, shard, all_valid, keep, entropy, tau) -> dict[str, float]:
         valid = shard.valid

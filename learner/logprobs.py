@@ -14,8 +14,12 @@ def logprobs_and_entropy(
     temperature: float = 1.0,
     chunk: int = 1024,
     with_entropy: bool = True,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """((N, T) log p(target), (N, T) entropy H = -sum_v p log p) at `temperature`, in float32."""
+    """((N, T) log p(target), (N, T) entropy H = -sum_v p log p) at `temperature`, in float32.
+
+    entropy_grad=False returns the entropy detached: the mask only ranks it, and a differentiable
+    entropy would keep a (tokens, V) softmax per chunk alive until the backward pass."""
     n, t, v = logits.shape
     flat = logits.reshape(n * t, v)
     tgt = targets.reshape(n * t)
@@ -28,8 +32,9 @@ def logprobs_and_entropy(
         logz = torch.logsumexp(part, dim=-1)  # (c,)
         logp_parts.append(part.gather(1, tgt[s : s + chunk, None]).squeeze(1) - logz)
         if with_entropy:
-            p = torch.softmax(part, dim=-1)
-            ent_parts.append(logz - (p * part).sum(dim=-1))  # H = log Z - E_p[logit]
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                p = torch.softmax(part, dim=-1)
+                ent_parts.append(logz - (p * part).sum(dim=-1))  # H = log Z - E_p[logit]
     logp = torch.cat(logp_parts).reshape(n, t)
     ent = torch.cat(ent_parts).reshape(n, t) if with_entropy else None
     return logp, ent

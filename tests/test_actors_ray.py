@@ -114,11 +114,15 @@ def test_two_zero3_ranks_equal_one_process(ray_local, tiny_model, aggregation, n
     assert m2[0]["losses/loss"] == pytest.approx(m1["losses/loss"], rel=1e-5, abs=1e-7)
     assert m2[0]["losses/grad_norm"] == pytest.approx(m1["losses/grad_norm"], rel=1e-4)
     assert m1["losses/grad_norm"] > 0
-    assert s1.keys() == s2.keys() and len(s1) > 0
-    # Adam's first step is about lr * sign(g): where g is ~0, float summation order flips signs, so
-    # compare the updates as a whole and element-wise for all but a sliver of near-zero gradients.
+    assert_same_update(tiny_model, s1, s2)
+
+
+def assert_same_update(tiny_model, s1, s2):
+    """Adam's first step is about lr * sign(g): where g is ~0, float summation order flips signs, so
+    compare the updates as a whole and element-wise for all but a sliver of near-zero gradients."""
     from safetensors.torch import load_file
 
+    assert s1.keys() == s2.keys() and len(s1) > 0
     w0 = load_file(str(tiny_model / "model.safetensors"))
     d1 = torch.cat([(s1[k] - w0[k]).flatten() for k in s1])
     d2 = torch.cat([(s2[k] - w0[k]).flatten() for k in s1])
@@ -175,3 +179,21 @@ def test_a_batch_without_signal_is_skipped_on_every_rank(ray_local, tiny_model):
     assert metrics[0]["charts/optimizer_updates"] == 0 and metrics[0]["mask/scope_fraction"] == 0
     w0 = load_file(str(tiny_model / "model.safetensors"))
     assert all(torch.equal(state[k], w0[k]) for k in state)
+
+
+@pytest.mark.parametrize("extra", [(), ("learner.entropy_coef=0.01", "learner.kl_coef=0.05")])
+def test_single_pass_equals_the_scoring_pass(ray_local, tiny_model, extra):
+    """Holding each micro-batch's graph until the batch-wide mask is chosen (no scoring pass) is
+    the same update as scoring first, then forward + backward: same mask, loss and weights."""
+    import ray
+
+    batch = make_batch(n=8, seed=3)
+    (one,), s_one = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass=true", *extra)
+    (two,), s_two = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass=false", *extra)
+    assert one["timing/score_s"] == 0.0 and two["timing/score_s"] > 0
+    assert one["mask/threshold"] == pytest.approx(two["mask/threshold"], rel=1e-6)
+    assert one["mask/kept_tokens"] == two["mask/kept_tokens"]
+    for key in ("losses/loss", "losses/grad_norm", "losses/ref_kl", "losses/kept_entropy", "off_policy/is_weight_mean"):
+        assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-7), key
+    assert one["losses/grad_norm"] > 0
+    assert_same_update(tiny_model, s_one, s_two)

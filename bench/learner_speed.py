@@ -1,0 +1,212 @@
+"""Learner speed: forkrl's full per-batch learner work next to a plain-PyTorch reference.
+
+One batch of realistic shape (the demo config's prompts and group size, response lengths drawn
+from a range) is trained:
+- by forkrl's `PolicyTrainer` under a single-rank DeepSpeed ZeRO-3 engine (scoring if any, the
+  scope and entropy mask, every micro-batch's forward and backward, the optimizer step);
+- by plain PyTorch: the same model, forward + log-prob loss over the same response tokens +
+  backward on the same micro-batches, then one AdamW step.
+Each side runs in its own subprocess (own threads, own peak RSS), one after the other, `--repeats`
+times, and the pair is repeated `--rounds` times alternately; each process's first step is a
+warm-up, and the medians of the rest are reported with their ratio.
+
+    python bench/learner_speed.py --config configs/demo.yaml --repeats 4
+    python bench/learner_speed.py --config configs/demo.yaml learner.micro_batch_size=4
+
+`--publish-ranks 1 2` also times the weight publish through Ray (learner ranks as actors).
+Results are appended to bench/results/learner_speed.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build_batch(cfg, model_path: str, resp_min: int, resp_max: int, seed: int):
+    """A TrainShard like a demo step's: prompts_per_step prompts x group_size responses of random
+    lengths, behaviour log-probs near the model's, mixed advantages (some groups all-equal)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from launch.data import load_prompts
+    from learner.batch import collate
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    prompts = load_prompts(cfg.data, cfg.model, tok)[: cfg.prompts_per_step]
+    rng = random.Random(seed)
+    g = cfg.generation.group_size
+    prompt_ids, resp, blp, adv = [], [], [], []
+    for i, p in enumerate(prompts):
+        informative = i % 2 == 0  # half the groups carry signal, as in the demo's early steps
+        for _ in range(g):
+            n = rng.randint(resp_min, resp_max)
+            prompt_ids.append(p.token_ids)
+            resp.append([rng.randrange(100, tok.vocab_size) for _ in range(n)])
+            blp.append([-rng.random() * 2 for _ in range(n)])
+            adv.append(rng.choice([-1.0, 1.0]) if informative else 0.0)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    shard = collate(prompt_ids, resp, blp, adv, pad)
+    return shard, torch.tensor(adv)
+
+
+def run_learner(cfg, model_path: str, shard, repeats: int) -> dict:
+    import deepspeed
+    import torch  # noqa: F401
+
+    from learner.engine import PolicyTrainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0",
+                      WORLD_SIZE="1", LOCAL_RANK="0")
+    deepspeed.init_distributed(dist_backend="gloo")
+    g = cfg.generation
+    trainer = PolicyTrainer(cfg.learner, model_path, g.temperature, g.max_new_tokens, len(shard), cfg.seed)
+    times, metrics = [], {}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        metrics = trainer.train_step(shard)
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    trainer.full_state_dict()
+    return {"times": times, "gather_s": time.perf_counter() - t0,
+            "score_s": metrics.get("timing/score_s"), "kept_tokens": metrics.get("mask/kept_tokens")}
+
+
+def run_reference(cfg, model_path: str, shard, repeats: int) -> dict:
+    """Plain PyTorch: forward, response-token log-prob loss, backward per micro-batch; one AdamW step."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.config.use_cache = False
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr)
+    mb_size = cfg.learner.micro_batch_size
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(0, len(shard), mb_size):
+            mb = shard.rows(s, s + mb_size)
+            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+            lp = torch.log_softmax(logits[mb.valid].float() / cfg.generation.temperature, dim=-1)
+            loss = -(lp.gather(1, mb.targets[mb.valid][:, None]).squeeze(1) * mb.advantages[:, None].expand_as(mb.valid)[mb.valid]).mean()
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.learner.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return {"times": times}
+
+
+def child(args) -> None:
+    """One side of the comparison, in its own process; prints one JSON line."""
+    import torch
+
+    from launch.config import load_config
+    from launch.models import resolve_model_path
+
+    cfg = load_config(args.config, args.overrides)
+    threads = cfg.learner.torch_threads or 1
+    torch.set_num_threads(threads)
+    model_path = str(resolve_model_path(cfg.model.path))
+    shard, _ = build_batch(cfg, model_path, args.resp_min, args.resp_max, cfg.seed)
+    side = run_learner if args.child == "learner" else run_reference
+    out = side(cfg, model_path, shard, args.repeats)
+    out.update(peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, threads=threads,
+               sequences=len(shard), tokens=int(shard.attention_mask.sum()), response_tokens=int(shard.valid.sum()))
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_child(side: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", side, "--config", args.config, "--repeats", str(args.repeats),
+           "--resp-min", str(args.resp_min), "--resp-max", str(args.resp_max), *args.overrides]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{side} run failed:\n{proc.stderr[-3000:]}")
+
+
+def time_publish(args, ranks: int) -> dict:
+    """Publish through the real actors: every rank's part of the weights into the object store
+    and onto one generation-shaped consumer (the driver), timed over a few publishes."""
+    import ray
+
+    from launch.config import load_config
+    from launch.models import resolve_model_path
+    from launch.placement import launch_learners
+    from launch.train import gather_weights
+
+    cfg = load_config(args.config, [*args.overrides, f"learner.num_ranks={ranks}", "learner.num_cpus=0.5",
+                                    f"prompts_per_step={max(ranks, 1) * 4}"])
+    model_path = str(resolve_model_path(cfg.model.path))
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        learners = launch_learners(cfg, model_path)
+        times = []
+        for _ in range(4):
+            t0 = time.perf_counter()
+            state = gather_weights(learners)
+            ray.get(state) if not isinstance(state, list) else ray.get(state)
+            times.append(time.perf_counter() - t0)
+        return {"ranks": ranks, "publish_s": times}
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--repeats", type=int, default=4, help="train steps per side; the first is a warm-up")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating reference / learner subprocess pairs")
+    ap.add_argument("--resp-min", type=int, default=8)
+    ap.add_argument("--resp-max", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--publish-ranks", type=int, nargs="*", default=[])
+    ap.add_argument("--child", choices=["learner", "reference"], help=argparse.SUPPRESS)
+    ap.add_argument("--label", default="", help="a note stored with the result row")
+    ap.add_argument("overrides", nargs="*", help="config key=value overrides")
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    args.overrides = [*args.overrides, f"learner.torch_threads={args.threads}"]
+    ref, lrn = {"times": []}, {"times": []}
+    for _ in range(args.rounds):  # alternate the sides so that machine noise hits both alike
+        r, l = run_child("reference", args), run_child("learner", args)
+        r["times"], l["times"] = ref["times"] + r["times"][1:], lrn["times"] + l["times"][1:]  # drop warm-ups
+        ref, lrn = r, l
+    med = statistics.median
+    row = {"date": time.strftime("%Y-%m-%d %H:%M"), "label": args.label, "config": args.config,
+           "overrides": args.overrides, "sequences": lrn["sequences"], "tokens": lrn["tokens"],
+           "response_tokens": lrn["response_tokens"], "threads": args.threads,
+           "reference_s": med(ref["times"]), "learner_s": med(lrn["times"]),
+           "ratio": med(lrn["times"]) / med(ref["times"]), "learner_score_s": lrn["score_s"],
+           "learner_gather_s": lrn["gather_s"], "learner_peak_rss_gb": lrn["peak_rss_gb"],
+           "reference_peak_rss_gb": ref["peak_rss_gb"], "reference_times": ref["times"], "learner_times": lrn["times"]}
+    for r in args.publish_ranks:
+        row[f"publish_{r}_ranks_s"] = med(time_publish(args, r)["publish_s"])
+    print(f"{row['sequences']} sequences, {row['tokens']} tokens ({row['response_tokens']} response), "
+          f"{args.threads} threads")
+    print(f"plain PyTorch fwd+bwd+AdamW: {row['reference_s']:.2f} s   forkrl learner: {row['learner_s']:.2f} s   "
+          f"ratio {row['ratio']:.2f}x   learner peak RSS {row['learner_peak_rss_gb']:.2f} GB")
+    for r in args.publish_ranks:
+        print(f"weight publish, {r} rank(s): {row[f'publish_{r}_ranks_s']:.2f} s")
+    out = ROOT / "bench" / "results" / "learner_speed.jsonl"
+    with out.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
