@@ -10,6 +10,7 @@ import logging
 import time
 
 from actors.types import Prompt, RolloutBatch
+from learner.weights import WeightShard, assemble_weights
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +77,11 @@ class GenerationWorker:
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
         return [o.text for out in outs for o in out.outputs], self.version
 
-    def load_weights(self, state: dict, version: int) -> float:
-        """Load full HF-named weights in place (vLLM repacks them for its kernels); returns seconds."""
+    def load_weights(self, version: int, *shards: WeightShard) -> float:
+        """Assemble every learner rank's shard into full HF-named weights and load them in place
+        (vLLM repacks them for its kernels); returns seconds."""
         t0 = time.perf_counter()
+        state = assemble_weights(shards)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
         self.llm.collective_rpc(_repack_tied_lm_head)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights

@@ -38,5 +38,5 @@ class LearnerWorker:
     def train_step(self, shard: TrainShard) -> dict:
         return self.trainer.train_step(shard)
 
-    def full_state_dict(self):
-        return self.trainer.full_state_dict()
+    def weight_shard(self):
+        return self.trainer.weight_shard()

@@ -140,28 +140,28 @@ def run_child(side: str, args) -> dict:
 
 
 def time_publish(args, ranks: int) -> dict:
-    """Publish through the real actors: every rank's part of the weights into the object store
-    and onto one generation-shaped consumer (the driver), timed over a few publishes."""
+    """The weight publish through the real learner actors: every rank puts its shard into the
+    object store and a consumer (here the driver, as a generation actor would) assembles them."""
     import ray
 
     from launch.config import load_config
     from launch.models import resolve_model_path
     from launch.placement import launch_learners
-    from launch.train import gather_weights
+    from learner.weights import assemble_weights
 
     cfg = load_config(args.config, [*args.overrides, f"learner.num_ranks={ranks}", "learner.num_cpus=0.5",
-                                    f"prompts_per_step={max(ranks, 1) * 4}"])
+                                    "learner.torch_threads=1"])
     model_path = str(resolve_model_path(cfg.model.path))
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
         learners = launch_learners(cfg, model_path)
         times = []
-        for _ in range(4):
+        for _ in range(5):
             t0 = time.perf_counter()
-            state = gather_weights(learners)
-            ray.get(state) if not isinstance(state, list) else ray.get(state)
+            state = assemble_weights(ray.get([w.weight_shard.remote() for w in learners]))
             times.append(time.perf_counter() - t0)
-        return {"ranks": ranks, "publish_s": times}
+        mb = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
+        return {"ranks": ranks, "publish_s": times[1:], "megabytes": mb}
     finally:
         ray.shutdown()
 
@@ -196,13 +196,14 @@ def main() -> None:
            "learner_gather_s": lrn["gather_s"], "learner_peak_rss_gb": lrn["peak_rss_gb"],
            "reference_peak_rss_gb": ref["peak_rss_gb"], "reference_times": ref["times"], "learner_times": lrn["times"]}
     for r in args.publish_ranks:
-        row[f"publish_{r}_ranks_s"] = med(time_publish(args, r)["publish_s"])
+        pub = time_publish(args, r)
+        row[f"publish_{r}_ranks_s"], row["publish_megabytes"] = med(pub["publish_s"]), pub["megabytes"]
     print(f"{row['sequences']} sequences, {row['tokens']} tokens ({row['response_tokens']} response), "
           f"{args.threads} threads")
     print(f"plain PyTorch fwd+bwd+AdamW: {row['reference_s']:.2f} s   forkrl learner: {row['learner_s']:.2f} s   "
           f"ratio {row['ratio']:.2f}x   learner peak RSS {row['learner_peak_rss_gb']:.2f} GB")
     for r in args.publish_ranks:
-        print(f"weight publish, {r} rank(s): {row[f'publish_{r}_ranks_s']:.2f} s")
+        print(f"weight publish, {r} rank(s): {row[f'publish_{r}_ranks_s']:.2f} s ({row['publish_megabytes']:.0f} MB)")
     out = ROOT / "bench" / "results" / "learner_speed.jsonl"
     with out.open("a") as f:
         f.write(json.dumps(row) + "\n")

@@ -167,6 +167,10 @@ class LearnerConfig:
     """ZeRO-3 keeps parameters with fewer elements than this gathered on every rank (DeepSpeed's
     stage3_param_persistence_threshold): no gather/release per pass for them, at their full size in
     each rank's memory."""
+    publish_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Dtype of the weights each rank publishes to the generation actors: 'auto' = the training
+    dtype; 'bfloat16' halves the bytes moved when training in float32 (generation then samples
+    from rounded weights, which the importance weights correct for)."""
     single_pass: bool = True
     """With one update per batch, forward each micro-batch once and take the mask's entropies from
     that same pass (graphs held until the mask is chosen): no scoring pass, a third less compute,

@@ -27,6 +27,7 @@ from launch.placement import Actors, check_resources, launch_actors
 from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, to_groups, train_shards
 from launch.tracking import RunTracker
 from learner.passk import mean_pass_at_k
+from learner.weights import assemble_weights
 from rewards.math import RewardResult
 from rewards.registry import check_spec
 
@@ -181,22 +182,24 @@ def run(cfg: TrainConfig) -> Path:
 
 
 def publish_weights(actors: Actors, version: int, previous_loads: list):
-    """Gather the full weights once into the object store and queue them on every generator.
+    """Every learner rank puts its own slice of the weights into the object store; each generator
+    assembles them (Ray hands it the resolved shards) and loads. Nothing passes through one process.
 
-    Returns the weights' ObjectRef, the seconds the *previous* loads took (they are done by now;
+    Returns the shards' ObjectRefs, the seconds the *previous* loads took (they are done by now;
     waiting on the new ones would stall behind in-flight generation) and the new loads' futures."""
-    state = [w.full_state_dict.remote() for w in actors.learners][0]  # every rank gathers; rank 0 returns
-    ray.wait([state])
+    shards = [w.weight_shard.remote() for w in actors.learners]
+    ray.wait(shards, num_returns=len(shards))
     load_s = max(ray.get(previous_loads), default=0.0)
-    return state, load_s, [gen.load_weights.remote(state, version) for gen in actors.generators]
+    return shards, load_s, [gen.load_weights.remote(version, *shards) for gen in actors.generators]
 
 
 def log_step(cfg: TrainConfig, step: int, m: dict, parts: list[RolloutBatch], results: list[RewardResult]) -> None:
     logger.info(
         "step %d/%d | reward %.3f | kept %.2f (tau %.3f) | entropy %.3f | stale %d | gen %.1fs reward %.1fs "
-        "learn %.1fs sync %.1fs | step %.1fs", step, cfg.steps, m["reward/mean"], m["mask/kept_fraction"],
-        m["mask/threshold"], m["entropy/mean"], m["staleness/max"], m["timing/generate_s"], m["timing/reward_s"],
-        m["timing/learn_s"], m["timing/weight_sync_s"], m["timing/step_s"])
+        "learn %.1fs sync %.1fs | step %.1fs | learner peak %.1f GB", step, cfg.steps, m["reward/mean"],
+        m["mask/kept_fraction"], m["mask/threshold"], m["entropy/mean"], m["staleness/max"], m["timing/generate_s"],
+        m["timing/reward_s"], m["timing/learn_s"], m["timing/weight_sync_s"], m["timing/step_s"],
+        m["memory/learner_peak_gb"])
     if step == 1 or step % 5 == 0 or step == cfg.steps:
         logger.info("sample (reward %.2f, answer %s): %r", results[0].score, parts[0].prompts[0].answer,
                     parts[0].response_text[0][:300])
@@ -249,7 +252,7 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
             logger.info("eval at step %d: accuracy %.3f", step, metrics["eval/accuracy"])
         save_every = cfg.tracking.save_every
         if step == cfg.steps or (save_every and step % save_every == 0):
-            path = export_hf(ray.get(state), model_path, tracker.run_dir / "checkpoints" / f"step_{step}")
+            path = export_hf(assemble_weights(ray.get(state)), model_path, tracker.run_dir / "checkpoints" / f"step_{step}")
             logger.info("saved %s", path)
         tracker.log(metrics)
         log_step(cfg, step, metrics, parts, results)

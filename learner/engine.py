@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import time
 from dataclasses import replace
 
@@ -30,6 +31,7 @@ from learner.logprobs import logprobs_and_entropy
 from learner.losses import (BatchCounts, clipped_pg_loss, importance_weights, kl_penalty, kl_sample_weights,
                             token_weights)
 from learner.masking import scope_tokens, select_tokens
+from learner.weights import WeightShard
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +297,18 @@ class PolicyTrainer:
             "charts/lr": lrs[-1],
             "charts/optimizer_updates": self.updates,
             "train/skipped_no_signal": 0,
+            "memory/learner_peak_gb": self.peak_memory_gb(),
         }
+
+    def peak_memory_gb(self) -> float:
+        """The largest rank's peak: GPU memory allocated during this step, or on CPU the process's
+        peak resident set so far (Linux reports no per-step CPU peak)."""
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+        return float(all_reduce_max(torch.tensor([peak], dtype=torch.float64)).item())
 
     def _skipped_metrics(self, all_valid: torch.Tensor, t0: float) -> dict[str, float]:
         n = int(all_reduce_sum(all_valid.sum().reshape(1).to(torch.int64)).item())
@@ -308,7 +321,8 @@ class PolicyTrainer:
         out.update({"mask/kept_fraction": 0.0, "mask/kept_tokens": 0, "mask/scope_fraction": 0.0,
                     "train/response_tokens": n, "train/skipped_no_signal": 1, "charts/optimizer_updates": self.updates,
                     "charts/lr": self.scheduler.get_last_lr()[0] if self.scheduler else self.cfg.lr,
-                    "timing/score_s": 0.0, "timing/train_s": time.perf_counter() - t0})
+                    "timing/score_s": 0.0, "timing/train_s": time.perf_counter() - t0,
+                    "memory/learner_peak_gb": self.peak_memory_gb()})
         return out
 
     def _global_counts(self, valid: torch.Tensor, keep: torch.Tensor) -> BatchCounts:
@@ -396,13 +410,13 @@ class PolicyTrainer:
 
     # -- weights ---------------------------------------------------------------------------------
 
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Gather the full weights (a ZeRO-3 collective: every rank must call); rank 0 gets them."""
-        import deepspeed
-
-        out = {}
+    def weight_shard(self) -> WeightShard:
+        """This rank's ZeRO-3 partition of every parameter, copied to CPU in the publish dtype:
+        no collective and no gathering, so publishing scales with the ranks."""
+        dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[self.cfg.publish_dtype]
+        parts, shapes = {}, {}
         for name, p in self.engine.module.named_parameters():
-            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                if self.rank == 0:
-                    out[name] = p.detach().to("cpu", copy=True)
-        return out if self.rank == 0 else None
+            part = p.ds_tensor.detach().flatten()[: p.ds_tensor.ds_numel]  # (ceil(numel / world),)
+            parts[name] = part.to("cpu", dtype or part.dtype, copy=True)
+            shapes[name] = tuple(p.ds_shape)
+        return WeightShard(self.rank, self.world, parts, shapes)

@@ -6,6 +6,7 @@ from actors.types import Prompt
 from launch.config import load_config
 from launch.placement import launch_generators, launch_learners, launch_rewards
 from learner.batch import collate
+from learner.weights import assemble_weights, shard_weights
 
 pytestmark = pytest.mark.ray
 
@@ -41,7 +42,8 @@ def test_generation_samples_groups_and_loads_new_weights(ray_local, tiny_model):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.5)
     state = {k: v.detach().clone() for k, v in model.named_parameters()}
-    ray.get(gen.load_weights.remote(ray.put(state), 7))
+    # as two learner ranks would publish them
+    ray.get(gen.load_weights.remote(7, *[ray.put(shard_weights(state, r, 2)) for r in range(2)]))
     out = ray.get(gen.generate.remote(prompts))
     assert out.policy_version == 7
     for i in range(len(out)):
@@ -89,7 +91,7 @@ def run_learners(ray, tiny_model, ranks, micro, batch, *extra):
     shards = [collate(prompts[r * per:(r + 1) * per], resp[r * per:(r + 1) * per], blp[r * per:(r + 1) * per],
                       adv[r * per:(r + 1) * per], 0) for r in range(ranks)]
     metrics = ray.get([w.train_step.remote(s) for w, s in zip(learners, shards)])
-    state = ray.get([w.full_state_dict.remote() for w in learners])[0]
+    state = assemble_weights(ray.get([w.weight_shard.remote() for w in learners]))
     [ray.kill(w) for w in learners]
     return metrics, state
 
