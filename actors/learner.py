@@ -21,8 +21,8 @@ class LearnerWorker:
             s.bind(("", 0))
             return ip, s.getsockname()[1]
 
-    def setup(self, master: tuple[str, int], model_path: str, temperature: float, max_new_tokens: int,
-              batch_size: int, seed: int) -> None:
+    def setup(self, *, master: tuple[str, int], model_path: str, temperature: float, max_new_tokens: int,
+              max_prompt_tokens: int, batch_size: int, seed: int) -> None:
         import deepspeed
         import torch
 
@@ -33,7 +33,8 @@ class LearnerWorker:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         from learner.engine import PolicyTrainer
 
-        self.trainer = PolicyTrainer(self.cfg, model_path, temperature, max_new_tokens, batch_size, seed)
+        self.trainer = PolicyTrainer(self.cfg, model_path, temperature=temperature, max_new_tokens=max_new_tokens,
+                                     max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, seed=seed)
 
     def train_step(self, shard: TrainShard) -> dict:
         return self.trainer.train_step(shard)

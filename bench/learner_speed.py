@@ -63,50 +63,69 @@ def build_batch(cfg, model_path: str, resp_min: int, resp_max: int, seed: int):
 
 def run_learner(cfg, model_path: str, shard, repeats: int) -> dict:
     import deepspeed
-    import torch  # noqa: F401
+    import torch
 
     from learner.engine import PolicyTrainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
-    deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     g = cfg.generation
-    trainer = PolicyTrainer(cfg.learner, model_path, g.temperature, g.max_new_tokens, len(shard), cfg.seed)
+    trainer = PolicyTrainer(cfg.learner, model_path, temperature=g.temperature, max_new_tokens=g.max_new_tokens,
+                            max_prompt_tokens=cfg.data.max_prompt_tokens, batch_size=len(shard), seed=cfg.seed)
     times, metrics = [], {}
     for _ in range(repeats):
         t0 = time.perf_counter()
         metrics = trainer.train_step(shard)
+        sync()
         times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    trainer.full_state_dict()
-    return {"times": times, "gather_s": time.perf_counter() - t0,
+    trainer.weight_shard()
+    return {"times": times, "shard_s": time.perf_counter() - t0, "peak_gb": metrics["memory/learner_peak_gb"],
             "score_s": metrics.get("timing/score_s"), "kept_tokens": metrics.get("mask/kept_tokens")}
 
 
 def run_reference(cfg, model_path: str, shard, repeats: int) -> dict:
-    """Plain PyTorch: forward, response-token log-prob loss, backward per micro-batch; one AdamW step."""
+    """Plain PyTorch: forward, response-token log-prob loss, backward per micro-batch; one AdamW
+    step. float32 weights; on CUDA under bf16 autocast, as the learner trains there."""
+    import contextlib
+
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(dev)
     model.config.use_cache = False
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, fused=True)
+    autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
     mb_size = cfg.learner.micro_batch_size
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for s in range(0, len(shard), mb_size):
             mb = shard.rows(s, s + mb_size)
-            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
-            lp = torch.log_softmax(logits[mb.valid].float() / cfg.generation.temperature, dim=-1)
-            loss = -(lp.gather(1, mb.targets[mb.valid][:, None]).squeeze(1) * mb.advantages[:, None].expand_as(mb.valid)[mb.valid]).mean()
+            valid, targets = mb.valid.to(dev), mb.targets.to(dev)
+            with autocast():
+                logits = model(input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev)).logits[:, :-1]
+            lp = torch.log_softmax(logits[valid].float() / cfg.generation.temperature, dim=-1)
+            adv = mb.advantages.to(dev)[:, None].expand_as(valid)[valid]
+            loss = -(lp.gather(1, targets[valid][:, None]).squeeze(1) * adv).mean()
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.learner.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         times.append(time.perf_counter() - t0)
-    return {"times": times}
+    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+    return {"times": times, "peak_gb": peak}
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def child(args) -> None:
@@ -124,6 +143,7 @@ def child(args) -> None:
     side = run_learner if args.child == "learner" else run_reference
     out = side(cfg, model_path, shard, args.repeats)
     out.update(peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, threads=threads,
+               device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                sequences=len(shard), tokens=int(shard.attention_mask.sum()), response_tokens=int(shard.valid.sum()))
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -176,9 +196,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--publish-ranks", type=int, nargs="*", default=[])
     ap.add_argument("--child", choices=["learner", "reference"], help=argparse.SUPPRESS)
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "learner_speed.jsonl"))
     ap.add_argument("--label", default="", help="a note stored with the result row")
     ap.add_argument("overrides", nargs="*", help="config key=value overrides")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     if args.child:
         return child(args)
     args.overrides = [*args.overrides, f"learner.torch_threads={args.threads}"]
@@ -193,19 +214,22 @@ def main() -> None:
            "response_tokens": lrn["response_tokens"], "threads": args.threads,
            "reference_s": med(ref["times"]), "learner_s": med(lrn["times"]),
            "ratio": med(lrn["times"]) / med(ref["times"]), "learner_score_s": lrn["score_s"],
-           "learner_gather_s": lrn["gather_s"], "learner_peak_rss_gb": lrn["peak_rss_gb"],
+           "device": lrn["device"], "learner_shard_s": lrn["shard_s"], "learner_peak_rss_gb": lrn["peak_rss_gb"],
+           "learner_peak_gpu_gb": lrn["peak_gb"] if lrn["device"] != "cpu" else None,
+           "reference_peak_gpu_gb": ref["peak_gb"],
            "reference_peak_rss_gb": ref["peak_rss_gb"], "reference_times": ref["times"], "learner_times": lrn["times"]}
     for r in args.publish_ranks:
         pub = time_publish(args, r)
         row[f"publish_{r}_ranks_s"], row["publish_megabytes"] = med(pub["publish_s"]), pub["megabytes"]
     print(f"{row['sequences']} sequences, {row['tokens']} tokens ({row['response_tokens']} response), "
-          f"{args.threads} threads")
+          f"{args.threads} threads, {row['device']}")
     print(f"plain PyTorch fwd+bwd+AdamW: {row['reference_s']:.2f} s   forkrl learner: {row['learner_s']:.2f} s   "
-          f"ratio {row['ratio']:.2f}x   learner peak RSS {row['learner_peak_rss_gb']:.2f} GB")
+          f"ratio {row['ratio']:.2f}x   learner peak RSS {row['learner_peak_rss_gb']:.2f} GB"
+          + (f", GPU {row['learner_peak_gpu_gb']:.2f} GB (reference {row['reference_peak_gpu_gb']:.2f} GB)"
+             if row["learner_peak_gpu_gb"] is not None else ""))
     for r in args.publish_ranks:
         print(f"weight publish, {r} rank(s): {row[f'publish_{r}_ranks_s']:.2f} s ({row['publish_megabytes']:.0f} MB)")
-    out = ROOT / "bench" / "results" / "learner_speed.jsonl"
-    with out.open("a") as f:
+    with Path(args.results).open("a") as f:
         f.write(json.dumps(row) + "\n")
 
 

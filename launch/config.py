@@ -171,11 +171,13 @@ class LearnerConfig:
     """Dtype of the weights each rank publishes to the generation actors: 'auto' = the training
     dtype; 'bfloat16' halves the bytes moved when training in float32 (generation then samples
     from rounded weights, which the importance weights correct for)."""
-    single_pass: bool = True
-    """With one update per batch, forward each micro-batch once and take the mask's entropies from
-    that same pass (graphs held until the mask is chosen): no scoring pass, a third less compute,
-    the whole shard's activations in memory. False: a no-grad scoring pass first, then forward +
-    backward per micro-batch (memory of one micro-batch). Several updates per batch always score."""
+    single_pass_max_tokens: int = 16384
+    """Single pass when a rank's shard can hold at most this many tokens (its sequences x
+    (data.max_prompt_tokens + generation.max_new_tokens)) and there is one update per batch: each
+    micro-batch is forwarded once and the mask's entropies come from that same pass, with every
+    graph held until the mask is chosen. No scoring pass (a third less compute), but the whole
+    shard's activations in memory at once. Above it (or 0), a no-grad scoring pass comes first and
+    each micro-batch is forwarded and back-propagated in turn (memory of one micro-batch)."""
     logprob_chunk: int = 1024
     """Tokens per chunk when computing log-softmax/entropy over the vocabulary."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -289,6 +291,8 @@ def validate(c: TrainConfig) -> None:
     _check(l.torch_threads >= 0, "learner.torch_threads", "must be >= 0")
     _check(l.clip_low >= 0 and l.clip_high >= 0, "learner.clip_low", "clip epsilons must be >= 0")
     _check(l.epochs >= 1, "learner.epochs", "must be >= 1")
+    _check(l.single_pass_max_tokens >= 0, "learner.single_pass_max_tokens", "must be >= 0 (0 = always score first)")
+    _check(l.zero_persistence_threshold >= 0, "learner.zero_persistence_threshold", "must be >= 0")
     batch = c.prompts_per_step * g.group_size
     mini = l.mini_batch_size or batch
     _check(batch % mini == 0, "learner.mini_batch_size", f"{mini} must divide the batch of {batch} responses")

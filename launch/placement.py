@@ -61,7 +61,9 @@ def launch_learners(cfg, model_path: str) -> list:
     ranks = [Lrn.options(runtime_env={"env_vars": env}).remote(l, rank, l.num_ranks) for rank in range(l.num_ranks)]
     master = ray.get(ranks[0].address.remote())
     batch = cfg.prompts_per_step * g.group_size
-    ray.get([w.setup.remote(master, model_path, g.temperature, g.max_new_tokens, batch, cfg.seed) for w in ranks])
+    ray.get([w.setup.remote(master=master, model_path=model_path, temperature=g.temperature,
+                            max_new_tokens=g.max_new_tokens, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                            batch_size=batch, seed=cfg.seed) for w in ranks])
     return ranks
 
 

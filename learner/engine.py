@@ -11,6 +11,10 @@ A step, on every rank at once:
 3. for each epoch and mini-batch, micro-batch losses weighted by the mini-batch's global token
    counts are back-propagated and DeepSpeed steps at the accumulation boundary.
 
+With one update per batch and a shard small enough (`learner.single_pass_max_tokens`), steps 1
+and 3 are one pass: the training forwards themselves give the entropies, their graphs are held
+until the mask is chosen, and one backward follows. Same update, a third less compute.
+
 DeepSpeed divides the loss by the accumulation steps and averages gradients over ranks; the
 loss is multiplied back by both so that the update is exactly the gradient of the documented
 objective, whatever the split into micro-batches and ranks.
@@ -102,7 +106,8 @@ def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf
 class PolicyTrainer:
     """A ZeRO-3 sharded causal LM plus the masked clipped-PG update. torch.distributed must be up."""
 
-    def __init__(self, cfg, model_path: str, temperature: float, max_new_tokens: int, batch_size: int, seed: int):
+    def __init__(self, cfg, model_path: str, *, temperature: float, max_new_tokens: int, max_prompt_tokens: int,
+                 batch_size: int, seed: int):
         import deepspeed
         from transformers import AutoModelForCausalLM
         from transformers.integrations import HfDeepSpeedConfig
@@ -115,7 +120,9 @@ class PolicyTrainer:
         mini = cfg.mini_batch_size or batch_size
         self.minis_per_batch = batch_size // mini
         self.micro_per_mini = mini // (self.world * cfg.micro_batch_size)
-        self.single_pass = cfg.single_pass and cfg.epochs * self.minis_per_batch == 1
+        # Decided once, from the most tokens a rank's shard can hold, so every rank and step agrees.
+        shard_tokens = batch_size // self.world * (max_prompt_tokens + max_new_tokens)
+        self.single_pass = cfg.epochs * self.minis_per_batch == 1 and shard_tokens <= cfg.single_pass_max_tokens
         # The single pass back-propagates the whole shard at once: one DeepSpeed accumulation step.
         self.accumulation = 1 if self.single_pass else self.micro_per_mini
         per_step = cfg.micro_batch_size * self.micro_per_mini // self.accumulation
@@ -237,21 +244,28 @@ class PolicyTrainer:
         return metrics
 
     def _train_single_pass(self, shard: TrainShard, all_valid: torch.Tensor, t0: float) -> dict[str, float]:
-        """One update per batch without a scoring pass: every micro-batch is forwarded once with
-        grad and its graph held until the batch-wide mask is chosen from those same forwards'
-        entropies, then each is back-propagated. Exactly the two-pass update (the proximal
-        log-probs are the forward's own, detached), for a third less compute and, in exchange, the
-        whole shard's activations in memory at once (learner.single_pass=false trades back)."""
+        """One update per batch without a scoring pass: the in-scope sequences are forwarded once
+        with grad, micro-batch by micro-batch, each graph held until the batch-wide mask is chosen
+        from those same forwards' entropies; then one backward. Exactly the two-pass update (the
+        proximal log-probs are the forward's own, detached), for a third less compute and, in
+        exchange, the shard's activations in memory at once (learner.single_pass_max_tokens).
+
+        A sequence with no in-scope token is in no loss term and not in the mask's ranking, so it
+        is not forwarded at all: under the default scope that is every zero-advantage group."""
         c, m = self.cfg, self.cfg.mask
         n, width = shard.valid.shape
-        starts = range(0, n, c.micro_batch_size)
-        micro = [shard.rows(s, s + c.micro_batch_size) for s in starts]
-        outs = [self._forward(mb, with_entropy=True, entropy_grad=c.entropy_coef > 0) for mb in micro]
+        micro_rows = self._micro_rows(shard)
         logp_all, entropy = torch.zeros(n, width), torch.zeros(n, width)
-        for s, (lp, h) in zip(starts, outs):
-            logp_all[s : s + lp.shape[0], : lp.shape[1]] = lp.detach().float().cpu()
-            entropy[s : s + h.shape[0], : h.shape[1]] = h.detach().float().cpu()
-        ref_logp = self.reference_logp(shard) if self.ref_engine is not None else None
+        outs = []
+        for idx in micro_rows:
+            mb = self._micro(shard, idx)
+            lp, h = self._forward(mb, with_entropy=True, entropy_grad=c.entropy_coef > 0)
+            if mb.valid.any():  # not a filler
+                w = lp.shape[1]
+                logp_all[idx, :w] = lp.detach().float().cpu()
+                entropy[idx, :w] = h.detach().float().cpu()
+            ref = self._forward(mb, False, self.ref_engine)[0].detach() if self.ref_engine is not None else None
+            outs.append((mb, lp, h, ref))
         keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
         metrics = self._mask_metrics(shard, all_valid, keep, entropy, tau)
         metrics.update(self._off_policy_metrics(shard.valid, logp_all, shard.behaviour_logp))
@@ -259,11 +273,9 @@ class PolicyTrainer:
         counts = self._global_counts(shard.valid, keep)
         sums: dict[str, float] = {}
         total = 0.0
-        for s, mb, (lp, h) in zip(starts, micro, outs):
-            rows, cols = slice(s, s + len(mb)), slice(0, mb.valid.shape[1])
-            mb_ref = ref_logp[rows, cols] if ref_logp is not None else None
-            loss, stats = self._loss(mb, lp, h if c.entropy_coef > 0 else None, keep[rows, cols], counts,
-                                     lp.detach(), mb_ref)
+        for idx, (mb, lp, h, ref) in zip(micro_rows, outs):
+            mb_keep = keep[idx, : lp.shape[1]] & mb.valid  # a filler's row -1 keeps nothing
+            loss, stats = self._loss(mb, lp, h if c.entropy_coef > 0 else None, mb_keep, counts, lp.detach(), ref)
             total = total + loss
             self._accumulate(sums, stats)
         outs.clear()
@@ -275,6 +287,25 @@ class PolicyTrainer:
                                             [self.scheduler.get_last_lr()[0] if self.scheduler else c.lr]))
         metrics["timing/train_s"] = time.perf_counter() - t0
         return metrics
+
+    def _micro_rows(self, shard: TrainShard) -> list[torch.Tensor]:
+        """Row indices of each micro-batch: the in-scope sequences by length, micro_batch_size at a
+        time. Every rank runs as many micro-batches as the busiest one (ZeRO-3 gathers parameters
+        in every forward, collectively), the rest made of one sequence taking part in nothing."""
+        rows = torch.nonzero(shard.valid.any(dim=1)).flatten()  # (k,)
+        rows = rows[torch.argsort(shard.attention_mask[rows].sum(dim=1), stable=True)]
+        size = self.cfg.micro_batch_size
+        micro = [rows[i : i + size] for i in range(0, len(rows), size)]
+        most = int(all_reduce_max(torch.tensor([float(len(micro))], dtype=torch.float64)).item())
+        return micro + [torch.tensor([-1])] * (most - len(micro))
+
+    @staticmethod
+    def _micro(shard: TrainShard, idx: torch.Tensor) -> TrainShard:
+        """The micro-batch of rows `idx`, trimmed of padding; [-1] is a filler with no valid token."""
+        if idx.tolist() == [-1]:
+            mb = shard.take(torch.tensor([0]))
+            return replace(mb, valid=torch.zeros_like(mb.valid)).rows(0, 1)
+        return shard.take(idx).rows(0, len(idx))
 
     @staticmethod
     def _accumulate(sums: dict[str, float], part: dict[str, float]) -> None:

@@ -54,5 +54,5 @@ def ray_local():
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m filter reads the markers
 def pytest_collection_modifyitems(items):
     for item in items:  # unmarked tests are unit tests
-        if not any(item.get_closest_marker(name) for name in ("ray", "e2e")):
+        if not any(item.get_closest_marker(name) for name in ("ray", "e2e", "gpu")):
             item.add_marker(pytest.mark.unit)

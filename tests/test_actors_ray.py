@@ -190,8 +190,8 @@ def test_single_pass_equals_the_scoring_pass(ray_local, tiny_model, extra):
     import ray
 
     batch = make_batch(n=8, seed=3)
-    (one,), s_one = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass=true", *extra)
-    (two,), s_two = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass=false", *extra)
+    (one,), s_one = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass_max_tokens=100000", *extra)
+    (two,), s_two = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass_max_tokens=0", *extra)
     assert one["timing/score_s"] == 0.0 and two["timing/score_s"] > 0
     assert one["mask/threshold"] == pytest.approx(two["mask/threshold"], rel=1e-6)
     assert one["mask/kept_tokens"] == two["mask/kept_tokens"]
@@ -199,3 +199,23 @@ def test_single_pass_equals_the_scoring_pass(ray_local, tiny_model, extra):
         assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-7), key
     assert one["losses/grad_norm"] > 0
     assert_same_update(tiny_model, s_one, s_two)
+
+
+def test_zero_advantage_rows_are_left_out_without_changing_the_update(ray_local, tiny_model):
+    """Zero-advantage rows are out of the default scope, so the single pass does not forward
+    them; a rank left with fewer micro-batches (here rank 0, with none) runs fillers to keep
+    ZeRO-3's collectives in step. One rank, two ranks and the two-pass path agree."""
+    import ray
+
+    prompts, resp, blp, _ = make_batch(n=8, seed=5)
+    batch = (prompts, resp, blp, [0.0, 0.0, 0.0, 0.0, 0.7, -1.2, 0.0, 0.4])
+    (one,), s1 = run_learners(ray, tiny_model, 1, 2, batch)
+    (two,), s2 = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass_max_tokens=0")
+    m2, s3 = run_learners(ray, tiny_model, 2, 2, batch)
+    assert one["mask/scope_fraction"] < 0.6 and one["timing/score_s"] == 0.0
+    assert one["mask/kept_tokens"] == two["mask/kept_tokens"] == m2[0]["mask/kept_tokens"] > 0
+    for key in ("losses/loss", "losses/grad_norm", "mask/threshold"):
+        assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-7), key
+        assert m2[0][key] == m2[1][key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
+    assert_same_update(tiny_model, s1, s2)
+    assert_same_update(tiny_model, s1, s3)
