@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def build_batch(cfg, model_path: str, resp_min: int, resp_max: int, seed: int):
+def build_batch(cfg, model_path: str, resp_min: int, resp_max: int, seed: int, informative: float):
     """A TrainShard like a demo step's: prompts_per_step prompts x group_size responses of random
-    lengths, behaviour log-probs near the model's, mixed advantages (some groups all-equal)."""
+    lengths, behaviour log-probs near the model's; the first `informative` fraction of the groups
+    carries +-1 advantages, the rest all-equal rewards (advantage 0, out of the default scope)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -49,13 +50,13 @@ def build_batch(cfg, model_path: str, resp_min: int, resp_max: int, seed: int):
     g = cfg.generation.group_size
     prompt_ids, resp, blp, adv = [], [], [], []
     for i, p in enumerate(prompts):
-        informative = i % 2 == 0  # half the groups carry signal, as in the demo's early steps
+        signal = i < round(informative * len(prompts))
         for _ in range(g):
             n = rng.randint(resp_min, resp_max)
             prompt_ids.append(p.token_ids)
             resp.append([rng.randrange(100, tok.vocab_size) for _ in range(n)])
             blp.append([-rng.random() * 2 for _ in range(n)])
-            adv.append(rng.choice([-1.0, 1.0]) if informative else 0.0)
+            adv.append(rng.choice([-1.0, 1.0]) if signal else 0.0)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     shard = collate(prompt_ids, resp, blp, adv, pad)
     return shard, torch.tensor(adv)
@@ -139,7 +140,7 @@ def child(args) -> None:
     threads = cfg.learner.torch_threads or 1
     torch.set_num_threads(threads)
     model_path = str(resolve_model_path(cfg.model.path))
-    shard, _ = build_batch(cfg, model_path, args.resp_min, args.resp_max, cfg.seed)
+    shard, _ = build_batch(cfg, model_path, args.resp_min, args.resp_max, cfg.seed, args.informative)
     side = run_learner if args.child == "learner" else run_reference
     out = side(cfg, model_path, shard, args.repeats)
     out.update(peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, threads=threads,
@@ -150,7 +151,8 @@ def child(args) -> None:
 
 def run_child(side: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--config", args.config, "--repeats", str(args.repeats),
-           "--resp-min", str(args.resp_min), "--resp-max", str(args.resp_max), *args.overrides]
+           "--resp-min", str(args.resp_min), "--resp-max", str(args.resp_max), "--informative", str(args.informative),
+           *args.overrides]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     for line in proc.stdout.splitlines():
@@ -193,6 +195,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating reference / learner subprocess pairs")
     ap.add_argument("--resp-min", type=int, default=8)
     ap.add_argument("--resp-max", type=int, default=32)
+    ap.add_argument("--informative", type=float, default=0.5,
+                    help="fraction of groups with non-zero advantages (the demo averages about half)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--publish-ranks", type=int, nargs="*", default=[])
     ap.add_argument("--child", choices=["learner", "reference"], help=argparse.SUPPRESS)
@@ -210,6 +214,7 @@ def main() -> None:
         ref, lrn = r, l
     med = statistics.median
     row = {"date": time.strftime("%Y-%m-%d %H:%M"), "label": args.label, "config": args.config,
+           "informative": args.informative,
            "overrides": args.overrides, "sequences": lrn["sequences"], "tokens": lrn["tokens"],
            "response_tokens": lrn["response_tokens"], "threads": args.threads,
            "reference_s": med(ref["times"]), "learner_s": med(lrn["times"]),
@@ -222,7 +227,7 @@ def main() -> None:
         pub = time_publish(args, r)
         row[f"publish_{r}_ranks_s"], row["publish_megabytes"] = med(pub["publish_s"]), pub["megabytes"]
     print(f"{row['sequences']} sequences, {row['tokens']} tokens ({row['response_tokens']} response), "
-          f"{args.threads} threads, {row['device']}")
+          f"{args.informative:.0%} of groups informative, {args.threads} threads, {row['device']}")
     print(f"plain PyTorch fwd+bwd+AdamW: {row['reference_s']:.2f} s   forkrl learner: {row['learner_s']:.2f} s   "
           f"ratio {row['ratio']:.2f}x   learner peak RSS {row['learner_peak_rss_gb']:.2f} GB"
           + (f", GPU {row['learner_peak_gpu_gb']:.2f} GB (reference {row['reference_peak_gpu_gb']:.2f} GB)"

@@ -16,6 +16,8 @@ import logging
 import re
 from dataclasses import dataclass
 
+from rewards.normalize import normalise_answer, normalise_gold
+
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +28,11 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # results this way, and reading it is what a person does. Only a plain number after the last '='
 # at the very end of the response counts, so this adds no expression or variable matching.
 _EQUATION_END_RE = re.compile(r"=\s*\$?\s*(-?\d+(?:\.\d+)?(?:/\d+)?)\s*\$?\s*[.!]?\s*$")
-_STATED_RE = re.compile(
-    r"(?:final answer is|final answer:|answer is|answer:)\s*:?\s*(?:\$+)?([^\n$]{1,200})", re.IGNORECASE
-)
+_STATED_MARK_RE = re.compile(r"final answer is|final answer\s*:|answer is|answer\s*:", re.IGNORECASE)
+_STATED_VALUE_RE = re.compile(r"\s*:?\s*(?:\$+)?([^\n$]{1,200})")
+_SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
+
+_IMAGINARY_RE = re.compile(r"(?<![A-Za-z\\])i(?![A-Za-z])")
 
 # Statuses a score can carry (besides the ones from rewards.bounded: timeout, error, crashed).
 CORRECT, WRONG, NO_ANSWER, UNPARSEABLE = "correct", "wrong", "no_answer", "unparseable"
@@ -76,9 +80,11 @@ def extract_final_answer(text: str) -> str | None:
     if boxed is not None:
         return boxed.strip()
     tail = text[-4000:]  # a stated answer sits at the end; bounds the regex work on huge inputs
-    stated = list(_STATED_RE.finditer(tail))
-    if stated:
-        return stated[-1].group(1).strip().rstrip(".").strip()
+    marks = list(_STATED_MARK_RE.finditer(tail))
+    if marks:  # the last statement wins: "Final Answer: The final answer is $100$. I hope it is correct."
+        value = _STATED_VALUE_RE.match(tail, marks[-1].end())
+        if value:
+            return _SENTENCE_END_RE.split(value.group(1), maxsplit=1)[0].strip().rstrip(".").strip()
     lines = tail.strip().splitlines()
     equation = _EQUATION_END_RE.search(lines[-1][-200:]) if lines else None
     return equation.group(1) if equation else None
@@ -92,24 +98,48 @@ def _as_gold(ground_truth: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _latex_only_config():
+    from latex2sympy2_extended.math_normalization import NormalizationConfig
     from math_verify import LatexExtractionConfig
 
     # boxed_match_priority=0 lets a boxed gold like "\boxed{3}" unwrap; answers arrive pre-extracted.
-    return [LatexExtractionConfig(boxed_match_priority=0)]
+    # units=False: math-verify's unit stripping deletes trailing letters (gold `x+2m` accepted
+    # `x+2`); forkrl strips units itself, gold-aware (rewards.normalize).
+    norm = NormalizationConfig(basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all",
+                               equations=False)
+    return [LatexExtractionConfig(boxed_match_priority=0, normalization_config=norm)]
+
+
+def _with_imaginary_unit(parsed: list) -> list:
+    """The parsed answer with the symbol i read as the imaginary unit."""
+    import sympy
+
+    out = []
+    for p in parsed:
+        if isinstance(p, sympy.Basic):  # the parser's symbol may carry assumptions: match by name
+            p = p.subs({s: sympy.I for s in p.free_symbols if getattr(s, "name", None) == "i"})
+        out.append(p)
+    return out
 
 
 def compare_answers(answer: str, gold: str) -> tuple[bool, str]:
-    """Runs inside the verifier process: (equal, status). Both sides parsed as LaTeX only."""
+    """Runs inside the verifier process: (equal, status). Both sides parsed as LaTeX only, after
+    forkrl's conventions (rewards.normalize). `i` is the imaginary unit: when the plain comparison
+    fails and either side uses `i`, both are compared again with i = sqrt(-1)."""
     from math_verify import parse, verify
 
     cfg = _latex_only_config()
+    gold = normalise_gold(gold)
     gold_parsed = parse(f"${gold}$", extraction_config=cfg)
     if not gold_parsed:
         raise ValueError(f"ground truth {gold[:80]!r} could not be parsed")
-    ans_parsed = parse(f"${answer}$", extraction_config=cfg)
+    ans_parsed = parse(f"${normalise_answer(answer, gold)}$", extraction_config=cfg)
     if not ans_parsed:
         return False, UNPARSEABLE
-    return bool(verify(gold_parsed, ans_parsed)), ""
+    if verify(gold_parsed, ans_parsed):
+        return True, ""
+    if _IMAGINARY_RE.search(gold) or _IMAGINARY_RE.search(answer):
+        return bool(verify(_with_imaginary_unit(gold_parsed), _with_imaginary_unit(ans_parsed))), ""
+    return False, ""
 
 
 def score_math(response: str, ground_truth: str) -> tuple[float, str]:

@@ -145,12 +145,78 @@ CASES = [
     (r"\boxed{5", "5", 0.0),
 ]
 
+# The verifier defects found against outside equivalence suites, several variants each.
+DEFECT_CASES = [
+    # 1. a unit stripped from the answer must never delete a variable the gold has (false positives)
+    (r"\boxed{\pi r^2}", r"\pi r^2 h", 0.0),
+    (r"\boxed{x+2}", "x+2m", 0.0),
+    (r"\boxed{2\pi r s}", r"2\pi r h", 0.0),
+    (r"\boxed{0}", "1 000", 0.0),
+    (r"\boxed{3}", "x+3", 0.0),
+    (r"\boxed{2\pi r}", r"2\pi r h", 0.0),
+    (r"\boxed{4ab}", "4abh", 0.0),
+    (r"\boxed{x+2m}", "x+2", 0.0),  # nor add one: the extra term is no unit
+    (r"\boxed{\pi r^2 h}", r"\pi r^2 h", 1.0),
+    (r"\boxed{x+2m}", "x+2m", 1.0),
+    # ... while real units after a number still go
+    (r"\boxed{10 \text{ m}}", "10", 1.0),
+    (r"\boxed{10\text{cm}}", "10", 1.0),
+    (r"\boxed{5 cm}", "5", 1.0),
+    (r"\boxed{3 hours}", "3", 1.0),
+    (r"\boxed{12 \text{ square units}}", "12", 1.0),
+    (r"\boxed{7\text{ cm}^2}", r"7\text{ cm}^2", 1.0),
+    (r"\boxed{10}", r"10\text{ m}", 1.0),
+    # 2. Minerva's answer line: the last statement, not the sentence after it
+    ("Final Answer: The final answer is $100$. I hope it is correct.", "100", 1.0),
+    ("Final Answer: The final answer is 100. I hope it is correct.", "100", 1.0),
+    ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "0.75", 1.0),
+    ("Final Answer: The final answer is $99$. I hope it is correct.", "100", 0.0),
+    ("The answer is 3. Then, checking again, the answer is 4.", "4", 1.0),
+    # 3. i is the imaginary unit
+    (r"\boxed{i(2-i)}", "1+2i", 1.0),
+    (r"\boxed{i^2}", "-1", 1.0),
+    (r"\boxed{(1+i)^2}", "2i", 1.0),
+    (r"\boxed{\frac{1}{i}}", "-i", 1.0),
+    (r"\boxed{2+i}", "1+2i", 0.0),
+    (r"\boxed{i^3}", "i", 0.0),
+    # 4. scientific notation with a decimal mantissa
+    (r"\boxed{6.02\times10^{23}}", "602000000000000000000000", 1.0),
+    (r"\boxed{2.314814814815\times10^{-3}}", r"\frac{1}{432}", 1.0),
+    (r"\boxed{1.5 \times 10^{3}}", "1500", 1.0),
+    (r"\boxed{2.5\cdot 10^{-2}}", "0.025", 1.0),
+    (r"\boxed{6.03\times10^{23}}", "602000000000000000000000", 0.0),
+    # 5. degrees inside trigonometric functions
+    (r"\boxed{\sin 30^\circ}", r"\frac12", 1.0),
+    (r"\boxed{\sin(90^\circ - x)}", r"\cos x", 1.0),
+    (r"\boxed{\cos 60^{\circ}}", "0.5", 1.0),
+    (r"\boxed{\tan 45^\circ}", "1", 1.0),
+    (r"\boxed{\sin 60^\circ}", r"\frac12", 0.0),
+    (r"\boxed{30^\circ}", "30", 1.0),
+    # 6. plain-text mixed numbers and thousands separators
+    (r"\boxed{1 1/2}", "1.5", 1.0),
+    (r"\boxed{-2 3/4}", "-2.75", 1.0),
+    (r"\boxed{1 1/2}", "2", 0.0),
+    (r"\boxed{1\,000}", "1000", 1.0),
+    (r"\boxed{1 000}", "1000", 1.0),
+    (r"\boxed{1{,}000}", "1000", 1.0),
+    (r"\boxed{12,345,678}", "12345678", 1.0),
+    (r"\boxed{1\,000}", "100", 0.0),
+    (r"\boxed{1,2}", "1,2", 1.0),
+]
+
 
 @pytest.fixture(scope="module")
 def scorer():
     s = RewardScorer("math", timeout_s=5.0, num_workers=2)
     yield s
     s.close()
+
+
+@pytest.mark.parametrize("case", DEFECT_CASES, ids=[f"{c[0][:40]}|{c[1]}" for c in DEFECT_CASES])
+def test_verifier_defect_classes(scorer, case):
+    response, gold, expected = case
+    (result,) = scorer.score_batch([response], [gold])
+    assert result.score == expected, result
 
 
 def test_math_cases(scorer):
