@@ -90,10 +90,16 @@ def extract_final_answer(text: str) -> str | None:
     return equation.group(1) if equation else None
 
 
+_MATH_DELIMITERS_RE = re.compile(r"^(?:\$\$|\$|\\\(|\\\[)(.*?)(?:\$\$|\$|\\\)|\\\])\.?$", re.DOTALL)
+
+
 def _as_gold(ground_truth: str) -> str:
+    """The dataset's answer: its last box if it has one, without `$ $`, `\\( \\)` or `\\[ \\]` around it."""
     gt = ground_truth.replace("\x00", "").strip()
     boxed = last_boxed(gt)
-    return (boxed if boxed is not None else gt).strip()
+    gt = (boxed if boxed is not None else gt).strip()
+    m = _MATH_DELIMITERS_RE.match(gt)
+    return (m.group(1) if m else gt).strip()
 
 
 @functools.lru_cache(maxsize=1)

@@ -29,7 +29,7 @@ square cubic sq percent
 """.split())
 
 _UNIT_TAIL_RE = re.compile(
-    r"(?:\\[,;:! ]|~|\s)*(?:\\(?:text|textrm|mbox|mathrm)\s*\{\s*(?P<text>[^{}]*)\}|(?P<word>[A-Za-z]+(?:\s+[A-Za-z]+)?))"
+    r"(?:\\[,;:! ]|~|\s)*(?:\\(?:text|textrm|textbf|textit|textnormal|mbox|mathrm)\s*\{\s*(?P<text>[^{}]*)\}|(?P<word>[A-Za-z]+(?:\s+[A-Za-z]+)?))"
     r"\s*(?:\^\s*\{?\s*[23]\s*\}?)?\s*\.?\s*$")
 _LETTERS_RE = re.compile(r"[A-Za-z]")
 _THOUSANDS_RE = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:\\,|\\ |\\;|~|\{,\}|,|\s)\d{3})+)(?![\d])")
