@@ -48,7 +48,7 @@ def gold_symbols(gold: str) -> set[str]:
 
 
 def _is_number(text: str) -> bool:
-    """A numeric expression: digits and LaTeX commands (\frac, \sqrt, \pi), no bare letter."""
+    r"""A numeric expression: digits and LaTeX commands (\frac, \sqrt, \pi), no bare letter."""
     bare = re.sub(r"\\[A-Za-z]+", "", text)
     return bool(re.search(r"\d", bare)) and not _LETTERS_RE.search(bare)
 
