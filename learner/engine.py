@@ -207,10 +207,10 @@ class PolicyTrainer:
             # No token of the batch, on any rank, is in any loss term: every gradient would be
             # exactly zero, so the passes and the optimizer step are skipped (all ranks agree).
             return self._skipped_metrics(all_valid, t0)
+        if self.single_pass:  # it orders its own micro-batches (in-scope rows only, by length)
+            return self._train_single_pass(shard, all_valid, t0)
         order = length_order(shard.attention_mask.sum(dim=1), self.minis_per_batch)
         shard, all_valid = shard.take(order), all_valid[order]
-        if self.single_pass:
-            return self._train_single_pass(shard, all_valid, t0)
         prox_logp, entropy, ref_logp = self.score(shard)
         keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
         metrics = self._mask_metrics(shard, all_valid, keep, entropy, tau)
