@@ -12,25 +12,29 @@ class LearnerWorker:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.trainer = None
 
-    def address(self) -> tuple[str, int]:
-        """This node's IP and a free port, for rank 0 to host the process-group rendezvous."""
+    def address(self) -> str:
+        """A tcp:// rendezvous on this node's IP and a free port, for rank 0 to host (cluster runs)."""
         import ray
 
         ip = ray.util.get_node_ip_address()
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return ip, s.getsockname()[1]
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as s:
+            s.bind((ip, 0))  # only probes for a free port on the address the store will use
+            port = s.getsockname()[1]
+        return f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}"
 
-    def setup(self, *, master: tuple[str, int], model_path: str, temperature: float, max_new_tokens: int,
+    def setup(self, *, rendezvous: str, model_path: str, temperature: float, max_new_tokens: int,
               max_prompt_tokens: int, batch_size: int, seed: int) -> None:
+        """Joins the process group at `rendezvous` (a torch init_method URL: tcp:// hosted by rank 0,
+        or file:// when every rank is on this node, which opens no socket) and builds the trainer."""
         import deepspeed
         import torch
 
-        os.environ.update(MASTER_ADDR=master[0], MASTER_PORT=str(master[1]), RANK=str(self.rank),
-                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
         if torch.cuda.is_available():
             torch.cuda.set_device(0)  # Ray gives each rank its own GPU as device 0
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   auto_mpi_discovery=False, init_method=rendezvous, rank=self.rank,
+                                   world_size=self.world_size)
         from learner.engine import PolicyTrainer
 
         self.trainer = PolicyTrainer(self.cfg, model_path, temperature=temperature, max_new_tokens=max_new_tokens,

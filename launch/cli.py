@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     args = _parser().parse_args(args_list)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from launch.data import DataError
-    from launch.placement import ResourceError
+    from launch.errors import NetworkError, ResourceError
     from launch.rollouts import RewardFailure
 
     try:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
             from launch.models import build_tiny_model
 
             print(build_tiny_model(Path(args.out)))
-    except (ConfigError, DataError, ResourceError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError, ResourceError, NetworkError, FileNotFoundError, ValueError) as e:
         print(f"forkrl: error: {e}", file=sys.stderr)
         return 2
     except RewardFailure as e:  # the run started and stopped itself; its files are kept

@@ -215,6 +215,14 @@ class TrackingConfig:
 
 
 @dataclass
+class ClusterConfig:
+    bind_all: bool = False
+    """A local run (no `address`) listens on 127.0.0.1 only; true opens Ray and the actors to every interface."""
+    dashboard: bool = False
+    """Start Ray's dashboard with a local run (it listens on 127.0.0.1:8265 unless bind_all)."""
+
+
+@dataclass
 class TrainConfig:
     steps: int = 20
     """Optimizer-batch steps (rollout batches) to train."""
@@ -230,6 +238,7 @@ class TrainConfig:
     """Seed for sampling, masking and init."""
     address: str = ""
     """Ray address: '' starts a local Ray (or joins RAY_ADDRESS), 'auto' joins a running cluster."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)

@@ -8,15 +8,13 @@ import ray
 from actors.generation import GenerationWorker
 from actors.learner import LearnerWorker
 from actors.reward import RewardWorker
+from launch.errors import ResourceError
+from launch.network import actor_env, file_rendezvous, loopback_only
 
 # vLLM's engine must live in the actor's own process (collective_rpc then reaches the model that
 # generates); its INFO logs would drown the driver's progress lines.
 GEN_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
 LEARNER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
-
-
-class ResourceError(RuntimeError):
-    """The cluster cannot hold the actors the config asks for."""
 
 
 @dataclass
@@ -45,7 +43,8 @@ def check_resources(cfg) -> None:
 def launch_generators(cfg, model_path: str) -> list:
     g = cfg.generation
     Gen = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus)(GenerationWorker)
-    return [Gen.options(runtime_env={"env_vars": GEN_ENV}).remote(g, model_path, cfg.seed + i) for i in range(g.num_actors)]
+    env = dict(GEN_ENV, **actor_env(cfg))
+    return [Gen.options(runtime_env={"env_vars": env}).remote(g, model_path, cfg.seed + i) for i in range(g.num_actors)]
 
 
 def launch_rewards(cfg) -> list:
@@ -57,11 +56,13 @@ def launch_learners(cfg, model_path: str) -> list:
     """Start the ranks and form their torch.distributed group (rank 0 hosts the rendezvous)."""
     l, g = cfg.learner, cfg.generation
     Lrn = ray.remote(num_cpus=l.num_cpus, num_gpus=l.num_gpus)(LearnerWorker)
-    env = dict(LEARNER_ENV, **({"OMP_NUM_THREADS": str(l.torch_threads)} if l.torch_threads else {}))
+    env = dict(LEARNER_ENV, **actor_env(cfg), **({"OMP_NUM_THREADS": str(l.torch_threads)} if l.torch_threads else {}))
     ranks = [Lrn.options(runtime_env={"env_vars": env}).remote(l, rank, l.num_ranks) for rank in range(l.num_ranks)]
-    master = ray.get(ranks[0].address.remote())
+    # torch's TCP store listens on every interface whatever its host, so a loopback-only run meets
+    # through a file instead: all its ranks are on this node.
+    rendezvous = file_rendezvous() if loopback_only(cfg) else ray.get(ranks[0].address.remote())
     batch = cfg.prompts_per_step * g.group_size
-    ray.get([w.setup.remote(master=master, model_path=model_path, temperature=g.temperature,
+    ray.get([w.setup.remote(rendezvous=rendezvous, model_path=model_path, temperature=g.temperature,
                             max_new_tokens=g.max_new_tokens, max_prompt_tokens=cfg.data.max_prompt_tokens,
                             batch_size=batch, seed=cfg.seed) for w in ranks])
     return ranks

@@ -1,4 +1,5 @@
 """End to end through the real CLI: Ray + vLLM + DeepSpeed ZeRO-3 + wandb (offline)."""
+import contextlib
 import json
 import os
 import socket
@@ -164,24 +165,49 @@ def test_ray_job_submit_to_a_local_head(tiny_model, yes_data, tmp_path):
 
     # Ray clusters authenticate job submission with a shared token, as a real cluster would.
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "WANDB_SILENT": "true",
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # a private single-machine head: its node address stays 127.0.0.1
     env.pop("RAY_ADDRESS", None)
-    start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                            "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
-    assert start.returncode == 0, start.stderr[-2000:]
+    # `--block` keeps the head under one process group that the test alone stops: `ray stop` would
+    # end every Ray instance on the machine, other users' included.
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
     try:
+        deadline = time.time() + 180
+        while not port_open(dash):
+            assert head.poll() is None and time.time() < deadline, head.stderr.read()[-2000:] if head.poll() else "timeout"
+            time.sleep(0.5)
         run_dir = tmp_path / "job"
         entry = [sys.executable, "-m", "launch.train", *map(str, tiny_args(tiny_model, yes_data, run_dir)), "steps=2",
                  "learner.num_ranks=1", "tracking.wandb_mode=disabled"]
         sub = subprocess.run([str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}",
-                              f"--runtime-env-json={json.dumps({'working_dir': str(REPO), 'excludes': ['.venv', 'runs', '.git']})}",
+                              f"--runtime-env-json={json.dumps({'working_dir': str(REPO), 'excludes': ['.venv', 'runs', '.git', 'bench/ablation/results']})}",
                               "--", *entry], capture_output=True, text=True, env=env, timeout=900)
         assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-2000:])
         assert "succeeded" in sub.stdout
         assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        stop_group(head)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group (`ray start --block` then stops its head), then SIGKILL what is left."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 def test_dynamic_sampling_kl_entropy_bonus_and_pass_at_k_end_to_end(tiny_model, yes_data, yes_eval, tmp_path):

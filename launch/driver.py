@@ -1,0 +1,263 @@
+"""The driver: generate -> verify -> advantages -> learn -> publish weights, asynchronously.
+
+Up to `max_staleness + 1` rollout batches are in flight. Generation actors run their calls in
+order, so a batch submitted after the weights of version v were queued is sampled by version v;
+the batch trained at learner version v therefore lags by at most `max_staleness` versions, and
+the learner corrects the lag with the importance ratio against the behaviour log-probs.
+
+Entered through launch/train.py, which keeps a local Ray instance on loopback before Ray is imported.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from actors.types import RolloutBatch
+from launch.checkpoint import export_hf
+from launch.config import TrainConfig, to_dict
+from launch.data import PromptStream, load_eval_prompts, load_prompts
+from launch.models import resolve_model_path
+from launch.network import check_node_address, local_ray
+from launch.placement import Actors, check_resources, launch_actors
+from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, to_groups, train_shards
+from launch.tracking import RunTracker
+from learner.passk import mean_pass_at_k
+from learner.weights import assemble_weights
+from rewards.math import RewardResult
+from rewards.registry import check_spec
+
+logger = logging.getLogger("forkrl")
+
+
+@dataclass
+class InFlight:
+    """One rollout batch on its way: generation parts and the reward scoring chained on them."""
+
+    rollouts: list  # ObjectRef[RolloutBatch], one per generation actor
+    scores: list  # ObjectRef[(list[RewardResult], seconds)], per reward actor slice
+
+
+def submit_rollout(actors: Actors, prompts, group_size: int) -> InFlight:
+    k = len(actors.generators)
+    rollouts = [gen.generate.remote(prompts[j::k]) for j, gen in enumerate(actors.generators) if prompts[j::k]]
+    scores = []
+    for ref, n_prompts in zip(rollouts, [len(prompts[j::k]) for j in range(k)]):
+        n = n_prompts * group_size
+        per = -(-n // len(actors.rewards))
+        for i, rw in enumerate(actors.rewards):
+            if i * per < n:  # the rollout ref is resolved inside the reward actor: no driver hop
+                scores.append(rw.score_rollout.remote(ref, i * per, min(n, (i + 1) * per)))
+    return InFlight(rollouts, scores)
+
+
+def rollout_metrics(parts: list[RolloutBatch], results, groups: list[Group], version: int) -> dict:
+    """Reward and length over every response sampled this step; staleness over the trained groups."""
+    rewards = [r.score for r in results]
+    lengths = [len(x) for p in parts for x in p.response_ids]
+    finished = [f for p in parts for f in p.finished]
+    statuses = Counter(r.status for r in results)
+    out = {
+        "reward/mean": sum(rewards) / len(rewards),
+        "reward/max": max(rewards),
+        "reward/accuracy": sum(r.status == "correct" for r in results) / len(results),
+        # verifications that timed out, raised or crashed: left out of baselines and gradients
+        "reward/excluded_fraction": sum(r.status in FAILED for r in results) / len(results),
+        "reward/verify_p99_s": sorted(r.seconds for r in results)[int(0.99 * (len(results) - 1))],
+        "response/length_mean": sum(lengths) / len(lengths),
+        "response/truncated_fraction": 1 - sum(finished) / len(finished),
+        "staleness/max": version - min(g.policy_version for g in groups),
+        "staleness/mean": sum(version - g.policy_version for g in groups) / len(groups),
+    }
+    out.update({f"reward/status_{k}": v / len(results) for k, v in sorted(statuses.items())})
+    return out
+
+
+def collect(batch: InFlight) -> tuple[list[RolloutBatch], list[RewardResult], float]:
+    """Wait for a batch: its parts, the reward results in response order, the slowest scoring time."""
+    parts, scored = ray.get(batch.rollouts), ray.get(batch.scores)
+    return parts, [r for res, _ in scored for r in res], max(s for _, s in scored)
+
+
+def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts: list, results: list):
+    """DAPO dynamic sampling: keep groups the advantage estimator gives signal to and sample more
+    prompts until the batch is full or `dynamic_sampling_max_rounds` rounds ran. Extends `parts`
+    and `results` in place, so the step's reward metrics cover every response sampled.
+    Returns (chosen groups, fill groups, metrics)."""
+    need, l = cfg.prompts_per_step, cfg.learner
+    good, dull = [], []
+    for g in to_groups(parts, results):
+        (good if g.informative(l.advantage, l.w_lambda) else dull).append(g)
+    rounds = 1
+    while len(good) < need and rounds < cfg.dynamic_sampling_max_rounds:
+        more_parts, more_results, _ = collect(submit_rollout(actors, stream.take(need), cfg.generation.group_size))
+        parts += more_parts
+        results += more_results
+        for g in to_groups(more_parts, more_results):
+            (good if g.informative(l.advantage, l.w_lambda) else dull).append(g)
+        rounds += 1
+    chosen, fill = choose_groups(good, dull, need)
+    return chosen, fill, {"dynamic/rounds": rounds, "dynamic/dropped_fraction": len(dull) / (len(good) + len(dull)),
+                          "dynamic/filled_groups": len(fill)}
+
+
+def _eval_correct(actors: Actors, prompts, samples: int, max_tokens: int) -> tuple[list[bool], int]:
+    """`samples` responses per prompt (greedy when 1), verified: (correct flags grouped by prompt,
+    the oldest policy version that answered)."""
+    k = len(actors.generators)
+    outs = ray.get([gen.evaluate.remote(prompts[j::k], samples, max_tokens) for j, gen in enumerate(actors.generators)
+                    if prompts[j::k]])
+    texts, answers = [], []
+    for j, (t, _) in enumerate(outs):
+        texts += t
+        answers += [p.answer for p in prompts[j::k] for _ in range(samples)]
+    results, _ = ray.get(actors.rewards[0].score.remote(texts, answers))
+    return [r.status == "correct" for r in results], min(v for _, v in outs)
+
+
+def evaluate(actors: Actors, prompts, samples: int, max_tokens: int) -> dict:
+    """Held-out greedy accuracy with the current weights; with samples = n > 1 also n sampled
+    responses per prompt at the training temperature: avg@n (mean accuracy) and pass@k."""
+    correct, version = _eval_correct(actors, prompts, 1, max_tokens)
+    out = {"eval/accuracy": sum(correct) / len(correct), "eval/policy_version": version, "eval/prompts": len(prompts)}
+    if samples > 1:
+        correct, _ = _eval_correct(actors, prompts, samples, max_tokens)
+        per_prompt = [sum(correct[i:i + samples]) for i in range(0, len(correct), samples)]
+        out[f"eval/avg@{samples}"] = sum(correct) / len(correct)
+        out.update({f"eval/pass@{kk}": v for kk, v in mean_pass_at_k(per_prompt, samples).items()})
+    return out
+
+
+def eval_max_tokens(cfg: TrainConfig) -> int:
+    """Evaluation response limit: eval.max_new_tokens, else the training one."""
+    return cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
+
+
+def summary_line(first: dict, last: dict) -> str:
+    """The run's result in one line, e.g. 'held-out accuracy 0.31 -> 0.58 (+27 points, 128 prompts)'."""
+    a, b = first["eval/accuracy"], last["eval/accuracy"]
+    line = f"held-out accuracy {a:.2f} -> {b:.2f} ({100 * (b - a):+.0f} points, {last['eval/prompts']} prompts)"
+    avg = next((k for k in last if k.startswith("eval/avg@")), None)
+    if avg and avg in first:
+        line += f"; {avg[5:]} {first[avg]:.2f} -> {last[avg]:.2f}"
+    return line
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Train per `cfg`; returns the run directory. All input is checked before actors start."""
+    from transformers import AutoTokenizer
+
+    check_spec(cfg.reward.fn)
+    model_path = str(resolve_model_path(cfg.model.path))
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = load_prompts(cfg.data, cfg.model, tokenizer)
+    eval_prompts = load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    ray.init(address=cfg.address or None, ignore_reinit_error=True, log_to_driver=True,
+             include_dashboard=cfg.cluster.dashboard if local_ray(cfg) else None)
+    check_node_address(cfg)
+    check_resources(cfg)
+    run_dir = Path(cfg.tracking.run_dir.format(name=cfg.tracking.name))
+    t_start = time.perf_counter()
+    actors = launch_actors(cfg, model_path)
+    logger.info("actors ready in %.1fs: %d generation, %d reward, %d learner rank(s)", time.perf_counter() - t_start,
+                len(actors.generators), len(actors.rewards), len(actors.learners))
+    tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode)
+    try:
+        baseline = {}
+        if eval_prompts:  # step 0: the initial policy on the same held-out prompts, the run's baseline
+            baseline = {"step": 0, "policy_version": 0, **evaluate(actors, eval_prompts, cfg.eval.samples, eval_max_tokens(cfg))}
+            tracker.log(baseline)
+            logger.info("eval at step 0 (before training): accuracy %.3f", baseline["eval/accuracy"])
+        final = _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id, eval_prompts, model_path)
+    finally:
+        tracker.close()
+    if baseline:
+        logger.info("%s", summary_line(baseline, final))
+    logger.info("done: %s", run_dir)
+    return run_dir
+
+
+def publish_weights(actors: Actors, version: int, previous_loads: list):
+    """Every learner rank puts its own slice of the weights into the object store; each generator
+    assembles them (Ray hands it the resolved shards) and loads. Nothing passes through one process.
+
+    Returns the shards' ObjectRefs, the seconds the *previous* loads took (they are done by now;
+    waiting on the new ones would stall behind in-flight generation) and the new loads' futures."""
+    shards = [w.weight_shard.remote() for w in actors.learners]
+    ray.wait(shards, num_returns=len(shards))
+    load_s = max(ray.get(previous_loads), default=0.0)
+    return shards, load_s, [gen.load_weights.remote(version, *shards) for gen in actors.generators]
+
+
+def log_step(cfg: TrainConfig, step: int, m: dict, parts: list[RolloutBatch], results: list[RewardResult]) -> None:
+    logger.info(
+        "step %d/%d | reward %.3f | kept %.2f (tau %.3f) | entropy %.3f | stale %d | gen %.1fs reward %.1fs "
+        "learn %.1fs sync %.1fs | step %.1fs | learner peak %.1f GB", step, cfg.steps, m["reward/mean"],
+        m["mask/kept_fraction"], m["mask/threshold"], m["entropy/mean"], m["staleness/max"], m["timing/generate_s"],
+        m["timing/reward_s"], m["timing/learn_s"], m["timing/weight_sync_s"], m["timing/step_s"],
+        m["memory/learner_peak_gb"])
+    if step == 1 or step % 5 == 0 or step == cfg.steps:
+        logger.info("sample (reward %.2f, answer %s): %r", results[0].score, parts[0].prompts[0].answer,
+                    parts[0].response_text[0][:300])
+
+
+def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTracker, pad_id: int,
+          eval_prompts: list, model_path: str) -> dict:
+    """Trains cfg.steps steps; returns the last step's metrics."""
+    rng = random.Random(cfg.seed)
+    inflight: deque[InFlight] = deque()
+    version, pending_loads = 0, []
+    health = RewardHealth(cfg.reward.fn, cfg.reward.max_error_fraction, cfg.reward.max_error_steps)
+    for step in range(1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        while len(inflight) < cfg.max_staleness + 1:  # keep generation ahead of the learner
+            inflight.append(submit_rollout(actors, stream.take(cfg.prompts_per_step), cfg.generation.group_size))
+        parts, results, reward_s = collect(inflight.popleft())
+        if cfg.dynamic_sampling:
+            groups, fill, dyn = dynamic_sample(cfg, actors, stream, parts, results)
+        else:
+            groups, fill, dyn = to_groups(parts, results), [], {}
+        t_wait = time.perf_counter() - t0
+        health.check(results)
+        metrics = {"step": step, **rollout_metrics(parts, results, groups + fill, version), **dyn}
+        if metrics["staleness/max"] > cfg.max_staleness:  # the ordering argument above is broken
+            raise RuntimeError(f"staleness {metrics['staleness/max']} over max_staleness={cfg.max_staleness}")
+
+        l = cfg.learner
+        shards = train_shards(groups, fill, l.advantage, l.w_lambda, l.num_ranks, pad_id, rng)
+        t1 = time.perf_counter()
+        learner_metrics = ray.get([w.train_step.remote(s) for w, s in zip(actors.learners, shards)])[0]
+        t_learn = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        version += 1
+        state, load_s, pending_loads = publish_weights(actors, version, pending_loads)
+        metrics.update(learner_metrics)
+        metrics.update({
+            "policy_version": version,
+            "timing/generate_s": max(p.generate_s for p in parts),
+            "timing/reward_s": reward_s,
+            "timing/wait_rollout_s": t_wait,
+            "timing/learn_s": t_learn,
+            "timing/weight_sync_s": time.perf_counter() - t2 + load_s,
+            "timing/step_s": time.perf_counter() - t0,
+        })
+        if eval_prompts and (step % cfg.eval.every == 0 or step == cfg.steps):
+            ray.get(pending_loads)  # evaluate the weights this step produced
+            metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples, eval_max_tokens(cfg)))
+            logger.info("eval at step %d: accuracy %.3f", step, metrics["eval/accuracy"])
+        save_every = cfg.tracking.save_every
+        if step == cfg.steps or (save_every and step % save_every == 0):
+            path = export_hf(assemble_weights(ray.get(state)), model_path, tracker.run_dir / "checkpoints" / f"step_{step}")
+            logger.info("saved %s", path)
+        tracker.log(metrics)
+        log_step(cfg, step, metrics, parts, results)
+    ray.get(pending_loads)
+    return metrics

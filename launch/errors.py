@@ -1,0 +1,10 @@
+"""Errors about the machine or cluster a run is given, kept free of Ray imports so that the
+command line can catch them before Ray is loaded (see launch/network.py)."""
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot hold the actors the config asks for."""
+
+
+class NetworkError(RuntimeError):
+    """The run cannot keep its promise about where it listens; the message says what to change."""
