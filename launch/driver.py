@@ -159,7 +159,8 @@ def run(cfg: TrainConfig) -> Path:
     eval_prompts = load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    ray.init(address=cfg.address or None, ignore_reinit_error=True, log_to_driver=True,
+    # "local": a fresh instance of our own, never one found in /tmp/ray (`address=auto` joins that)
+    ray.init(address=cfg.address or ("local" if local_ray(cfg) else None), ignore_reinit_error=True, log_to_driver=True,
              include_dashboard=cfg.cluster.dashboard if local_ray(cfg) else None)
     check_node_address(cfg)
     check_resources(cfg)

@@ -2,9 +2,11 @@
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import re
 import time
 from pathlib import Path
@@ -170,7 +172,10 @@ def test_ray_job_submit_to_a_local_head(tiny_model, yes_data, tmp_path):
     env.pop("RAY_ADDRESS", None)
     # `--block` keeps the head under one process group that the test alone stops: `ray stop` would
     # end every Ray instance on the machine, other users' included.
+    # Its own temp dir: the head's address file must not make later `ray.init()`s join a dead head.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--temp-dir={temp_dir}",
                              f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
                              "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
@@ -190,6 +195,7 @@ def test_ray_job_submit_to_a_local_head(tiny_model, yes_data, tmp_path):
         assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
     finally:
         stop_group(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def port_open(port: int) -> bool:
