@@ -48,10 +48,17 @@ class GenerationWorker:
         )
         self.version = 0
 
-    def generate(self, prompts: list[Prompt]) -> RolloutBatch:
+    def generate(self, prompts: list[Prompt], seed: int | None = None) -> RolloutBatch:
+        """G samples per prompt. With `seed`, sampling restarts from it: the engine runs in this
+        process and draws from torch's global generator (this vLLM build refuses per-request
+        seeds), so the same prompts, weights and seed give the same responses, on a restarted
+        actor or a resumed run too."""
+        import torch
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if seed is not None:
+            torch.manual_seed(seed)
         c = self.cfg
         params = SamplingParams(n=c.group_size, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens, logprobs=0)
         t0 = time.perf_counter()
@@ -66,11 +73,16 @@ class GenerationWorker:
                 finished.append(o.finish_reason == "stop")
         return RolloutBatch(prompts, c.group_size, ids, lps, texts, finished, self.version, time.perf_counter() - t0)
 
-    def evaluate(self, prompts: list[Prompt], samples: int, max_tokens: int) -> tuple[list[str], int]:
+    def evaluate(self, prompts: list[Prompt], samples: int, max_tokens: int, seed: int | None = None
+                 ) -> tuple[list[str], int]:
         """`samples` responses per prompt (greedy when 1, else at the rollout temperature), at most
         `max_tokens` each, grouped by prompt, and the policy version that wrote them."""
+        import torch
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
+        if seed is not None:
+            torch.manual_seed(seed)
 
         temperature = 0.0 if samples == 1 else self.cfg.temperature
         params = SamplingParams(n=samples, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens)

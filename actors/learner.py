@@ -45,3 +45,9 @@ class LearnerWorker:
 
     def weight_shard(self):
         return self.trainer.weight_shard()
+
+    def save_checkpoint(self, path: str) -> None:
+        self.trainer.save_checkpoint(path)
+
+    def load_checkpoint(self, path: str) -> None:
+        self.trainer.load_checkpoint(path)

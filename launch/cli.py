@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a policy (see configs/*.yaml)")
     t.add_argument("--config", help="YAML config file (defaults apply to anything it leaves out)")
     t.add_argument("--address", help="Ray address, e.g. 'auto' to join a running cluster (sets address=)")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its latest checkpoint (overrides may change steps, eval.*, ...)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.mask.rho=0.5")
     m = sub.add_parser("prepare-model", help="convert the packaged SmolLM2 GGUF to a HF folder (cached)")
     m.add_argument("--cache-dir", help="where to write it (default $FORKRL_CACHE or ~/.cache/forkrl)")
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     args = _parser().parse_args(args_list)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from launch.data import DataError
-    from launch.errors import NetworkError, ResourceError
+    from launch.errors import NetworkError, NonFiniteSteps, ResourceError, RunStopped
     from launch.rollouts import RewardFailure
 
     try:
@@ -41,7 +43,14 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
             from launch.train import run
 
             overrides = list(args.overrides) + ([f"address={args.address}"] if args.address else [])
-            run(load_config(args.config, overrides))
+            if args.resume:
+                if args.config:
+                    raise ConfigError("--resume takes the run's own config.yaml; leave out --config")
+                from launch.resume import resume_config
+
+                run(resume_config(Path(args.resume), overrides), resume=Path(args.resume))
+            else:
+                run(load_config(args.config, overrides))
         elif args.command == "prepare-model":
             from launch.models import default_cache_dir, prepare_default_model
 
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     except (ConfigError, DataError, ResourceError, NetworkError, FileNotFoundError, ValueError) as e:
         print(f"forkrl: error: {e}", file=sys.stderr)
         return 2
-    except RewardFailure as e:  # the run started and stopped itself; its files are kept
+    except (RewardFailure, NonFiniteSteps, RunStopped) as e:  # the run started and stopped; its files are kept
         print(f"forkrl: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -133,6 +133,8 @@ class LearnerConfig:
     """AdamW learning rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    max_skipped_steps: int = 3
+    """Stop the run after this many consecutive steps whose loss or gradient norm was NaN or inf (each makes no update)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip."""
     warmup_steps: int = 0
@@ -212,6 +214,17 @@ class TrackingConfig:
     """'online', 'offline', 'disabled', or 'auto' (online only when WANDB_API_KEY is set)."""
     save_every: int = 0
     """Export the policy as a HF folder under run_dir/checkpoints every this many steps (0 = only at the end)."""
+    log_rollouts: bool = True
+    """Write every trained response to run_dir/rollouts/step_N.jsonl (prompt, response, reward, status, version)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Full checkpoint (every rank's ZeRO-3 shards, optimizer, driver state) every this many steps; 0 = only
+    at the end and when the run is stopped (SIGTERM / SIGINT)."""
+    keep: int = 2
+    """Full checkpoints kept in run_dir/checkpoints (the oldest are removed); at least 1."""
 
 
 @dataclass
@@ -246,6 +259,7 @@ class TrainConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -308,6 +322,9 @@ def validate(c: TrainConfig) -> None:
     _check(mini % (l.num_ranks * l.micro_batch_size) == 0, "learner.micro_batch_size",
            f"mini-batch {mini} must split evenly into learner.num_ranks={l.num_ranks} x micro_batch_size={l.micro_batch_size}")
     _check(c.tracking.save_every >= 0, "tracking.save_every", "must be >= 0")
+    _check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
+    _check(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+    _check(l.max_skipped_steps >= 1, "learner.max_skipped_steps", "must be >= 1")
 
 
 # ---- building the tree from YAML and overrides -------------------------------------------------

@@ -158,13 +158,26 @@ def load_eval_prompts(cfg, data_cfg, model_cfg, tokenizer, train: list[Prompt]) 
 
 
 class PromptStream:
-    """Endless seeded epochs over the prompts, reshuffled each epoch."""
+    """Endless seeded epochs over the prompts, reshuffled each epoch. Its position (`state`) is
+    what a checkpoint records, so a resumed run issues the same prompts in the same order."""
 
     def __init__(self, prompts: list[Prompt], seed: int):
         self.prompts, self.rng = prompts, random.Random(seed)
         self.order: list[int] = []
+        self.issued = 0  # take() calls so far: numbers each rollout batch (its sampling seed)
+
+    def state(self) -> dict:
+        """JSON-able position: the rest of this epoch's order, the shuffler's RNG, the batch count."""
+        version, internal, gauss = self.rng.getstate()
+        return {"order": list(self.order), "rng": [version, list(internal), gauss], "issued": self.issued}
+
+    def restore(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order, self.issued = list(state["order"]), state["issued"]
 
     def take(self, k: int) -> list[Prompt]:
+        self.issued += 1
         out = []
         while len(out) < k:
             if not self.order:

@@ -10,7 +10,10 @@ Entered through launch/train.py, which keeps a local Ray instance on loopback be
 from __future__ import annotations
 
 import logging
+import math
 import random
+import signal
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -23,10 +26,13 @@ from launch.checkpoint import export_hf
 from launch.config import TrainConfig, to_dict
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.models import resolve_model_path
+from launch.errors import NonFiniteSteps, RunStopped
 from launch.network import check_node_address, local_ray
+from launch.resume import (DriverState, checkpoint_tmp, commit_checkpoint, latest_checkpoint, process_rngs,
+                           restore_process_rngs, rng_from_json, rng_to_json, save_driver_state)
 from launch.placement import Actors, check_resources, launch_actors
 from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, to_groups, train_shards
-from launch.tracking import RunTracker
+from launch.tracking import RunTracker, check_fresh
 from learner.passk import mean_pass_at_k
 from learner.weights import assemble_weights
 from rewards.math import RewardResult
@@ -41,11 +47,20 @@ class InFlight:
 
     rollouts: list  # ObjectRef[RolloutBatch], one per generation actor
     scores: list  # ObjectRef[(list[RewardResult], seconds)], per reward actor slice
+    batch: int  # the batch's number in the prompt stream (its sampling seeds derive from it)
+    uids: list[int]  # its prompts, for the ledger of issued-but-untrained prompts
 
 
-def submit_rollout(actors: Actors, prompts, group_size: int) -> InFlight:
-    k = len(actors.generators)
-    rollouts = [gen.generate.remote(prompts[j::k]) for j, gen in enumerate(actors.generators) if prompts[j::k]]
+def sample_seed(run_seed: int, batch: int, part: int) -> int:
+    """The sampling seed of one generation call: a function of (run seed, batch number, part), so
+    a resumed run or a restarted actor draws exactly what the uninterrupted run drew."""
+    return random.Random(f"{run_seed}/{batch}/{part}").getrandbits(62)
+
+
+def submit_rollout(cfg: TrainConfig, actors: Actors, prompts: list, batch: int) -> InFlight:
+    k, group_size = len(actors.generators), cfg.generation.group_size
+    rollouts = [gen.generate.remote(prompts[j::k], sample_seed(cfg.seed, batch, j))
+                for j, gen in enumerate(actors.generators) if prompts[j::k]]
     scores = []
     for ref, n_prompts in zip(rollouts, [len(prompts[j::k]) for j in range(k)]):
         n = n_prompts * group_size
@@ -53,7 +68,12 @@ def submit_rollout(actors: Actors, prompts, group_size: int) -> InFlight:
         for i, rw in enumerate(actors.rewards):
             if i * per < n:  # the rollout ref is resolved inside the reward actor: no driver hop
                 scores.append(rw.score_rollout.remote(ref, i * per, min(n, (i + 1) * per)))
-    return InFlight(rollouts, scores)
+    return InFlight(rollouts, scores, batch, [p.uid for p in prompts])
+
+
+def issue(cfg: TrainConfig, actors: Actors, stream: PromptStream, n_prompts: int) -> InFlight:
+    prompts = stream.take(n_prompts)
+    return submit_rollout(cfg, actors, prompts, stream.issued)
 
 
 def rollout_metrics(parts: list[RolloutBatch], results, groups: list[Group], version: int) -> dict:
@@ -95,7 +115,7 @@ def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts
         (good if g.informative(l.advantage, l.w_lambda) else dull).append(g)
     rounds = 1
     while len(good) < need and rounds < cfg.dynamic_sampling_max_rounds:
-        more_parts, more_results, _ = collect(submit_rollout(actors, stream.take(need), cfg.generation.group_size))
+        more_parts, more_results, _ = collect(issue(cfg, actors, stream, need))
         parts += more_parts
         results += more_results
         for g in to_groups(more_parts, more_results):
@@ -106,12 +126,12 @@ def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts
                           "dynamic/filled_groups": len(fill)}
 
 
-def _eval_correct(actors: Actors, prompts, samples: int, max_tokens: int) -> tuple[list[bool], int]:
+def _eval_correct(actors: Actors, prompts, samples: int, max_tokens: int, seed: int) -> tuple[list[bool], int]:
     """`samples` responses per prompt (greedy when 1), verified: (correct flags grouped by prompt,
     the oldest policy version that answered)."""
     k = len(actors.generators)
-    outs = ray.get([gen.evaluate.remote(prompts[j::k], samples, max_tokens) for j, gen in enumerate(actors.generators)
-                    if prompts[j::k]])
+    outs = ray.get([gen.evaluate.remote(prompts[j::k], samples, max_tokens, sample_seed(seed, -1, j))
+                    for j, gen in enumerate(actors.generators) if prompts[j::k]])
     texts, answers = [], []
     for j, (t, _) in enumerate(outs):
         texts += t
@@ -120,13 +140,13 @@ def _eval_correct(actors: Actors, prompts, samples: int, max_tokens: int) -> tup
     return [r.status == "correct" for r in results], min(v for _, v in outs)
 
 
-def evaluate(actors: Actors, prompts, samples: int, max_tokens: int) -> dict:
+def evaluate(actors: Actors, prompts, samples: int, max_tokens: int, seed: int = 0) -> dict:
     """Held-out greedy accuracy with the current weights; with samples = n > 1 also n sampled
     responses per prompt at the training temperature: avg@n (mean accuracy) and pass@k."""
-    correct, version = _eval_correct(actors, prompts, 1, max_tokens)
+    correct, version = _eval_correct(actors, prompts, 1, max_tokens, seed)
     out = {"eval/accuracy": sum(correct) / len(correct), "eval/policy_version": version, "eval/prompts": len(prompts)}
     if samples > 1:
-        correct, _ = _eval_correct(actors, prompts, samples, max_tokens)
+        correct, _ = _eval_correct(actors, prompts, samples, max_tokens, seed)
         per_prompt = [sum(correct[i:i + samples]) for i in range(0, len(correct), samples)]
         out[f"eval/avg@{samples}"] = sum(correct) / len(correct)
         out.update({f"eval/pass@{kk}": v for kk, v in mean_pass_at_k(per_prompt, samples).items()})
@@ -148,8 +168,9 @@ def summary_line(first: dict, last: dict) -> str:
     return line
 
 
-def run(cfg: TrainConfig) -> Path:
-    """Train per `cfg`; returns the run directory. All input is checked before actors start."""
+def run(cfg: TrainConfig, resume: Path | None = None) -> Path:
+    """Train per `cfg` (continuing the run in `resume` from its latest checkpoint); returns the run
+    directory. All input is checked before actors start."""
     from transformers import AutoTokenizer
 
     check_spec(cfg.reward.fn)
@@ -158,31 +179,122 @@ def run(cfg: TrainConfig) -> Path:
     prompts = load_prompts(cfg.data, cfg.model, tokenizer)
     eval_prompts = load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    run_dir = resume or Path(cfg.tracking.run_dir.format(name=cfg.tracking.name))
+    ckpt, saved = latest_checkpoint(run_dir) if resume else (None, None)
+    if not resume:
+        check_fresh(run_dir)
 
     # "local": a fresh instance of our own, never one found in /tmp/ray (`address=auto` joins that)
     ray.init(address=cfg.address or ("local" if local_ray(cfg) else None), ignore_reinit_error=True, log_to_driver=True,
              include_dashboard=cfg.cluster.dashboard if local_ray(cfg) else None)
     check_node_address(cfg)
     check_resources(cfg)
-    run_dir = Path(cfg.tracking.run_dir.format(name=cfg.tracking.name))
     t_start = time.perf_counter()
     actors = launch_actors(cfg, model_path)
     logger.info("actors ready in %.1fs: %d generation, %d reward, %d learner rank(s)", time.perf_counter() - t_start,
                 len(actors.generators), len(actors.rewards), len(actors.learners))
-    tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode)
+    tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode,
+                         log_rollouts=cfg.tracking.log_rollouts, resume_step=saved.step if saved else None,
+                         wandb_id=saved.wandb_id if saved else None)
+    stream = PromptStream(prompts, cfg.data.seed)
+    progress = Progress(shard_rng=random.Random(cfg.seed))
+    health = RewardHealth(cfg.reward.fn, cfg.reward.max_error_fraction, cfg.reward.max_error_steps)
+    pending: list[tuple[int, list[int]]] = []
     try:
         baseline = {}
-        if eval_prompts:  # step 0: the initial policy on the same held-out prompts, the run's baseline
-            baseline = {"step": 0, "policy_version": 0, **evaluate(actors, eval_prompts, cfg.eval.samples, eval_max_tokens(cfg))}
+        if saved:
+            pending = restore(saved, ckpt, actors, stream, progress, health)
+            baseline = next((r for r in tracker.history if r["step"] == 0 and "eval/accuracy" in r), {})
+            logger.info("resumed %s at step %d (policy version %d) from %s", run_dir, saved.step, saved.version, ckpt)
+        elif eval_prompts:  # step 0: the initial policy on the same held-out prompts, the run's baseline
+            baseline = {"step": 0, "policy_version": 0,
+                        **evaluate(actors, eval_prompts, cfg.eval.samples, eval_max_tokens(cfg), cfg.seed)}
             tracker.log(baseline)
             logger.info("eval at step 0 (before training): accuracy %.3f", baseline["eval/accuracy"])
-        final = _loop(cfg, actors, PromptStream(prompts, cfg.data.seed), tracker, pad_id, eval_prompts, model_path)
+        by_uid = {p.uid: p for p in prompts}
+        inflight = deque(submit_rollout(cfg, actors, [by_uid[u] for u in uids], batch) for batch, uids in pending)
+        with StopSignal() as stop:
+            final = _loop(cfg, actors, stream, tracker, pad_id, eval_prompts, model_path,
+                          Loop(progress, health, inflight, stop))
     finally:
         tracker.close()
-    if baseline:
+    if baseline and "eval/accuracy" in final:
         logger.info("%s", summary_line(baseline, final))
     logger.info("done: %s", run_dir)
     return run_dir
+
+
+@dataclass
+class Progress:
+    """What the loop carries from step to step, and a checkpoint records."""
+
+    shard_rng: random.Random  # shuffles responses into rank shards
+    step: int = 0  # last trained step
+    version: int = 0  # policy version (one per trained step)
+    skipped_total: int = 0  # steps whose update was refused for a NaN / inf gradient norm
+    skipped_streak: int = 0
+
+
+@dataclass
+class Loop:
+    progress: Progress
+    health: RewardHealth
+    inflight: deque  # InFlight batches, oldest first
+    stop: "StopSignal"
+
+
+class StopSignal:
+    """SIGTERM or SIGINT (`ray job stop`, preemption, Ctrl-C) during a run: finish the step, save a
+    checkpoint, stop. A second signal interrupts at once."""
+
+    def __init__(self):
+        self.name: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.name is not None:
+            raise KeyboardInterrupt
+        self.name = signal.Signals(signum).name
+        logger.warning("%s: finishing this step, then saving a checkpoint (send it again to stop at once)", self.name)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def restore(saved: DriverState, ckpt: Path, actors: Actors, stream: PromptStream, progress: Progress,
+            health: RewardHealth) -> list[tuple[int, list[int]]]:
+    """Load a checkpoint into the fresh actors and the driver's state; the generators get its
+    weights before they sample. Returns the batches that were in flight, to sample again."""
+    ray.get([w.load_checkpoint.remote(str(ckpt)) for w in actors.learners])
+    stream.restore(saved.stream)
+    progress.shard_rng.setstate(rng_from_json(saved.shard_rng))
+    progress.step, progress.version = saved.step, saved.version
+    progress.skipped_total, progress.skipped_streak = saved.skipped_total, saved.skipped_streak
+    health.streak, health.first_error = saved.reward_streak, saved.reward_first_error
+    restore_process_rngs(saved)
+    _, _, loads = publish_weights(actors, saved.version, [])
+    ray.get(loads)
+    return [tuple(p) for p in saved.pending]
+
+
+def save_checkpoint(cfg: TrainConfig, actors: Actors, tracker: RunTracker, stream: PromptStream, loop: Loop) -> Path:
+    """A full checkpoint after the current step (see launch/resume.py)."""
+    p = loop.progress
+    tmp = checkpoint_tmp(tracker.run_dir, p.step)
+    ray.get([w.save_checkpoint.remote(str(tmp)) for w in actors.learners])
+    save_driver_state(tmp, DriverState(
+        step=p.step, version=p.version, stream=stream.state(),
+        pending=[[b.batch, b.uids] for b in loop.inflight], shard_rng=rng_to_json(p.shard_rng.getstate()),
+        skipped_total=p.skipped_total, skipped_streak=p.skipped_streak, reward_streak=loop.health.streak,
+        reward_first_error=loop.health.first_error, wandb_id=tracker.wandb_id, num_ranks=len(actors.learners),
+        **process_rngs()))
+    return commit_checkpoint(tracker.run_dir, tmp, p.step, cfg.checkpoint.keep)
 
 
 def publish_weights(actors: Actors, version: int, previous_loads: list):
@@ -210,40 +322,39 @@ def log_step(cfg: TrainConfig, step: int, m: dict, parts: list[RolloutBatch], re
 
 
 def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTracker, pad_id: int,
-          eval_prompts: list, model_path: str) -> dict:
-    """Trains cfg.steps steps; returns the last step's metrics."""
-    rng = random.Random(cfg.seed)
-    inflight: deque[InFlight] = deque()
-    version, pending_loads = 0, []
-    health = RewardHealth(cfg.reward.fn, cfg.reward.max_error_fraction, cfg.reward.max_error_steps)
-    for step in range(1, cfg.steps + 1):
+          eval_prompts: list, model_path: str, loop: Loop) -> dict:
+    """Trains from loop.progress.step + 1 to cfg.steps; returns the last step's metrics."""
+    p, inflight, pending_loads, metrics = loop.progress, loop.inflight, [], {}
+    for step in range(p.step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         while len(inflight) < cfg.max_staleness + 1:  # keep generation ahead of the learner
-            inflight.append(submit_rollout(actors, stream.take(cfg.prompts_per_step), cfg.generation.group_size))
+            inflight.append(issue(cfg, actors, stream, cfg.prompts_per_step))
         parts, results, reward_s = collect(inflight.popleft())
         if cfg.dynamic_sampling:
             groups, fill, dyn = dynamic_sample(cfg, actors, stream, parts, results)
         else:
             groups, fill, dyn = to_groups(parts, results), [], {}
         t_wait = time.perf_counter() - t0
-        health.check(results)
-        metrics = {"step": step, **rollout_metrics(parts, results, groups + fill, version), **dyn}
+        loop.health.check(results)
+        metrics = {"step": step, **rollout_metrics(parts, results, groups + fill, p.version), **dyn}
         if metrics["staleness/max"] > cfg.max_staleness:  # the ordering argument above is broken
             raise RuntimeError(f"staleness {metrics['staleness/max']} over max_staleness={cfg.max_staleness}")
 
         l = cfg.learner
-        shards = train_shards(groups, fill, l.advantage, l.w_lambda, l.num_ranks, pad_id, rng)
+        shards = train_shards(groups, fill, l.advantage, l.w_lambda, l.num_ranks, pad_id, p.shard_rng)
         t1 = time.perf_counter()
         learner_metrics = ray.get([w.train_step.remote(s) for w, s in zip(actors.learners, shards)])[0]
         t_learn = time.perf_counter() - t1
+        check_finite(cfg, step, learner_metrics, p)
 
         t2 = time.perf_counter()
-        version += 1
-        state, load_s, pending_loads = publish_weights(actors, version, pending_loads)
+        p.step, p.version = step, p.version + 1
+        state, load_s, pending_loads = publish_weights(actors, p.version, pending_loads)
         metrics.update(learner_metrics)
         metrics.update({
-            "policy_version": version,
-            "timing/generate_s": max(p.generate_s for p in parts),
+            "policy_version": p.version,
+            "train/skipped_steps": p.skipped_total,
+            "timing/generate_s": max(x.generate_s for x in parts),
             "timing/reward_s": reward_s,
             "timing/wait_rollout_s": t_wait,
             "timing/learn_s": t_learn,
@@ -252,13 +363,39 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         })
         if eval_prompts and (step % cfg.eval.every == 0 or step == cfg.steps):
             ray.get(pending_loads)  # evaluate the weights this step produced
-            metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples, eval_max_tokens(cfg)))
+            metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples, eval_max_tokens(cfg), cfg.seed + step))
             logger.info("eval at step %d: accuracy %.3f", step, metrics["eval/accuracy"])
         save_every = cfg.tracking.save_every
         if step == cfg.steps or (save_every and step % save_every == 0):
             path = export_hf(assemble_weights(ray.get(state)), model_path, tracker.run_dir / "checkpoints" / f"step_{step}")
             logger.info("saved %s", path)
         tracker.log(metrics)
+        tracker.log_rollout_records(step, [r for g in groups for r in g.records(step, False)]
+                                    + [r for g in fill for r in g.records(step, True)])
         log_step(cfg, step, metrics, parts, results)
+        every = cfg.checkpoint.every
+        if loop.stop.name or step == cfg.steps or (every and step % every == 0):
+            logger.info("checkpoint %s", save_checkpoint(cfg, actors, tracker, stream, loop))
+        if loop.stop.name:
+            ray.get(pending_loads)
+            raise RunStopped(f"stopped by {loop.stop.name} after step {step}; continue with "
+                             f"`forkrl train --resume {tracker.run_dir}`")
     ray.get(pending_loads)
     return metrics
+
+
+def check_finite(cfg: TrainConfig, step: int, m: dict, p: Progress) -> None:
+    """A step whose update the learner refused (NaN / inf gradient norm) is counted and logged;
+    learner.max_skipped_steps of them in a row stop the run."""
+    if not m.get("train/nonfinite_updates"):
+        p.skipped_streak = 0
+        return
+    p.skipped_total += 1
+    p.skipped_streak += 1
+    loss = m.get("losses/loss", math.nan)
+    reason = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {m.get('losses/grad_norm')}"
+    logger.warning("step %d: %s, so no update was made (%d in a row)", step, reason, p.skipped_streak)
+    if p.skipped_streak >= cfg.learner.max_skipped_steps:
+        raise NonFiniteSteps(f"{p.skipped_streak} consecutive steps had a non-finite loss or gradient norm (last: "
+                             f"{reason} at step {step}; learner.max_skipped_steps={cfg.learner.max_skipped_steps}); "
+                             "lower learner.lr or check the reward for extreme values")

@@ -8,3 +8,11 @@ class ResourceError(RuntimeError):
 
 class NetworkError(RuntimeError):
     """The run cannot keep its promise about where it listens; the message says what to change."""
+
+
+class RunStopped(RuntimeError):
+    """The run was stopped by a signal after saving a checkpoint; the message says how to resume."""
+
+
+class NonFiniteSteps(RuntimeError):
+    """Too many consecutive steps had a NaN / inf loss or gradient norm."""

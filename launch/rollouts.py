@@ -28,6 +28,14 @@ class Group:
     correct: list[bool]  # (G,) the verifier's verdict
     verified: list[bool]  # (G,) False where verification timed out, raised or crashed
     policy_version: int
+    texts: tuple[str, ...] = ()  # (G,) decoded responses, for the run's rollout record
+    statuses: tuple[str, ...] = ()  # (G,) the verifier's status per response
+
+    def records(self, step: int, fill: bool) -> list[dict]:
+        """One JSON-able row per response: what `runs/NAME/rollouts/step_N.jsonl` holds."""
+        return [{"step": step, "prompt_id": self.prompt.uid, "prompt": self.prompt.text, "answer": self.prompt.answer,
+                 "response": t, "reward": r, "status": st, "policy_version": self.policy_version, "fill": fill}
+                for t, r, st in zip(self.texts, self.rewards, self.statuses)]
 
     def informative(self, estimator: str, w_lambda: float) -> bool:
         """Whether `estimator` gives any response of this group a non-zero advantage (DAPO drops
@@ -73,7 +81,8 @@ def to_groups(parts: list[RolloutBatch], results: list[RewardResult]) -> list[Gr
             rows = slice(j * g, (j + 1) * g)
             groups.append(Group(prompt, part.response_ids[rows], part.behaviour_logprobs[rows],
                                 [r.score for r in res], [r.status == CORRECT for r in res],
-                                [r.status not in FAILED for r in res], part.policy_version))
+                                [r.status not in FAILED for r in res], part.policy_version,
+                                tuple(part.response_text[rows]), tuple(r.status for r in res)))
         i += len(part)
     return groups
 

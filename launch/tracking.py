@@ -19,19 +19,69 @@ def wandb_mode(setting: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+class RunExists(ValueError):
+    """A new run was pointed at a directory that holds one; nothing in it is touched."""
+
+
+# Files whose presence means a run directory already holds a run.
+RUN_MARKERS = ("metrics.jsonl", "config.yaml", "state")
+
+
+def check_fresh(run_dir: Path) -> None:
+    """Refuse to start a new run in a directory that holds one (its metrics would be lost)."""
+    found = [m for m in RUN_MARKERS if (run_dir / m).exists()]
+    if found:
+        raise RunExists(f"{run_dir} already holds a run ({', '.join(found)}): continue it with "
+                        f"`forkrl train --resume {run_dir}`, or choose another tracking.name")
+
+
 class RunTracker:
-    def __init__(self, run_dir: Path, config: dict, name: str, project: str, mode: str):
-        self.run_dir = run_dir
+    """Writes config.yaml, metrics.jsonl, curves.png and rollouts/ in the run directory, and logs
+    to wandb. With `resume_step`, continues a run: metrics.jsonl keeps the steps up to the
+    checkpoint (later ones are trained again) and is appended to; wandb continues `wandb_id`."""
+
+    def __init__(self, run_dir: Path, config: dict, name: str, project: str, mode: str, *,
+                 log_rollouts: bool = True, resume_step: int | None = None, wandb_id: str | None = None):
+        self.run_dir, self.log_rollouts = run_dir, log_rollouts
+        self.history: list[dict] = []
+        if resume_step is None:
+            check_fresh(run_dir)
+        else:
+            self.history = self._truncate(run_dir / "metrics.jsonl", resume_step)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        self._metrics = open(run_dir / "metrics.jsonl", "w")
-        self.history: list[dict] = []
+        self._metrics = open(run_dir / "metrics.jsonl", "a")
         self.wandb = None
         mode = wandb_mode(mode)
         if mode != "disabled":
             import wandb
 
-            self.wandb = wandb.init(project=project, name=name, config=config, dir=str(run_dir), mode=mode)
+            self.wandb = wandb.init(project=project, name=name, config=config, dir=str(run_dir), mode=mode,
+                                    id=wandb_id, resume="allow" if wandb_id else None)
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self.wandb.id if self.wandb is not None else None
+
+    @staticmethod
+    def _truncate(path: Path, last_step: int) -> list[dict]:
+        """Keep the rows up to `last_step` (atomically); return them."""
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        rows = [r for r in rows if r["step"] <= last_step]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+        return rows
+
+    def log_rollout_records(self, step: int, records: list[dict]) -> None:
+        """rollouts/step_N.jsonl: every response trained at this step (written whole, then renamed)."""
+        if not self.log_rollouts:
+            return
+        out = self.run_dir / "rollouts" / f"step_{step}.jsonl"
+        out.parent.mkdir(exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, out)
 
     def log(self, metrics: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

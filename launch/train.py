@@ -11,12 +11,12 @@ from launch.config import TrainConfig
 from launch.network import prepare_local_ray
 
 
-def run(cfg: TrainConfig) -> Path:
-    """Train per `cfg`; returns the run directory."""
+def run(cfg: TrainConfig, resume: Path | None = None) -> Path:
+    """Train per `cfg` (continuing the run directory `resume`); returns the run directory."""
     prepare_local_ray(cfg)
     from launch.driver import run as drive
 
-    return drive(cfg)
+    return drive(cfg, resume)
 
 
 def main(argv: list[str] | None = None) -> int:

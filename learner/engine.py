@@ -220,7 +220,7 @@ class PolicyTrainer:
 
         rows_per_mini = len(shard) // self.minis_per_batch
         sums: dict[str, float] = {}
-        grad_norms, lrs = [], []
+        grad_norms, lrs, skipped = [], [], 0
         for _ in range(c.epochs):
             for mi in range(self.minis_per_batch):
                 lo, hi = mi * rows_per_mini, (mi + 1) * rows_per_mini
@@ -238,8 +238,8 @@ class PolicyTrainer:
                     self._accumulate(sums, stats)
                 grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
                 lrs.append(self.scheduler.get_last_lr()[0] if self.scheduler else c.lr)
-                self.updates += 1
-        metrics.update(self._update_metrics(sums, grad_norms, lrs))
+                skipped += self._count_update()
+        metrics.update(self._update_metrics(sums, grad_norms, lrs, skipped))
         metrics["timing/train_s"] = time.perf_counter() - t0  # the driver's timing/learn_s includes transfer
         return metrics
 
@@ -282,9 +282,9 @@ class PolicyTrainer:
         # One backward over every micro-batch's graph (DeepSpeed sees one accumulation step):
         # ZeRO-3's gradient hooks expect each forward phase to be followed by its own backward.
         self._backward(total)
-        self.updates += 1
+        skipped = self._count_update()
         metrics.update(self._update_metrics(sums, [float(self.engine.get_global_grad_norm() or 0.0)],
-                                            [self.scheduler.get_last_lr()[0] if self.scheduler else c.lr]))
+                                            [self.scheduler.get_last_lr()[0] if self.scheduler else c.lr], skipped))
         metrics["timing/train_s"] = time.perf_counter() - t0
         return metrics
 
@@ -312,7 +312,17 @@ class PolicyTrainer:
         for k, v in part.items():
             sums[k] = sums.get(k, 0.0) + v
 
-    def _update_metrics(self, sums: dict[str, float], grad_norms: list[float], lrs: list[float]) -> dict[str, float]:
+    def _count_update(self) -> int:
+        """After an optimizer boundary: 0 if the update was applied, 1 if DeepSpeed refused it.
+        DeepSpeed (any dtype) skips the update and clears the gradients when the global gradient
+        norm is NaN or inf, which a NaN or inf loss always causes; every rank sees the same norm."""
+        if self.engine.was_step_applied():
+            self.updates += 1
+            return 0
+        return 1
+
+    def _update_metrics(self, sums: dict[str, float], grad_norms: list[float], lrs: list[float],
+                        nonfinite: int) -> dict[str, float]:
         sums = reduce_named(sums, all_reduce_sum)
         passes, weight = self.updates_per_batch, max(sums["weight"], 1e-12)
         return {
@@ -328,6 +338,8 @@ class PolicyTrainer:
             "charts/lr": lrs[-1],
             "charts/optimizer_updates": self.updates,
             "train/skipped_no_signal": 0,
+            # updates refused for a NaN / inf gradient norm (the weights did not change)
+            "train/nonfinite_updates": nonfinite,
             "memory/learner_peak_gb": self.peak_memory_gb(),
         }
 
@@ -350,7 +362,8 @@ class PolicyTrainer:
                                 "losses/kept_entropy", "off_policy/is_weight_mean", "off_policy/is_truncated_fraction",
                                 "off_policy/log_ratio_max", "train/behaviour_logp_abs_diff")}
         out.update({"mask/kept_fraction": 0.0, "mask/kept_tokens": 0, "mask/scope_fraction": 0.0,
-                    "train/response_tokens": n, "train/skipped_no_signal": 1, "charts/optimizer_updates": self.updates,
+                    "train/response_tokens": n, "train/skipped_no_signal": 1, "train/nonfinite_updates": 0,
+                    "charts/optimizer_updates": self.updates,
                     "charts/lr": self.scheduler.get_last_lr()[0] if self.scheduler else self.cfg.lr,
                     "timing/score_s": 0.0, "timing/train_s": time.perf_counter() - t0,
                     "memory/learner_peak_gb": self.peak_memory_gb()})
@@ -438,6 +451,23 @@ class PolicyTrainer:
             "off_policy/log_ratio_max": peak.item(),
             "train/behaviour_logp_abs_diff": sums["abs"] / n,
         }
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def save_checkpoint(self, path: str) -> None:
+        """DeepSpeed's own checkpoint: every rank writes its model, optimizer and scheduler shards
+        under `path`/zero (collective; nothing is gathered to one process)."""
+        state = {"updates": self.updates, "mask_rng": self.generator.get_state()}
+        self.engine.save_checkpoint(path, tag="zero", client_state=state, save_latest=False)
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restores what `save_checkpoint` wrote; the ranks must be as many as when it was saved."""
+        loaded, state = self.engine.load_checkpoint(path, tag="zero", load_optimizer_states=True,
+                                                    load_lr_scheduler_states=True)
+        if loaded is None:
+            raise RuntimeError(f"{path}: no DeepSpeed checkpoint for rank {self.rank}")
+        self.updates = state["updates"]
+        self.generator.set_state(state["mask_rng"])
 
     # -- weights ---------------------------------------------------------------------------------
 

@@ -183,6 +183,22 @@ def test_a_batch_without_signal_is_skipped_on_every_rank(ray_local, tiny_model):
     assert all(torch.equal(state[k], w0[k]) for k in state)
 
 
+@pytest.mark.parametrize("extra", [(), ("learner.single_pass_max_tokens=0",)])
+def test_a_non_finite_update_is_refused_on_every_rank(ray_local, tiny_model, extra):
+    """One advantage is NaN (single pass and two-pass paths): the loss and gradient norm are not
+    finite, so no rank applies the update, the step says so, and the weights stay as they were."""
+    import ray
+    from safetensors.torch import load_file
+
+    prompts, resp, blp, adv = make_batch()
+    adv[1] = float("nan")
+    metrics, state = run_learners(ray, tiny_model, 2, 2, (prompts, resp, blp, adv), *extra)
+    assert [m["train/nonfinite_updates"] for m in metrics] == [1, 1]
+    assert metrics[0]["charts/optimizer_updates"] == 0
+    w0 = load_file(str(tiny_model / "model.safetensors"))
+    assert all(torch.equal(state[k], w0[k]) for k in state)
+
+
 @pytest.mark.parametrize("extra", [(), ("learner.entropy_coef=0.01", "learner.kl_coef=0.05")])
 def test_single_pass_equals_the_scoring_pass(ray_local, tiny_model, extra):
     """Holding each micro-batch's graph until the batch-wide mask is chosen (no scoring pass) is

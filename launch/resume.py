@@ -1,0 +1,143 @@
+"""Full checkpoints of a run and resuming from them.
+
+A checkpoint is `run_dir/state/step_N/`:
+- `zero/`: DeepSpeed's own checkpoint, every learner rank writing its model, optimizer and
+  scheduler shards (nothing is gathered into one process);
+- `driver.json`: the step, the policy version, the prompt stream's position, the ledger of
+  batches issued but not yet trained (sampled again on resume from the same prompts and seeds),
+  the driver's RNG states, the reward-health and skipped-step counters, and the wandb run id.
+It is written under a temporary name and renamed into place; `state/latest` names the newest
+complete one and is replaced last, so a crash at any moment leaves the previous checkpoint usable.
+The run's config is run_dir/config.yaml.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from launch.config import ConfigError, TrainConfig, load_config, to_dict
+
+STATE_DIR = "state"
+
+# Keys a resume may change: they cannot change what the run trains on or how.
+RESUMABLE = ("steps", "eval.", "tracking.wandb_mode", "tracking.wandb_project", "tracking.save_every",
+             "tracking.log_rollouts", "checkpoint.", "address", "cluster.", "generation.num_cpus", "reward.num_cpus",
+             "reward.num_actors", "reward.workers_per_actor", "learner.num_cpus", "learner.torch_threads",
+             "learner.max_skipped_steps", "reward.max_error_fraction", "reward.max_error_steps")
+
+
+@dataclass
+class DriverState:
+    step: int  # last trained step
+    version: int  # policy version after it
+    stream: dict  # PromptStream.state() after the last batch issued
+    pending: list  # [[batch number, prompt uids], ...]: issued but not trained, sampled again on resume
+    shard_rng: list  # random.Random state of the batch shuffler (JSON form)
+    skipped_total: int
+    skipped_streak: int
+    reward_streak: int
+    reward_first_error: str
+    wandb_id: str | None
+    num_ranks: int
+    python_rng: list
+    numpy_rng: list
+    torch_rng: list
+
+
+def rng_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def rng_from_json(state: list) -> tuple:
+    return state[0], tuple(state[1]), state[2]
+
+
+def process_rngs() -> dict:
+    """The driver's global Python, NumPy and torch RNG states, JSON-able."""
+    np_state = np.random.get_state()
+    return {"python_rng": rng_to_json(random.getstate()),
+            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch_rng": torch.get_rng_state().tolist()}
+
+
+def restore_process_rngs(state: DriverState) -> None:
+    random.setstate(rng_from_json(state.python_rng))
+    kind, keys, *rest = state.numpy_rng
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(state.torch_rng, dtype=torch.uint8))
+
+
+def save_driver_state(ckpt: Path, state: DriverState) -> None:
+    (ckpt / "driver.json").write_text(json.dumps(asdict(state)))
+
+
+def commit_checkpoint(run_dir: Path, tmp: Path, step: int, keep: int) -> Path:
+    """Rename a fully written checkpoint into place, point `latest` at it, drop the oldest."""
+    root = run_dir / STATE_DIR
+    final = root / f"step_{step}"
+    shutil.rmtree(final, ignore_errors=True)  # a step trained again after a resume
+    tmp.rename(final)
+    pointer = root / "latest.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, root / "latest")
+    done = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name.split("_")[1].isdigit()),
+                  key=lambda p: int(p.name.split("_")[1]))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def checkpoint_tmp(run_dir: Path, step: int) -> Path:
+    tmp = run_dir / STATE_DIR / f".step_{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[Path, DriverState]:
+    pointer = run_dir / STATE_DIR / "latest"
+    if not pointer.is_file():
+        raise ConfigError(f"--resume {run_dir}: no complete checkpoint ({pointer} is missing); "
+                          "checkpoints are written every checkpoint.every steps, at the end and when a run is stopped")
+    ckpt = run_dir / STATE_DIR / pointer.read_text().strip()
+    return ckpt, DriverState(**json.loads((ckpt / "driver.json").read_text()))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
+    """The run's saved config with `overrides` applied; refuses any change that would alter what
+    the run trains (the error names the key), and a step count it has already passed."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    saved = load_config(saved_path)
+    cfg = load_config(saved_path, overrides)
+    before, after = _flat(to_dict(saved)), _flat(to_dict(cfg))
+    changed = [k for k in after if after[k] != before.get(k)]
+    if "learner.num_ranks" in changed:
+        raise ConfigError(
+            f"learner.num_ranks: the checkpoint holds {before['learner.num_ranks']} ZeRO-3 rank(s)' optimizer shards; "
+            f"resuming on {after['learner.num_ranks']} needs DeepSpeed's universal-checkpoint conversion, which forkrl "
+            "does not run yet: resume with the same learner.num_ranks")
+    for key in changed:
+        if not any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE):
+            raise ConfigError(f"{key}: cannot change on --resume ({before.get(key)!r} -> {after[key]!r}); it would "
+                              f"change what the run trains. Keys a resume may change: {', '.join(r + '*' if r.endswith('.') else r for r in RESUMABLE)}")
+    _, state = latest_checkpoint(run_dir)
+    if cfg.steps <= state.step:
+        raise ConfigError(f"steps: the checkpoint is at step {state.step}; set steps above it to train further")
+    return cfg

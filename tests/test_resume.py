@@ -1,0 +1,160 @@
+"""Durable runs: full checkpoints, resume, never overwriting a run, a record of what was trained."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch.config import ConfigError
+from launch.data import PromptStream
+from launch.resume import commit_checkpoint, checkpoint_tmp, resume_config
+from launch.tracking import RunExists, check_fresh
+from tests.test_e2e import BIN, REPO, forkrl, read_metrics, tiny_args
+
+from actors.types import Prompt
+
+
+# ---- unit ---------------------------------------------------------------------------------------
+
+def test_prompt_stream_state_round_trips_across_epochs():
+    prompts = [Prompt(uid=i, token_ids=[i], answer="") for i in range(7)]
+    a = PromptStream(prompts, seed=3)
+    a.take(5)
+    state = json.loads(json.dumps(a.state()))  # what a checkpoint stores
+    b = PromptStream(prompts, seed=99)
+    b.restore(state)
+    assert [p.uid for p in a.take(12)] == [p.uid for p in b.take(12)]  # crosses an epoch reshuffle
+    assert a.issued == b.issued == 2
+
+
+def test_commit_is_atomic_points_latest_and_keeps_the_newest(tmp_path):
+    for step in (2, 4, 6):
+        tmp = checkpoint_tmp(tmp_path, step)
+        (tmp / "driver.json").write_text("{}")
+        commit_checkpoint(tmp_path, tmp, step, keep=2)
+    state = tmp_path / "state"
+    assert sorted(p.name for p in state.iterdir()) == ["latest", "step_4", "step_6"]
+    assert (state / "latest").read_text() == "step_6"
+    checkpoint_tmp(tmp_path, 8)  # a crash while step 8 is written: latest still names step 6
+    assert (state / "latest").read_text() == "step_6" and not (state / "step_8").exists()
+
+
+def test_check_fresh_refuses_a_directory_holding_a_run(tmp_path):
+    check_fresh(tmp_path / "new")
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(RunExists, match="--resume"):
+        check_fresh(tmp_path)
+
+
+def fake_run(tmp_path, step=2):
+    from launch.config import load_config, to_dict
+
+    cfg = load_config(REPO / "configs/tiny.yaml", ["steps=4"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    ckpt = tmp_path / "state" / f"step_{step}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "driver.json").write_text(json.dumps({
+        "step": step, "version": step, "stream": {}, "pending": [], "shard_rng": [], "skipped_total": 0,
+        "skipped_streak": 0, "reward_streak": 0, "reward_first_error": "", "wandb_id": None, "num_ranks": 2,
+        "python_rng": [], "numpy_rng": [], "torch_rng": []}))
+    (tmp_path / "state" / "latest").write_text(ckpt.name)
+    return tmp_path
+
+
+def test_resume_allows_harmless_overrides_and_names_any_other(tmp_path):
+    run = fake_run(tmp_path)
+    cfg = resume_config(run, ["steps=8", "eval.every=2", "tracking.wandb_mode=disabled", "reward.num_cpus=0.5"])
+    assert cfg.steps == 8 and cfg.eval.every == 2
+    with pytest.raises(ConfigError, match=r"^learner.lr: cannot change on --resume"):
+        resume_config(run, ["steps=8", "learner.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"^learner.num_ranks: .*universal"):
+        resume_config(run, ["steps=8", "learner.num_ranks=1"])
+    with pytest.raises(ConfigError, match=r"^steps: the checkpoint is at step 2"):
+        resume_config(run, ["steps=2"])
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        (run / "state" / "latest").unlink()
+        resume_config(run, ["steps=8"])
+
+
+# ---- end to end ---------------------------------------------------------------------------------
+
+def rollout_rows(run_dir: Path) -> dict[int, list[dict]]:
+    out = {}
+    for f in sorted((run_dir / "rollouts").glob("step_*.jsonl")):
+        out[int(f.stem.split("_")[1])] = [json.loads(line) for line in f.read_text().splitlines()]
+    return out
+
+
+# Overlong shaping scores responses by length, so every step has signal (a reward the random
+# model never earns would make every step a skipped one and the comparison empty).
+SYNC = ["max_staleness=0", "learner.num_ranks=2", "tracking.wandb_mode=disabled", "reward.overlong_weight=1.0",
+        "reward.overlong_cache=4"]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_model, yes_data, tmp_path_factory):
+    """The reference: 4 steps without interruption."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=4", *SYNC)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.e2e
+def test_two_steps_then_resume_trains_what_four_straight_steps_train(straight, tiny_model, yes_data, tmp_path):
+    run_dir = tmp_path / "run"
+    first = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=2", *SYNC)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=4", *SYNC)  # not a resume: refused
+    assert again.returncode == 2 and "--resume" in again.stderr.strip().splitlines()[-1]
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]  # untouched
+    res = subprocess.run([str(BIN / "forkrl"), "train", "--resume", str(run_dir), "steps=4"], cwd=REPO,
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "WANDB_SILENT": "true"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = read_metrics(straight), read_metrics(run_dir)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]  # appended, no step twice
+    ra, rb = rollout_rows(straight), rollout_rows(run_dir)
+    for step in (1, 2, 3, 4):  # the same prompts in the same order, the same sampled responses
+        assert [(r["prompt_id"], r["response"]) for r in ra[step]] == [(r["prompt_id"], r["response"]) for r in rb[step]]
+    for x, y in zip(a, b):
+        assert x["reward/mean"] == pytest.approx(y["reward/mean"])
+        for key in ("losses/loss", "losses/grad_norm"):  # None: a step without signal, skipped in both
+            assert (x[key] is None) == (y[key] is None), key
+            if x[key] is not None:
+                assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
+    assert any(r["losses/loss"] is not None for r in b[2:]), "the resumed steps trained nothing: a weak check"
+    assert (run_dir / "state" / "latest").read_text() == "step_4"
+
+
+@pytest.mark.e2e
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_loses_no_prompt(straight, tiny_model, yes_data, tmp_path):
+    """With generation one batch ahead (max_staleness=1), SIGTERM after step 1: the run finishes
+    that step, checkpoints and stops; the resumed run samples the in-flight batch again, so the
+    prompts trained at each step are exactly those of the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
+                             "steps=4", "max_staleness=1", "learner.num_ranks=2", "tracking.wandb_mode=disabled"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "WANDB_SILENT": "true"})
+    deadline = time.time() + 600
+    while not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "metrics.jsonl").read_text().strip():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=600)[1]
+    assert proc.returncode == 1, err[-3000:]
+    assert "forkrl: error: stopped by SIGTERM after step" in err and "--resume" in err, err[-3000:]
+    stopped_at = len(read_metrics(run_dir))
+    assert stopped_at < 4 and (run_dir / "state" / "latest").read_text() == f"step_{stopped_at}"
+    res = subprocess.run([str(BIN / "forkrl"), "train", "--resume", str(run_dir)], cwd=REPO, capture_output=True,
+                         text=True, timeout=900, env={**os.environ, "WANDB_SILENT": "true"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4]
+    ra, rb = rollout_rows(straight), rollout_rows(run_dir)
+    assert [[r["prompt_id"] for r in ra[s]] for s in (1, 2, 3, 4)] == [[r["prompt_id"] for r in rb[s]] for s in (1, 2, 3, 4)]
+    row = rb[1][0]
+    assert set(row) >= {"prompt_id", "prompt", "response", "reward", "status", "policy_version"}
