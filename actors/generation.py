@@ -89,6 +89,10 @@ class GenerationWorker:
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
         return [o.text for out in outs for o in out.outputs], self.version
 
+    def policy_version(self) -> int:
+        """The version of the weights loaded (0: the initial ones, as after a restart)."""
+        return self.version
+
     def load_weights(self, version: int, *shards: WeightShard) -> float:
         """Assemble every learner rank's shard into full HF-named weights and load them in place
         (vLLM repacks them for its kernels); returns seconds."""

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     args = _parser().parse_args(args_list)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from launch.data import DataError
-    from launch.errors import NetworkError, NonFiniteSteps, ResourceError, RunStopped
+    from launch.errors import ActorFailures, NetworkError, NonFiniteSteps, ResourceError, RunStopped
     from launch.rollouts import RewardFailure
 
     try:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     except (ConfigError, DataError, ResourceError, NetworkError, FileNotFoundError, ValueError) as e:
         print(f"forkrl: error: {e}", file=sys.stderr)
         return 2
-    except (RewardFailure, NonFiniteSteps, RunStopped) as e:  # the run started and stopped; its files are kept
+    except (RewardFailure, NonFiniteSteps, RunStopped, ActorFailures) as e:  # the run started and stopped; its files are kept
         print(f"forkrl: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -219,6 +219,13 @@ class TrackingConfig:
 
 
 @dataclass
+class FaultConfig:
+    max_actor_restarts: int = 3
+    """Generation / reward actor failures survived per run (Ray restarts the actor; its batch is sampled
+    again); one more stops the run with the cause."""
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 0
     """Full checkpoint (every rank's ZeRO-3 shards, optimizer, driver state) every this many steps; 0 = only
@@ -260,6 +267,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -324,6 +332,7 @@ def validate(c: TrainConfig) -> None:
     _check(c.tracking.save_every >= 0, "tracking.save_every", "must be >= 0")
     _check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
     _check(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+    _check(c.fault.max_actor_restarts >= 0, "fault.max_actor_restarts", "must be >= 0")
     _check(l.max_skipped_steps >= 1, "learner.max_skipped_steps", "must be >= 1")
 
 

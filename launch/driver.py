@@ -16,17 +16,18 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from actors.types import RolloutBatch
 from launch.checkpoint import export_hf
 from launch.config import TrainConfig, to_dict
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.models import resolve_model_path
-from launch.errors import NonFiniteSteps, RunStopped
+from launch.errors import ActorFailures, NonFiniteSteps, RunStopped
 from launch.network import check_node_address, local_ray
 from launch.resume import (DriverState, checkpoint_tmp, commit_checkpoint, latest_checkpoint, process_rngs,
                            restore_process_rngs, rng_from_json, rng_to_json, save_driver_state)
@@ -48,7 +49,24 @@ class InFlight:
     rollouts: list  # ObjectRef[RolloutBatch], one per generation actor
     scores: list  # ObjectRef[(list[RewardResult], seconds)], per reward actor slice
     batch: int  # the batch's number in the prompt stream (its sampling seeds derive from it)
-    uids: list[int]  # its prompts, for the ledger of issued-but-untrained prompts
+    prompts: list  # its prompts: the ledger of issued-but-untrained prompts, resubmitted after a failure
+    version: int  # the policy version published when it was submitted: no healthy generator answers older
+    epoch: int  # Faults.epoch at submission: a failure seen after a later recovery was already counted
+
+
+@dataclass
+class Faults:
+    """Actor failures so far, and what recovering from one needs: the latest published weights."""
+
+    max_restarts: int
+    restarts: int = 0
+    resubmitted_prompts: int = 0
+    epoch: int = 0  # recoveries so far
+    version: int = 0  # the latest published policy version
+    shards: list = field(default_factory=list)  # its weight shards (ObjectRefs)
+
+    def metrics(self) -> dict:
+        return {"fault/actor_restarts": self.restarts, "fault/resubmitted_prompts": self.resubmitted_prompts}
 
 
 def sample_seed(run_seed: int, batch: int, part: int) -> int:
@@ -57,7 +75,7 @@ def sample_seed(run_seed: int, batch: int, part: int) -> int:
     return random.Random(f"{run_seed}/{batch}/{part}").getrandbits(62)
 
 
-def submit_rollout(cfg: TrainConfig, actors: Actors, prompts: list, batch: int) -> InFlight:
+def submit_rollout(cfg: TrainConfig, actors: Actors, prompts: list, batch: int, faults: Faults) -> InFlight:
     k, group_size = len(actors.generators), cfg.generation.group_size
     rollouts = [gen.generate.remote(prompts[j::k], sample_seed(cfg.seed, batch, j))
                 for j, gen in enumerate(actors.generators) if prompts[j::k]]
@@ -68,12 +86,12 @@ def submit_rollout(cfg: TrainConfig, actors: Actors, prompts: list, batch: int) 
         for i, rw in enumerate(actors.rewards):
             if i * per < n:  # the rollout ref is resolved inside the reward actor: no driver hop
                 scores.append(rw.score_rollout.remote(ref, i * per, min(n, (i + 1) * per)))
-    return InFlight(rollouts, scores, batch, [p.uid for p in prompts])
+    return InFlight(rollouts, scores, batch, list(prompts), faults.version, faults.epoch)
 
 
-def issue(cfg: TrainConfig, actors: Actors, stream: PromptStream, n_prompts: int) -> InFlight:
+def issue(cfg: TrainConfig, actors: Actors, stream: PromptStream, n_prompts: int, faults: Faults) -> InFlight:
     prompts = stream.take(n_prompts)
-    return submit_rollout(cfg, actors, prompts, stream.issued)
+    return submit_rollout(cfg, actors, prompts, stream.issued, faults)
 
 
 def rollout_metrics(parts: list[RolloutBatch], results, groups: list[Group], version: int) -> dict:
@@ -98,13 +116,59 @@ def rollout_metrics(parts: list[RolloutBatch], results, groups: list[Group], ver
     return out
 
 
-def collect(batch: InFlight) -> tuple[list[RolloutBatch], list[RewardResult], float]:
-    """Wait for a batch: its parts, the reward results in response order, the slowest scoring time."""
-    parts, scored = ray.get(batch.rollouts), ray.get(batch.scores)
-    return parts, [r for res, _ in scored for r in res], max(s for _, s in scored)
+def collect(cfg: TrainConfig, actors: Actors, batch: InFlight, faults: Faults
+            ) -> tuple[list[RolloutBatch], list[RewardResult], float]:
+    """Wait for a batch: its parts, the reward results in response order, the slowest scoring time.
+
+    A generation or reward actor that died on the way (Ray restarts it, up to
+    fault.max_actor_restarts) loses the whole batch: the restarted generators get the latest
+    weights, and the batch's prompts are sampled again with the same seeds, so no prompt is lost
+    or trained twice and no failed response enters training."""
+    while True:
+        try:
+            parts, scored = ray.get(batch.rollouts), ray.get(batch.scores)
+            if all(p.policy_version >= batch.version for p in parts):
+                return parts, [r for res, _ in scored for r in res], max(s for _, s in scored)
+            cause = "a generator answered with its initial weights: it was restarted"
+        except (RayActorError, ActorUnavailableError) as e:
+            cause = str(e).strip().splitlines()[0]
+        if batch.epoch == faults.epoch:  # a new failure, not one already recovered from
+            faults.restarts += 1
+            if faults.restarts > cfg.fault.max_actor_restarts:
+                raise ActorFailures(f"{faults.restarts} actor failures, over fault.max_actor_restarts="
+                                    f"{cfg.fault.max_actor_restarts}; last: {cause}")
+            logger.warning("actor failure (%s): restoring weights, sampling batch %d again", cause, batch.batch)
+            refresh_generators(actors, faults)
+        faults.resubmitted_prompts += len(batch.prompts)
+        batch = submit_rollout(cfg, actors, batch.prompts, batch.batch, faults)
 
 
-def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts: list, results: list):
+def answer_when_up(method, timeout_s: float = 900.0):
+    """Call an actor method, waiting while Ray restarts the actor (it answers 'unavailable' then);
+    an actor that is gone for good, or not back within `timeout_s`, stops the run."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(method.remote())
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise ActorFailures(f"an actor did not come back within {timeout_s:.0f}s of failing") from None
+            time.sleep(1.0)
+        except RayActorError as e:
+            raise ActorFailures(f"an actor is gone for good: {str(e).strip().splitlines()[0]}") from None
+
+
+def refresh_generators(actors: Actors, faults: Faults) -> None:
+    """Give every generator that lags the latest policy version (a restarted one starts from the
+    initial weights) those weights; waits until all answer (Ray restarts them meanwhile)."""
+    versions = [answer_when_up(g.policy_version) for g in actors.generators]
+    stale = [g for g, v in zip(actors.generators, versions) if v < faults.version]
+    ray.get([g.load_weights.remote(faults.version, *faults.shards) for g in stale])
+    faults.epoch += 1
+
+
+def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts: list, results: list,
+                   faults: Faults):
     """DAPO dynamic sampling: keep groups the advantage estimator gives signal to and sample more
     prompts until the batch is full or `dynamic_sampling_max_rounds` rounds ran. Extends `parts`
     and `results` in place, so the step's reward metrics cover every response sampled.
@@ -115,7 +179,7 @@ def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts
         (good if g.informative(l.advantage, l.w_lambda) else dull).append(g)
     rounds = 1
     while len(good) < need and rounds < cfg.dynamic_sampling_max_rounds:
-        more_parts, more_results, _ = collect(issue(cfg, actors, stream, need))
+        more_parts, more_results, _ = collect(cfg, actors, issue(cfg, actors, stream, need, faults), faults)
         parts += more_parts
         results += more_results
         for g in to_groups(more_parts, more_results):
@@ -212,10 +276,11 @@ def run(cfg: TrainConfig, resume: Path | None = None) -> Path:
             tracker.log(baseline)
             logger.info("eval at step 0 (before training): accuracy %.3f", baseline["eval/accuracy"])
         by_uid = {p.uid: p for p in prompts}
-        inflight = deque(submit_rollout(cfg, actors, [by_uid[u] for u in uids], batch) for batch, uids in pending)
+        faults = Faults(cfg.fault.max_actor_restarts, version=progress.version)
+        inflight = deque(submit_rollout(cfg, actors, [by_uid[u] for u in uids], batch, faults) for batch, uids in pending)
         with StopSignal() as stop:
             final = _loop(cfg, actors, stream, tracker, pad_id, eval_prompts, model_path,
-                          Loop(progress, health, inflight, stop))
+                          Loop(progress, health, inflight, stop, faults))
     finally:
         tracker.close()
     if baseline and "eval/accuracy" in final:
@@ -241,6 +306,7 @@ class Loop:
     health: RewardHealth
     inflight: deque  # InFlight batches, oldest first
     stop: "StopSignal"
+    faults: Faults
 
 
 class StopSignal:
@@ -290,7 +356,7 @@ def save_checkpoint(cfg: TrainConfig, actors: Actors, tracker: RunTracker, strea
     ray.get([w.save_checkpoint.remote(str(tmp)) for w in actors.learners])
     save_driver_state(tmp, DriverState(
         step=p.step, version=p.version, stream=stream.state(),
-        pending=[[b.batch, b.uids] for b in loop.inflight], shard_rng=rng_to_json(p.shard_rng.getstate()),
+        pending=[[b.batch, [p.uid for p in b.prompts]] for b in loop.inflight], shard_rng=rng_to_json(p.shard_rng.getstate()),
         skipped_total=p.skipped_total, skipped_streak=p.skipped_streak, reward_streak=loop.health.streak,
         reward_first_error=loop.health.first_error, wandb_id=tracker.wandb_id, num_ranks=len(actors.learners),
         **process_rngs()))
@@ -305,7 +371,10 @@ def publish_weights(actors: Actors, version: int, previous_loads: list):
     waiting on the new ones would stall behind in-flight generation) and the new loads' futures."""
     shards = [w.weight_shard.remote() for w in actors.learners]
     ray.wait(shards, num_returns=len(shards))
-    load_s = max(ray.get(previous_loads), default=0.0)
+    try:
+        load_s = max(ray.get(previous_loads), default=0.0)
+    except (RayActorError, ActorUnavailableError):  # a generator died: collect() finds and restores it
+        load_s = 0.0
     return shards, load_s, [gen.load_weights.remote(version, *shards) for gen in actors.generators]
 
 
@@ -328,10 +397,10 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
     for step in range(p.step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         while len(inflight) < cfg.max_staleness + 1:  # keep generation ahead of the learner
-            inflight.append(issue(cfg, actors, stream, cfg.prompts_per_step))
-        parts, results, reward_s = collect(inflight.popleft())
+            inflight.append(issue(cfg, actors, stream, cfg.prompts_per_step, loop.faults))
+        parts, results, reward_s = collect(cfg, actors, inflight.popleft(), loop.faults)
         if cfg.dynamic_sampling:
-            groups, fill, dyn = dynamic_sample(cfg, actors, stream, parts, results)
+            groups, fill, dyn = dynamic_sample(cfg, actors, stream, parts, results, loop.faults)
         else:
             groups, fill, dyn = to_groups(parts, results), [], {}
         t_wait = time.perf_counter() - t0
@@ -343,14 +412,16 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         l = cfg.learner
         shards = train_shards(groups, fill, l.advantage, l.w_lambda, l.num_ranks, pad_id, p.shard_rng)
         t1 = time.perf_counter()
-        learner_metrics = ray.get([w.train_step.remote(s) for w, s in zip(actors.learners, shards)])[0]
+        learner_metrics = train_step(actors, shards, tracker.run_dir)
         t_learn = time.perf_counter() - t1
         check_finite(cfg, step, learner_metrics, p)
 
         t2 = time.perf_counter()
         p.step, p.version = step, p.version + 1
         state, load_s, pending_loads = publish_weights(actors, p.version, pending_loads)
+        loop.faults.version, loop.faults.shards = p.version, state
         metrics.update(learner_metrics)
+        metrics.update(loop.faults.metrics())
         metrics.update({
             "policy_version": p.version,
             "train/skipped_steps": p.skipped_total,
@@ -362,7 +433,7 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
             "timing/step_s": time.perf_counter() - t0,
         })
         if eval_prompts and (step % cfg.eval.every == 0 or step == cfg.steps):
-            ray.get(pending_loads)  # evaluate the weights this step produced
+            wait_loads(pending_loads)  # evaluate the weights this step produced
             metrics.update(evaluate(actors, eval_prompts, cfg.eval.samples, eval_max_tokens(cfg), cfg.seed + step))
             logger.info("eval at step %d: accuracy %.3f", step, metrics["eval/accuracy"])
         save_every = cfg.tracking.save_every
@@ -377,11 +448,29 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         if loop.stop.name or step == cfg.steps or (every and step % every == 0):
             logger.info("checkpoint %s", save_checkpoint(cfg, actors, tracker, stream, loop))
         if loop.stop.name:
-            ray.get(pending_loads)
+            wait_loads(pending_loads)
             raise RunStopped(f"stopped by {loop.stop.name} after step {step}; continue with "
                              f"`forkrl train --resume {tracker.run_dir}`")
-    ray.get(pending_loads)
+    wait_loads(pending_loads)
     return metrics
+
+
+def wait_loads(loads: list) -> None:
+    try:
+        ray.get(loads)
+    except (RayActorError, ActorUnavailableError):  # a generator died; collect() restores it before it samples
+        pass
+
+
+def train_step(actors: Actors, shards: list, run_dir: Path) -> dict:
+    """One step on every learner rank. A rank that dies cannot be replaced in place under ZeRO-3
+    (its shards are gone with it): the run stops and says how to resume."""
+    try:
+        return ray.get([w.train_step.remote(s) for w, s in zip(actors.learners, shards)])[0]
+    except RayActorError as e:
+        rank = next((i for i, w in enumerate(actors.learners) if w._actor_id == getattr(e, "actor_id", None)), "?")
+        raise ActorFailures(f"learner rank {rank} died ({str(e).strip().splitlines()[0]}); ZeRO-3 cannot replace a "
+                            f"rank in place: continue from the latest checkpoint with `forkrl train --resume {run_dir}`") from None
 
 
 def check_finite(cfg: TrainConfig, step: int, m: dict, p: Progress) -> None:

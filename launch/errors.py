@@ -16,3 +16,7 @@ class RunStopped(RuntimeError):
 
 class NonFiniteSteps(RuntimeError):
     """Too many consecutive steps had a NaN / inf loss or gradient norm."""
+
+
+class ActorFailures(RuntimeError):
+    """Actors failed more often than fault.max_actor_restarts allows, or a learner rank died."""

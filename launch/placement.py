@@ -42,13 +42,15 @@ def check_resources(cfg) -> None:
 
 def launch_generators(cfg, model_path: str) -> list:
     g = cfg.generation
-    Gen = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus)(GenerationWorker)
+    # Ray restarts a dead generator or reward actor (same arguments); the driver gives it the
+    # current weights and samples the lost batch again (launch/driver.py, collect).
+    Gen = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=cfg.fault.max_actor_restarts)(GenerationWorker)
     env = dict(GEN_ENV, **actor_env(cfg))
     return [Gen.options(runtime_env={"env_vars": env}).remote(g, model_path, cfg.seed + i) for i in range(g.num_actors)]
 
 
 def launch_rewards(cfg) -> list:
-    Rew = ray.remote(num_cpus=cfg.reward.num_cpus)(RewardWorker)
+    Rew = ray.remote(num_cpus=cfg.reward.num_cpus, max_restarts=cfg.fault.max_actor_restarts)(RewardWorker)
     return [Rew.remote(cfg.reward, cfg.generation.max_new_tokens) for _ in range(cfg.reward.num_actors)]
 
 

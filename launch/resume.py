@@ -30,7 +30,7 @@ STATE_DIR = "state"
 RESUMABLE = ("steps", "eval.", "tracking.wandb_mode", "tracking.wandb_project", "tracking.save_every",
              "tracking.log_rollouts", "checkpoint.", "address", "cluster.", "generation.num_cpus", "reward.num_cpus",
              "reward.num_actors", "reward.workers_per_actor", "learner.num_cpus", "learner.torch_threads",
-             "learner.max_skipped_steps", "reward.max_error_fraction", "reward.max_error_steps")
+             "learner.max_skipped_steps", "reward.max_error_fraction", "reward.max_error_steps", "fault.")
 
 
 @dataclass

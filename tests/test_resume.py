@@ -158,3 +158,32 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_loses_no_prompt(straight
     assert [[r["prompt_id"] for r in ra[s]] for s in (1, 2, 3, 4)] == [[r["prompt_id"] for r in rb[s]] for s in (1, 2, 3, 4)]
     row = rb[1][0]
     assert set(row) >= {"prompt_id", "prompt", "response", "reward", "status", "policy_version"}
+
+
+@pytest.mark.e2e
+def test_a_killed_generation_actor_is_restarted_and_its_batch_sampled_again(straight, tiny_model, yes_data, tmp_path):
+    """SIGKILL the vLLM actor after step 1 (two batches are queued on it): Ray restarts it, the
+    driver gives it the current weights and samples the lost batches again from the same prompts,
+    so every step trains exactly the prompts of the uninterrupted run, none lost or doubled."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
+                             "steps=4", "max_staleness=1", "learner.num_ranks=2", "tracking.wandb_mode=disabled"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "WANDB_SILENT": "true"})
+    deadline = time.time() + 600
+    while not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "metrics.jsonl").read_text().strip():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
+    gens = [p for p in psutil.Process(proc.pid).children(recursive=True) if "GenerationWorker" in p.name()]
+    assert len(gens) == 1, [p.name() for p in psutil.Process(proc.pid).children(recursive=True)]
+    gens[0].kill()
+    err = proc.communicate(timeout=900)[1]
+    assert proc.returncode == 0, err[-3000:]
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["fault/actor_restarts"] == 1 and rows[-1]["fault/resubmitted_prompts"] >= 1
+    ra, rb = rollout_rows(straight), rollout_rows(run_dir)
+    assert [[r["prompt_id"] for r in ra[s]] for s in (1, 2, 3, 4)] == [[r["prompt_id"] for r in rb[s]] for s in (1, 2, 3, 4)]
+    assert all(r["status"] not in ("error", "timeout", "crashed") for s in rb for r in rb[s])
