@@ -23,7 +23,7 @@ class LearnerWorker:
         return f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}"
 
     def setup(self, *, rendezvous: str, model_path: str, temperature: float, max_new_tokens: int,
-              max_prompt_tokens: int, batch_size: int, seed: int) -> None:
+              max_prompt_tokens: int, batch_size: int, seed: int, load_universal: bool = False) -> None:
         """Joins the process group at `rendezvous` (a torch init_method URL: tcp:// hosted by rank 0,
         or file:// when every rank is on this node, which opens no socket) and builds the trainer."""
         import deepspeed
@@ -38,7 +38,8 @@ class LearnerWorker:
         from learner.engine import PolicyTrainer
 
         self.trainer = PolicyTrainer(self.cfg, model_path, temperature=temperature, max_new_tokens=max_new_tokens,
-                                     max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, seed=seed)
+                                     max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, seed=seed,
+                                     load_universal=load_universal)
 
     def train_step(self, shard: TrainShard) -> dict:
         return self.trainer.train_step(shard)

@@ -30,7 +30,7 @@ from launch.models import resolve_model_path
 from launch.errors import ActorFailures, NonFiniteSteps, RunStopped
 from launch.network import check_node_address, local_ray
 from launch.resume import (DriverState, checkpoint_tmp, commit_checkpoint, latest_checkpoint, process_rngs,
-                           restore_process_rngs, rng_from_json, rng_to_json, save_driver_state)
+                           restore_process_rngs, rng_from_json, rng_to_json, save_driver_state, to_universal)
 from launch.placement import Actors, check_resources, launch_actors
 from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, to_groups, train_shards
 from launch.tracking import RunTracker, check_fresh
@@ -254,7 +254,12 @@ def run(cfg: TrainConfig, resume: Path | None = None) -> Path:
     check_node_address(cfg)
     check_resources(cfg)
     t_start = time.perf_counter()
-    actors = launch_actors(cfg, model_path)
+    reshard = bool(saved) and saved.num_ranks != cfg.learner.num_ranks
+    if reshard:
+        logger.info("resuming %d rank(s) on %d: converting %s to a universal checkpoint", saved.num_ranks,
+                    cfg.learner.num_ranks, ckpt)
+        to_universal(ckpt)
+    actors = launch_actors(cfg, model_path, load_universal=reshard)
     logger.info("actors ready in %.1fs: %d generation, %d reward, %d learner rank(s)", time.perf_counter() - t_start,
                 len(actors.generators), len(actors.rewards), len(actors.learners))
     tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode,

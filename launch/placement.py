@@ -54,8 +54,9 @@ def launch_rewards(cfg) -> list:
     return [Rew.remote(cfg.reward, cfg.generation.max_new_tokens) for _ in range(cfg.reward.num_actors)]
 
 
-def launch_learners(cfg, model_path: str) -> list:
-    """Start the ranks and form their torch.distributed group (rank 0 hosts the rendezvous)."""
+def launch_learners(cfg, model_path: str, load_universal: bool = False) -> list:
+    """Start the ranks and form their torch.distributed group (rank 0 hosts the rendezvous).
+    `load_universal`: they will load a universal checkpoint (a resume on another number of ranks)."""
     l, g = cfg.learner, cfg.generation
     Lrn = ray.remote(num_cpus=l.num_cpus, num_gpus=l.num_gpus)(LearnerWorker)
     env = dict(LEARNER_ENV, **actor_env(cfg), **({"OMP_NUM_THREADS": str(l.torch_threads)} if l.torch_threads else {}))
@@ -66,11 +67,11 @@ def launch_learners(cfg, model_path: str) -> list:
     batch = cfg.prompts_per_step * g.group_size
     ray.get([w.setup.remote(rendezvous=rendezvous, model_path=model_path, temperature=g.temperature,
                             max_new_tokens=g.max_new_tokens, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                            batch_size=batch, seed=cfg.seed) for w in ranks])
+                            batch_size=batch, seed=cfg.seed, load_universal=load_universal) for w in ranks])
     return ranks
 
 
-def launch_actors(cfg, model_path: str) -> Actors:
+def launch_actors(cfg, model_path: str, load_universal: bool = False) -> Actors:
     # Generation and reward actors start loading while the learner group forms.
     gens, rews = launch_generators(cfg, model_path), launch_rewards(cfg)
-    return Actors(gens, rews, launch_learners(cfg, model_path))
+    return Actors(gens, rews, launch_learners(cfg, model_path, load_universal))

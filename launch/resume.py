@@ -16,6 +16,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +33,11 @@ RESUMABLE = ("steps", "eval.", "tracking.wandb_mode", "tracking.wandb_project", 
              "tracking.log_rollouts", "checkpoint.", "address", "cluster.", "generation.num_cpus", "reward.num_cpus",
              "reward.num_actors", "reward.workers_per_actor", "learner.num_cpus", "learner.torch_threads",
              "learner.max_skipped_steps", "reward.max_error_fraction", "reward.max_error_steps", "fault.")
+
+
+# Keys a resume may change by converting the checkpoint to DeepSpeed's universal format, which
+# no longer depends on how many ranks wrote it; micro_batch_size must be able to follow the ranks.
+RESHARDABLE = ("learner.num_ranks", "learner.num_gpus", "learner.micro_batch_size")
 
 
 @dataclass
@@ -111,6 +118,26 @@ def latest_checkpoint(run_dir: Path) -> tuple[Path, DriverState]:
     return ckpt, DriverState(**json.loads((ckpt / "driver.json").read_text()))
 
 
+def to_universal(ckpt: Path) -> Path:
+    """Convert a checkpoint's per-rank ZeRO-3 shards (model, optimizer) into DeepSpeed's universal
+    format, which any number of ranks can load: ckpt/universal, written once, atomically. Runs
+    DeepSpeed's own converter; it reads every shard, in this process's memory, once."""
+    out = ckpt / "universal"
+    if out.is_dir():
+        return out
+    tmp = ckpt / ".universal.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    res = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                          str(ckpt / "zero"), "--output_folder", str(tmp), "--num_extract_workers", "1",
+                          "--num_merge_workers", "1"], capture_output=True, text=True)
+    if res.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"learner.num_ranks: converting {ckpt} to a universal checkpoint failed: {tail}")
+    tmp.rename(out)
+    return out
+
+
 def _flat(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
@@ -128,12 +155,9 @@ def resume_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
     cfg = load_config(saved_path, overrides)
     before, after = _flat(to_dict(saved)), _flat(to_dict(cfg))
     changed = [k for k in after if after[k] != before.get(k)]
-    if "learner.num_ranks" in changed:
-        raise ConfigError(
-            f"learner.num_ranks: the checkpoint holds {before['learner.num_ranks']} ZeRO-3 rank(s)' optimizer shards; "
-            f"resuming on {after['learner.num_ranks']} needs DeepSpeed's universal-checkpoint conversion, which forkrl "
-            "does not run yet: resume with the same learner.num_ranks")
     for key in changed:
+        if key in RESHARDABLE:  # through DeepSpeed's universal checkpoint (to_universal)
+            continue
         if not any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE):
             raise ConfigError(f"{key}: cannot change on --resume ({before.get(key)!r} -> {after[key]!r}); it would "
                               f"change what the run trains. Keys a resume may change: {', '.join(r + '*' if r.endswith('.') else r for r in RESUMABLE)}")

@@ -75,7 +75,8 @@ def length_order(lengths: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.cat([g * per + torch.argsort(lengths[g * per:(g + 1) * per], stable=True) for g in range(groups)])
 
 
-def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf16: bool) -> dict:
+def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf16: bool,
+                     load_universal: bool = False) -> dict:
     ds = {
         "train_micro_batch_size_per_gpu": micro_per_rank,
         "gradient_accumulation_steps": accumulation,
@@ -93,6 +94,8 @@ def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf
         "bf16": {"enabled": bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # resuming on another number of ranks reads DeepSpeed's universal (rank-free) checkpoint
+        "checkpoint": {"load_universal": load_universal},
     }
     if cfg.warmup_steps > 0:  # DeepSpeed's WarmupLR refuses 0 warm-up steps
         ds["scheduler"] = {
@@ -107,7 +110,7 @@ class PolicyTrainer:
     """A ZeRO-3 sharded causal LM plus the masked clipped-PG update. torch.distributed must be up."""
 
     def __init__(self, cfg, model_path: str, *, temperature: float, max_new_tokens: int, max_prompt_tokens: int,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, load_universal: bool = False):
         import deepspeed
         from transformers import AutoModelForCausalLM
         from transformers.integrations import HfDeepSpeedConfig
@@ -126,7 +129,8 @@ class PolicyTrainer:
         # The single pass back-propagates the whole shard at once: one DeepSpeed accumulation step.
         self.accumulation = 1 if self.single_pass else self.micro_per_mini
         per_step = cfg.micro_batch_size * self.micro_per_mini // self.accumulation
-        ds_cfg = deepspeed_config(cfg, per_step, self.accumulation, self.world, bf16)
+        ds_cfg = deepspeed_config(cfg, per_step, self.accumulation, self.world, bf16, load_universal)
+        self.load_universal = load_universal
         torch.manual_seed(seed)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
@@ -461,9 +465,10 @@ class PolicyTrainer:
         self.engine.save_checkpoint(path, tag="zero", client_state=state, save_latest=False)
 
     def load_checkpoint(self, path: str) -> None:
-        """Restores what `save_checkpoint` wrote; the ranks must be as many as when it was saved."""
-        loaded, state = self.engine.load_checkpoint(path, tag="zero", load_optimizer_states=True,
-                                                    load_lr_scheduler_states=True)
+        """Restores what `save_checkpoint` wrote: from its own shards when the ranks are as many as
+        when it was saved, else from its universal conversion (launch/resume.py, to_universal)."""
+        loaded, state = self.engine.load_checkpoint(path, tag="universal" if self.load_universal else "zero",
+                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
         if loaded is None:
             raise RuntimeError(f"{path}: no DeepSpeed checkpoint for rank {self.rank}")
         self.updates = state["updates"]

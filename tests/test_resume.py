@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from launch.config import ConfigError
@@ -187,3 +188,50 @@ def test_a_killed_generation_actor_is_restarted_and_its_batch_sampled_again(stra
     ra, rb = rollout_rows(straight), rollout_rows(run_dir)
     assert [[r["prompt_id"] for r in ra[s]] for s in (1, 2, 3, 4)] == [[r["prompt_id"] for r in rb[s]] for s in (1, 2, 3, 4)]
     assert all(r["status"] not in ("error", "timeout", "crashed") for s in rb for r in rb[s])
+
+
+@pytest.mark.ray
+def test_a_two_rank_checkpoint_resumes_on_one_rank_through_the_universal_format(ray_local, tiny_model, tmp_path):
+    """2 ZeRO-3 ranks train a step and checkpoint. Converted to DeepSpeed's universal format, it
+    loads on 1 rank with the same weights, and the next step (which reads Adam's moments) moves the
+    weights as the 2 ranks do when they go on."""
+    import ray
+
+    from launch.placement import launch_learners
+    from launch.resume import to_universal
+    from learner.batch import collate
+    from learner.weights import assemble_weights
+    from tests.test_actors_ray import make_batch, tiny_cfg
+
+    prompts, resp, blp, adv = make_batch()
+
+    def shards(ranks, seed_shift=0.0):
+        per = len(prompts) // ranks
+        a = [x + seed_shift for x in adv]
+        return [collate(prompts[r * per:(r + 1) * per], resp[r * per:(r + 1) * per], blp[r * per:(r + 1) * per],
+                        a[r * per:(r + 1) * per], 0) for r in range(ranks)]
+
+    def weights(learners):
+        return assemble_weights(ray.get([w.weight_shard.remote() for w in learners]))
+
+    common = ["prompts_per_step=2", "generation.group_size=4", "learner.lr=1e-2", "learner.mask.mode=none",
+              "learner.micro_batch_size=2"]
+    two = launch_learners(tiny_cfg(tiny_model, "learner.num_ranks=2", *common), str(tiny_model))
+    ray.get([w.train_step.remote(s) for w, s in zip(two, shards(2))])
+    ckpt = tmp_path / "ckpt"
+    ray.get([w.save_checkpoint.remote(str(ckpt)) for w in two])
+    saved = weights(two)
+    ray.get([w.train_step.remote(s) for w, s in zip(two, shards(2, 0.5))])
+    went_on = weights(two)
+    [ray.kill(w) for w in two]
+
+    to_universal(ckpt)
+    one = launch_learners(tiny_cfg(tiny_model, "learner.num_ranks=1", *common), str(tiny_model), load_universal=True)
+    ray.get(one[0].load_checkpoint.remote(str(ckpt)))
+    loaded = weights(one)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    ray.get(one[0].train_step.remote(shards(1, 0.5)[0]))
+    resumed = weights(one)
+    ray.kill(one[0])
+    for k in saved:  # a step with fresh Adam moments would move the weights by about lr everywhere
+        assert torch.allclose(resumed[k], went_on[k], atol=1e-5), k
