@@ -48,11 +48,16 @@ def read_metrics(run_dir):
 
 
 def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
+    from tests.test_network import assert_loopback_only, run_watching_sockets
+
     run_dir = tmp_path / "run"
     # Overlong shaping on (L_cache 4 of 8 tokens) also checks the reward actor's shaping wiring.
-    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=4", "max_staleness=1", "learner.num_ranks=2",
-                 "reward.overlong_weight=1.0", "reward.overlong_cache=4")
-    assert res.returncode == 0, res.stderr[-3000:]
+    # While it runs, every listening socket of its processes is sampled (tests/test_network.py).
+    returncode, stderr, seen = run_watching_sockets(
+        [*tiny_args(tiny_model, yes_data, run_dir), "steps=4", "max_staleness=1", "learner.num_ranks=2",
+         "reward.overlong_weight=1.0", "reward.overlong_cache=4"])
+    assert returncode == 0, stderr[-3000:]
+    assert_loopback_only(seen)
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [r["policy_version"] for r in rows] == [1, 2, 3, 4]

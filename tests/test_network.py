@@ -1,7 +1,9 @@
-"""Where a run listens: loopback only for a local run, unless cluster.bind_all."""
+"""Where a run listens: loopback only for a local run, unless cluster.bind_all. The end-to-end
+check samples the sockets of tests/test_e2e.py's 2-rank async run (run_watching_sockets)."""
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -10,7 +12,7 @@ import pytest
 from launch.config import load_config
 from launch.errors import NetworkError
 from launch.network import SINGLE_MACHINE_RAY, actor_env, is_loopback, local_ray, loopback_only, prepare_local_ray
-from tests.test_e2e import BIN, REPO, read_metrics, tiny_args
+from tests.test_e2e import BIN, REPO
 
 
 @pytest.mark.parametrize("ip, ok", [("127.0.0.1", True), ("127.0.0.5", True), ("::1", True),
@@ -66,25 +68,26 @@ def listeners(root: psutil.Process) -> set[tuple[str, str, int]]:
     return out
 
 
-@pytest.mark.e2e
-def test_a_local_run_listens_on_loopback_only(tiny_model, yes_data, tmp_path):
-    """A tiny run with 2 ZeRO-3 ranks (torch rendezvous + gloo), vLLM and a reward actor: every
-    socket any of its processes listens on while it runs is bound to a loopback address."""
-    run_dir = tmp_path / "run"
+def run_watching_sockets(args: list) -> tuple[int, str, set]:
+    """`forkrl train ARGS` as a local run (no RAY_ADDRESS), sampling the listening sockets of all
+    its processes every 0.2 s until it ends: (return code, stderr, every socket seen)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", SINGLE_MACHINE_RAY)}
-    proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
-                             "steps=3", "learner.num_ranks=2", "tracking.wandb_mode=disabled"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**env, "WANDB_SILENT": "true"})
+    proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**env, "WANDB_SILENT": "true"})
     root, seen = psutil.Process(proc.pid), set()
+    err_chunks = []
+    reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    reader.start()  # a full stderr pipe would block the run
     while proc.poll() is None:
         seen |= listeners(root)
         time.sleep(0.2)
-    err = proc.stderr.read()
-    assert proc.returncode == 0, err[-3000:]
-    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3]
+    reader.join(timeout=30)
+    return proc.returncode, "".join(err_chunks), seen
+
+
+def assert_loopback_only(seen: set) -> None:
+    """The sample saw the run's servers (Ray's own and the learner ranks'), all on loopback."""
     names = {name for name, _, _ in seen}
-    # the check saw the run's servers, not an empty list: Ray's own and the learner ranks'
     assert {"gcs_server", "raylet"} <= names, seen
     assert any("LearnerWorker" in n for n in names), seen
     exposed = sorted(s for s in seen if not is_loopback(s[1]))
