@@ -1,4 +1,5 @@
-"""Training data on the driver: rows from jsonl/parquet or the built-in generator, tokenized once.
+"""Training data on the driver: rows from jsonl / json / parquet / save_to_disk folders (through the
+`datasets` library) or the built-in generator, tokenized once.
 
 Every malformed row is reported with its file and row number before any actor starts.
 """
@@ -61,62 +62,145 @@ def synthetic_arithmetic(n: int, max_operand: int, seed: int, kinds: list[str] =
     return rows
 
 
-def _read_file(path: Path) -> list[dict]:
+def _read_file(path: Path, setting: str = "data.train_files") -> list[dict]:
+    """Rows of a jsonl, json or parquet file, or of a folder written by `datasets`' save_to_disk,
+    read through the `datasets` library (in memory: no cache files)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if path.is_dir():
+        try:
+            ds = datasets.load_from_disk(str(path), keep_in_memory=True)
+        except FileNotFoundError as e:
+            raise DataError(f"{setting}: {path} is not a folder written by datasets' save_to_disk ({e})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise DataError(f"{setting}: {path} holds splits {', '.join(ds)} and none is 'train'; point at one split")
+            ds = ds["train"]
+        return ds.to_list()
     if not path.is_file():
-        raise DataError(f"data.train_files: {path} not found")
-    if path.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-        return rows
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        raise DataError(f"{setting}: {path} not found")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".parquet"):
+        raise DataError(f"{setting}: {path} is not .jsonl, .json, .parquet or a save_to_disk folder")
+    quiet = logging.getLogger("datasets")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its parser logs an ERROR before raising; ours names the line
+    try:
+        if suffix == ".parquet":
+            ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+        else:
+            ds = datasets.Dataset.from_json(str(path), keep_in_memory=True)
+    except Exception as e:  # datasets wraps parser errors in several types; find the line ourselves
+        if suffix == ".jsonl":
+            _first_bad_line(path)
+        raise DataError(f"{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        quiet.setLevel(level)
+    return ds.to_list()
 
-        return pq.read_table(path).to_pylist()
-    raise DataError(f"data.train_files: {path} is neither .jsonl nor .parquet")
+
+def _first_bad_line(path: Path) -> None:
+    """Raise DataError naming the first line of a jsonl file that is not a JSON object."""
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
 
 
-def load_rows(files: list[str], prompt_key: str, answer_key: str) -> list[dict]:
-    """Rows of all files as {prompt, answer} strings; any bad row raises DataError naming it."""
+_MISSING = object()
+
+
+def get_field(row: dict, dotted: str):
+    """row['a']['b'] for 'a.b' (a key that itself holds a dot is found whole first); _MISSING if absent."""
+    if dotted in row:
+        return row[dotted]
+    node = row
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _is_scalar(v) -> bool:
+    return isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v).strip() != ""
+
+
+def _check_messages(msgs, where: str) -> list[dict]:
+    """A chat prompt: [{role, content}, ...] with string values and at least one user turn."""
+    if not msgs or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                           for m in msgs):
+        raise DataError(f"{where} must be a non-empty string or a list of {{role, content}} chat messages")
+    if not any(m["role"] == "user" for m in msgs):
+        raise DataError(f"{where}: the chat messages hold no 'user' turn")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def load_rows(files: list[str], prompt_key: str, answer_key: str, setting: str = "data.train_files") -> list[dict]:
+    """Rows of all files as {prompt, answer}: prompt a string or a list of chat messages, answer a
+    string. Keys may be dotted paths into nested fields (reward_model.ground_truth). Any bad row
+    raises DataError naming the file, row and key."""
     out = []
     for f in files:
         path = Path(f)
-        for i, row in enumerate(_read_file(path), start=1):
+        for i, row in enumerate(_read_file(path, setting), start=1):
+            values = {}
             for key in (prompt_key, answer_key):
-                if key not in row:
-                    raise DataError(f"{path} row {i}: missing field {key!r} (fields: {', '.join(map(str, row))})")
-                if not isinstance(row[key], (str, int, float)) or isinstance(row[key], bool) or str(row[key]).strip() == "":
-                    raise DataError(f"{path} row {i}: field {key!r} must be a non-empty string or number, got {row[key]!r}")
-            out.append({"prompt": str(row[prompt_key]), "answer": str(row[answer_key])})
+                value = get_field(row, key)
+                if value is _MISSING or value is None:  # a row without it (Arrow fills in None)
+                    raise DataError(f"{path} row {i}: missing field {key!r} (fields: {', '.join(str(k) for k, v in row.items() if v is not None)})")
+                if key == prompt_key and isinstance(value, list):
+                    value = _check_messages(value, f"{path} row {i}: field {key!r}")
+                elif not _is_scalar(value):
+                    kind = "a non-empty string or a list of chat messages" if key == prompt_key else "a non-empty string or number"
+                    raise DataError(f"{path} row {i}: field {key!r} must be {kind}, got {value!r}"[:300])
+                values[key] = value
+            prompt = values[prompt_key]
+            out.append({"prompt": prompt if isinstance(prompt, list) else str(prompt), "answer": str(values[answer_key])})
     if files and not out:
-        raise DataError(f"data.train_files: no rows in {', '.join(files)}")
+        raise DataError(f"{setting}: no rows in {', '.join(files)}")
     return out
+
+
+def question_text(prompt) -> str:
+    """The text a prompt asks: the string itself, or the user turns of chat messages."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(m["content"] for m in prompt if m["role"] == "user")
 
 
 def tokenize(rows: list[dict], tokenizer, chat_template: bool, instruction: str, max_prompt_tokens: int,
              source: str) -> list[Prompt]:
+    """Token ids per row: the chat template over the row's messages (or one user turn of its text),
+    `instruction` appended to the last user turn; raw text without the template."""
     prompts = []
     for i, row in enumerate(rows):
-        text = f"{row['prompt']} {instruction}".strip() if instruction else row["prompt"]
+        msgs = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+        if instruction:
+            last = max(j for j, m in enumerate(msgs) if m["role"] == "user")
+            msgs = [dict(m, content=f"{m['content']} {instruction}".strip()) if j == last else m
+                    for j, m in enumerate(msgs)]
         if chat_template:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                tokenize=True, return_dict=False)
+            ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+        elif isinstance(row["prompt"], list):
+            raise DataError(f"{source} row {i + 1}: chat-message prompts need model.chat_template=true")
         else:
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+            ids = tokenizer(msgs[0]["content"], add_special_tokens=True)["input_ids"]
         ids = list(ids)
         if len(ids) > max_prompt_tokens:
             raise DataError(f"{source} row {i + 1}: prompt has {len(ids)} tokens, over data.max_prompt_tokens={max_prompt_tokens}")
         if not ids:
             raise DataError(f"{source} row {i + 1}: prompt is empty after tokenization")
-        prompts.append(Prompt(uid=i, token_ids=ids, answer=row["answer"], text=row["prompt"]))
+        prompts.append(Prompt(uid=i, token_ids=ids, answer=row["answer"], text=question_text(row["prompt"])))
     return prompts
 
 
@@ -141,12 +225,12 @@ def load_eval_prompts(cfg, data_cfg, model_cfg, tokenizer, train: list[Prompt]) 
     eval.num_prompts of them, the same set at every evaluation."""
     seen = {normalise(p.text) for p in train}
     if cfg.files:
-        rows, source = load_rows(cfg.files, data_cfg.prompt_key, data_cfg.answer_key), ",".join(cfg.files)
+        rows, source = load_rows(cfg.files, data_cfg.prompt_key, data_cfg.answer_key, "eval.files"), ",".join(cfg.files)
     else:
         rows = synthetic_arithmetic(cfg.num_prompts * 20, data_cfg.synthetic_max_operand, data_cfg.seed + 1,
                                     data_cfg.synthetic_kinds)
         source = "synthetic eval data"
-    held_out = [r for r in rows if normalise(r["prompt"]) not in seen]
+    held_out = [r for r in rows if normalise(question_text(r["prompt"])) not in seen]
     if len(held_out) < len(rows) and cfg.files:
         logger.warning("eval.files: removed %d of %d rows whose question is also a training question",
                        len(rows) - len(held_out), len(rows))

@@ -119,3 +119,58 @@ def test_held_out_prompts_that_repeat_training_prompts_are_removed(tmp_path, tin
     train = tokenize(rows, tok, False, "", 64, "train")
     held = load_eval_prompts(cfg.eval, cfg.data, load_config(None, ["model.chat_template=false"]).model, tok, train)
     assert not {" ".join(p.text.split()) for p in held} & {" ".join(r["prompt"].split()) for r in rows}
+
+
+VERL_ROW = {"data_source": "gsm8k", "prompt": [{"role": "system", "content": "Be brief."},
+                                               {"role": "user", "content": "What is 2+3?"}],
+            "reward_model": {"style": "rule", "ground_truth": "5"}, "extra_info": {"index": 0}}
+OPENRLHF_ROW = {"input": [{"role": "user", "content": "What is 7*6?"}], "label": 42}
+
+
+def test_verl_style_parquet_with_nested_keys_and_chat_messages(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([VERL_ROW]), tmp_path / "train.parquet")
+    rows = load_rows([str(tmp_path / "train.parquet")], "prompt", "reward_model.ground_truth")
+    assert rows == [{"prompt": VERL_ROW["prompt"], "answer": "5"}]
+
+
+def test_openrlhf_style_jsonl_json_and_save_to_disk_load_alike(tmp_path):
+    import datasets
+
+    (tmp_path / "d.jsonl").write_text(json.dumps(OPENRLHF_ROW) + "\n")
+    (tmp_path / "d.json").write_text(json.dumps([OPENRLHF_ROW]))
+    datasets.Dataset.from_list([OPENRLHF_ROW]).save_to_disk(str(tmp_path / "folder"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([OPENRLHF_ROW])}).save_to_disk(str(tmp_path / "dict"))
+    want = [{"prompt": OPENRLHF_ROW["input"], "answer": "42"}]
+    for name in ("d.jsonl", "d.json", "folder", "dict"):
+        assert load_rows([str(tmp_path / name)], "input", "label") == want, name
+
+
+def test_bad_chat_rows_and_nested_keys_name_file_row_and_key(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps(VERL_ROW) + "\n" + json.dumps({**VERL_ROW, "reward_model": {"style": "rule"}}) + "\n")
+    with pytest.raises(DataError, match=r"d.jsonl row 2: missing field 'reward_model.ground_truth'"):
+        load_rows([str(f)], "prompt", "reward_model.ground_truth")
+    f.write_text(json.dumps({"prompt": [{"role": "system", "content": "hi"}], "answer": "1"}) + "\n")
+    with pytest.raises(DataError, match=r"d.jsonl row 1: field 'prompt': the chat messages hold no 'user' turn"):
+        load_rows([str(f)], "prompt", "answer")
+    f.write_text(json.dumps({"prompt": [{"role": "user"}], "answer": "1"}) + "\n")
+    with pytest.raises(DataError, match=r"d.jsonl row 1: field 'prompt' must be a non-empty string or a list of"):
+        load_rows([str(f)], "prompt", "answer")
+
+
+def test_chat_messages_get_the_template_and_the_instruction_on_the_last_user_turn(tiny_model):
+    from transformers import AutoTokenizer
+
+    from launch.data import tokenize
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    rows = [{"prompt": VERL_ROW["prompt"], "answer": "5"}]
+    (p,) = tokenize(rows, tok, True, "Box it.", 256, "src")
+    assert tok.decode(p.token_ids) == tok.decode(tok("system: Be brief.\nuser: What is 2+3? Box it.\n")["input_ids"])
+    assert p.text == "What is 2+3?" and p.answer == "5"
+    with pytest.raises(DataError, match="src row 1: chat-message prompts need model.chat_template=true"):
+        tokenize(rows, tok, False, "", 256, "src")
