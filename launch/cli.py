@@ -1,4 +1,4 @@
-"""`forkrl` command line: train, prepare-model, make-tiny-model.
+"""`forkrl` command line: train, eval, prepare-model, make-tiny-model.
 
 Bad input (config, data, model path, reward) ends with one line naming the problem, exit 2.
 """
@@ -21,6 +21,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its latest checkpoint (overrides may change steps, eval.*, ...)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.mask.rho=0.5")
+    e = sub.add_parser("eval", help="score a model on a dataset with the configured reward (greedy, avg@n, pass@k)")
+    e.add_argument("--model", required=True, help="HF model folder (a run's checkpoints/step_N) or the packaged default")
+    e.add_argument("--data", required=True, help="jsonl / json / parquet / save_to_disk folder (data.prompt_key / answer_key)")
+    e.add_argument("--samples", type=int, default=1, help="n sampled responses per prompt for avg@n and pass@k (default 1: greedy only)")
+    e.add_argument("--temperature", type=float, help="sampling temperature (default generation.temperature)")
+    e.add_argument("--config", help="YAML config whose data, reward and generation settings apply")
+    e.add_argument("--compare", metavar="BASE_PATH", help="also score this model on the same prompts and print the difference")
+    e.add_argument("--out", help="write the figures as JSON here")
+    e.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.max_new_tokens=128")
     m = sub.add_parser("prepare-model", help="convert the packaged SmolLM2 GGUF to a HF folder (cached)")
     m.add_argument("--cache-dir", help="where to write it (default $FORKRL_CACHE or ~/.cache/forkrl)")
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random Llama + word tokenizer, for debugging")
@@ -30,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, default_command: str | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if default_command and (not args_list or args_list[0] not in ("train", "prepare-model", "make-tiny-model")):
+    if default_command and (not args_list or args_list[0] not in ("train", "eval", "prepare-model", "make-tiny-model")):
         args_list = [default_command, *args_list]
     args = _parser().parse_args(args_list)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -51,6 +60,16 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
                 run(resume_config(Path(args.resume), overrides), resume=Path(args.resume))
             else:
                 run(load_config(args.config, overrides))
+        elif args.command == "eval":
+            if args.samples < 1:
+                raise ConfigError(f"--samples: must be >= 1, got {args.samples}")
+            overrides = [f"model.path={args.model}", *args.overrides]
+            if args.temperature is not None:
+                overrides.append(f"generation.temperature={args.temperature}")
+            from launch.model_eval import run_eval
+
+            run_eval(load_config(args.config, overrides), args.model, args.data, args.samples,
+                     Path(args.out) if args.out else None, args.compare)
         elif args.command == "prepare-model":
             from launch.models import default_cache_dir, prepare_default_model
 

@@ -32,9 +32,9 @@ from launch.network import check_node_address, local_ray
 from launch.resume import (DriverState, checkpoint_tmp, commit_checkpoint, latest_checkpoint, process_rngs,
                            restore_process_rngs, rng_from_json, rng_to_json, save_driver_state, to_universal)
 from launch.placement import Actors, check_resources, launch_actors
-from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, to_groups, train_shards
+from launch.evaluation import evaluate
+from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, sample_seed, to_groups, train_shards
 from launch.tracking import RunTracker, check_fresh
-from learner.passk import mean_pass_at_k
 from learner.weights import assemble_weights
 from rewards.math import RewardResult
 from rewards.registry import check_spec
@@ -67,12 +67,6 @@ class Faults:
 
     def metrics(self) -> dict:
         return {"fault/actor_restarts": self.restarts, "fault/resubmitted_prompts": self.resubmitted_prompts}
-
-
-def sample_seed(run_seed: int, batch: int, part: int) -> int:
-    """The sampling seed of one generation call: a function of (run seed, batch number, part), so
-    a resumed run or a restarted actor draws exactly what the uninterrupted run drew."""
-    return random.Random(f"{run_seed}/{batch}/{part}").getrandbits(62)
 
 
 def submit_rollout(cfg: TrainConfig, actors: Actors, prompts: list, batch: int, faults: Faults) -> InFlight:
@@ -188,33 +182,6 @@ def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts
     chosen, fill = choose_groups(good, dull, need)
     return chosen, fill, {"dynamic/rounds": rounds, "dynamic/dropped_fraction": len(dull) / (len(good) + len(dull)),
                           "dynamic/filled_groups": len(fill)}
-
-
-def _eval_correct(actors: Actors, prompts, samples: int, max_tokens: int, seed: int) -> tuple[list[bool], int]:
-    """`samples` responses per prompt (greedy when 1), verified: (correct flags grouped by prompt,
-    the oldest policy version that answered)."""
-    k = len(actors.generators)
-    outs = ray.get([gen.evaluate.remote(prompts[j::k], samples, max_tokens, sample_seed(seed, -1, j))
-                    for j, gen in enumerate(actors.generators) if prompts[j::k]])
-    texts, answers = [], []
-    for j, (t, _) in enumerate(outs):
-        texts += t
-        answers += [p.answer for p in prompts[j::k] for _ in range(samples)]
-    results, _ = ray.get(actors.rewards[0].score.remote(texts, answers))
-    return [r.status == "correct" for r in results], min(v for _, v in outs)
-
-
-def evaluate(actors: Actors, prompts, samples: int, max_tokens: int, seed: int = 0) -> dict:
-    """Held-out greedy accuracy with the current weights; with samples = n > 1 also n sampled
-    responses per prompt at the training temperature: avg@n (mean accuracy) and pass@k."""
-    correct, version = _eval_correct(actors, prompts, 1, max_tokens, seed)
-    out = {"eval/accuracy": sum(correct) / len(correct), "eval/policy_version": version, "eval/prompts": len(prompts)}
-    if samples > 1:
-        correct, _ = _eval_correct(actors, prompts, samples, max_tokens, seed)
-        per_prompt = [sum(correct[i:i + samples]) for i in range(0, len(correct), samples)]
-        out[f"eval/avg@{samples}"] = sum(correct) / len(correct)
-        out.update({f"eval/pass@{kk}": v for kk, v in mean_pass_at_k(per_prompt, samples).items()})
-    return out
 
 
 def eval_max_tokens(cfg: TrainConfig) -> int:

@@ -44,6 +44,12 @@ class Group:
                                     torch.tensor(self.verified), estimator, w_lambda)
 
 
+def sample_seed(run_seed: int, batch: int, part: int) -> int:
+    """The sampling seed of one generation call: a function of (run seed, batch number, part), so
+    a resumed run or a restarted actor draws exactly what the uninterrupted run drew."""
+    return random.Random(f"{run_seed}/{batch}/{part}").getrandbits(62)
+
+
 class RewardFailure(RuntimeError):
     """The reward function keeps failing; the message names it and quotes its first error."""
 

@@ -246,3 +246,22 @@ def test_dynamic_sampling_kl_entropy_bonus_and_pass_at_k_end_to_end(tiny_model, 
     for r in trained:
         assert r["losses/ref_kl"] >= 0 and r["losses/kept_entropy"] > 0
     assert trained[0]["losses/ref_kl"] < 1e-6  # the first update starts at the reference policy
+
+
+def test_forkrl_eval_scores_a_model_and_compares_it(tiny_model, yes_eval, tmp_path):
+    """`forkrl eval` through real vLLM actors and the reward actor: the table, the JSON, and a model
+    compared with itself differing by exactly 0 (the sampling is seeded)."""
+    out, copy = tmp_path / "eval.json", tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)  # scored separately: its own engine, the same weights
+    res = subprocess.run([str(BIN / "forkrl"), "eval", "--config", str(REPO / "configs/tiny.yaml"), "--model",
+                          str(tiny_model), "--data", str(yes_eval), "--samples", "4", "--compare", str(copy),
+                          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["prompts"] == 32 and report["samples"] == 4
+    m = report["models"][str(tiny_model)]
+    assert 0 <= m["eval/pass@1"] <= m["eval/pass@2"] <= m["eval/pass@4"] <= 1
+    assert m["eval/avg@4"] == pytest.approx(m["eval/pass@1"])
+    assert set(report["difference"]) == {"eval/accuracy", "eval/avg@4", "eval/pass@1", "eval/pass@2", "eval/pass@4"}
+    assert report["models"][str(copy)] == m and all(v == 0 for v in report["difference"].values())
+    assert "greedy" in res.stdout and "pass@4" in res.stdout and "difference" in res.stdout

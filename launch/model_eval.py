@@ -1,0 +1,89 @@
+"""`forkrl eval`: score a model (base or trained checkpoint) on a dataset with the configured reward,
+through the same generation actors and verifier as training.
+
+Nothing here imports Ray at module level (see launch/network.py).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from launch.config import TrainConfig
+from launch.network import prepare_local_ray
+
+logger = logging.getLogger("forkrl")
+
+
+def table(rows: dict[str, dict], samples: int) -> str:
+    """A small fixed-width table: one line per model (and the difference), one column per figure."""
+    keys = ["eval/accuracy"] + ([f"eval/avg@{samples}"] + [f"eval/pass@{k}" for k in _ks(samples)] if samples > 1 else [])
+    heads = ["greedy"] + [k.split("/")[1] for k in keys[1:]]
+    width = max(12, *(len(name) for name in rows))
+    lines = [f"{'model':<{width}}  " + "  ".join(f"{h:>7}" for h in heads)]
+    for name, m in rows.items():
+        sign = "+" if name == "difference" else ""
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{m[k]:>{sign}7.3f}" for k in keys))
+    return "\n".join(lines)
+
+
+def _ks(n: int) -> list[int]:
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | None, compare: str | None) -> dict:
+    """Evaluate `model` (and `compare`, on the same prompts); print the table, write JSON to `out`."""
+    prepare_local_ray(cfg)
+    import ray
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from launch.data import load_rows, tokenize
+    from launch.evaluation import evaluate
+    from launch.models import resolve_model_path
+    from launch.network import check_node_address, local_ray
+    from launch.placement import Actors, check_resources, launch_generators, launch_rewards
+    from rewards.registry import check_spec
+
+    check_spec(cfg.reward.fn)
+    models = {model: str(resolve_model_path(model))}
+    if compare:
+        models[compare] = str(resolve_model_path(compare))
+    tokenizer = AutoTokenizer.from_pretrained(models[model])
+    rows = load_rows([data], cfg.data.prompt_key, cfg.data.answer_key, "--data")
+    prompts = tokenize(rows, tokenizer, cfg.model.chat_template, cfg.data.instruction, cfg.data.max_prompt_tokens, data)
+    max_tokens = cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
+
+    ray.init(address=cfg.address or ("local" if local_ray(cfg) else None), ignore_reinit_error=True,
+             log_to_driver=False, include_dashboard=cfg.cluster.dashboard if local_ray(cfg) else None)
+    check_node_address(cfg)
+    check_resources(cfg)
+    results, t0 = {}, time.perf_counter()
+    rewards = launch_rewards(cfg)
+    for name, path in models.items():
+        gens = launch_generators(cfg, path)
+        with tqdm(total=len(prompts), desc=f"eval {Path(name).name}", unit="prompt") as bar:
+            results[name] = evaluate(Actors(gens, rewards, []), prompts, samples, max_tokens, cfg.seed,
+                                     chunk=32, progress=bar.update)
+        for g in gens:  # free the engine before the next model's
+            ray.kill(g)
+    if compare:
+        results["difference"] = {k: results[model][k] - results[compare][k] for k in results[model]
+                                 if k.startswith(("eval/accuracy", "eval/avg@", "eval/pass@"))}
+    print(table(results, samples))
+    report = {"data": data, "prompts": len(prompts), "samples": samples, "temperature": cfg.generation.temperature,
+              "max_new_tokens": max_tokens, "reward": cfg.reward.fn, "seconds": round(time.perf_counter() - t0, 1),
+              "models": {k: v for k, v in results.items() if k != "difference"}}
+    if compare:
+        report["difference"] = results["difference"]
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(out)
+    return report
