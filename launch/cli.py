@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a policy (see configs/*.yaml)")
     t.add_argument("--config", help="YAML config file (defaults apply to anything it leaves out)")
     t.add_argument("--address", help="Ray address, e.g. 'auto' to join a running cluster (sets address=)")
+    t.add_argument("--verbose", action="store_true",
+                   help="show library warnings and Ray worker logs on the console too (always in runs/NAME/train.log)")
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its latest checkpoint (overrides may change steps, eval.*, ...)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.mask.rho=0.5")
@@ -57,9 +59,9 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
                     raise ConfigError("--resume takes the run's own config.yaml; leave out --config")
                 from launch.resume import resume_config
 
-                run(resume_config(Path(args.resume), overrides), resume=Path(args.resume))
+                run(resume_config(Path(args.resume), overrides), resume=Path(args.resume), verbose=args.verbose)
             else:
-                run(load_config(args.config, overrides))
+                run(load_config(args.config, overrides), verbose=args.verbose)
         elif args.command == "eval":
             if args.samples < 1:
                 raise ConfigError(f"--samples: must be >= 1, got {args.samples}")

@@ -25,6 +25,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from actors.types import RolloutBatch
 from launch.checkpoint import export_hf
 from launch.config import TrainConfig, to_dict
+from launch.console import Console
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.models import resolve_model_path
 from launch.errors import ActorFailures, NonFiniteSteps, RunStopped
@@ -199,7 +200,7 @@ def summary_line(first: dict, last: dict) -> str:
     return line
 
 
-def run(cfg: TrainConfig, resume: Path | None = None) -> Path:
+def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> Path:
     """Train per `cfg` (continuing the run in `resume` from its latest checkpoint); returns the run
     directory. All input is checked before actors start."""
     from transformers import AutoTokenizer
@@ -214,21 +215,30 @@ def run(cfg: TrainConfig, resume: Path | None = None) -> Path:
     ckpt, saved = latest_checkpoint(run_dir) if resume else (None, None)
     if not resume:
         check_fresh(run_dir)
+    with Console(run_dir / "train.log", verbose) as console:
+        return _run(cfg, run_dir, model_path, prompts, eval_prompts, pad_id, ckpt, saved, console)
 
+
+def _run(cfg: TrainConfig, run_dir: Path, model_path: str, prompts: list, eval_prompts: list, pad_id: int,
+         ckpt: Path | None, saved: DriverState | None, console: Console) -> Path:
+    t_start = time.perf_counter()
+    g, l = cfg.generation, cfg.learner
+    logger.info("%s %s: model %s | %d prompts, %d held out | %d generation actor(s), %d reward, %d learner "
+                "rank(s) (%s) | log: %s", "resuming" if saved else "run", run_dir, cfg.model.path, len(prompts),
+                len(eval_prompts), g.num_actors, cfg.reward.num_actors, l.num_ranks,
+                "GPU" if l.num_gpus else "CPU", run_dir / "train.log")
     # "local": a fresh instance of our own, never one found in /tmp/ray (`address=auto` joins that)
     ray.init(address=cfg.address or ("local" if local_ray(cfg) else None), ignore_reinit_error=True, log_to_driver=True,
              include_dashboard=cfg.cluster.dashboard if local_ray(cfg) else None)
     check_node_address(cfg)
     check_resources(cfg)
-    t_start = time.perf_counter()
     reshard = bool(saved) and saved.num_ranks != cfg.learner.num_ranks
     if reshard:
         logger.info("resuming %d rank(s) on %d: converting %s to a universal checkpoint", saved.num_ranks,
                     cfg.learner.num_ranks, ckpt)
         to_universal(ckpt)
     actors = launch_actors(cfg, model_path, load_universal=reshard)
-    logger.info("actors ready in %.1fs: %d generation, %d reward, %d learner rank(s)", time.perf_counter() - t_start,
-                len(actors.generators), len(actors.rewards), len(actors.learners))
+    logger.info("actors ready in %.1fs", time.perf_counter() - t_start)
     tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode,
                          log_rollouts=cfg.tracking.log_rollouts, resume_step=saved.step if saved else None,
                          wandb_id=saved.wandb_id if saved else None)
@@ -241,7 +251,7 @@ def run(cfg: TrainConfig, resume: Path | None = None) -> Path:
         if saved:
             pending = restore(saved, ckpt, actors, stream, progress, health)
             baseline = next((r for r in tracker.history if r["step"] == 0 and "eval/accuracy" in r), {})
-            logger.info("resumed %s at step %d (policy version %d) from %s", run_dir, saved.step, saved.version, ckpt)
+            logger.info("resumed at step %d (policy version %d) from %s", saved.step, saved.version, ckpt)
         elif eval_prompts:  # step 0: the initial policy on the same held-out prompts, the run's baseline
             baseline = {"step": 0, "policy_version": 0,
                         **evaluate(actors, eval_prompts, cfg.eval.samples, eval_max_tokens(cfg), cfg.seed)}
@@ -250,15 +260,23 @@ def run(cfg: TrainConfig, resume: Path | None = None) -> Path:
         by_uid = {p.uid: p for p in prompts}
         faults = Faults(cfg.fault.max_actor_restarts, version=progress.version)
         inflight = deque(submit_rollout(cfg, actors, [by_uid[u] for u in uids], batch, faults) for batch, uids in pending)
-        with StopSignal() as stop:
+        with StopSignal() as stop, console.progress(cfg.steps, progress.step) as bar:
             final = _loop(cfg, actors, stream, tracker, pad_id, eval_prompts, model_path,
-                          Loop(progress, health, inflight, stop, faults))
+                          Loop(progress, health, inflight, stop, faults), bar)
     finally:
         tracker.close()
+        ray.shutdown()  # inside the console: the workers' last forwarded lines land in train.log
     if baseline and "eval/accuracy" in final:
         logger.info("%s", summary_line(baseline, final))
-    logger.info("done: %s", run_dir)
+    logger.info("done in %s: policy %s | metrics and curves.png in %s | resume state %s",
+                _duration(time.perf_counter() - t_start), run_dir / "checkpoints" / f"step_{cfg.steps}", run_dir,
+                run_dir / "state")
     return run_dir
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @dataclass
@@ -350,22 +368,26 @@ def publish_weights(actors: Actors, version: int, previous_loads: list):
     return shards, load_s, [gen.load_weights.remote(version, *shards) for gen in actors.generators]
 
 
-def log_step(cfg: TrainConfig, step: int, m: dict, parts: list[RolloutBatch], results: list[RewardResult]) -> None:
+def log_step(cfg: TrainConfig, step: int, m: dict, parts: list[RolloutBatch], results: list[RewardResult],
+             eta_s: float) -> None:
     logger.info(
-        "step %d/%d | reward %.3f | kept %.2f (tau %.3f) | entropy %.3f | stale %d | gen %.1fs reward %.1fs "
-        "learn %.1fs sync %.1fs | step %.1fs | learner peak %.1f GB", step, cfg.steps, m["reward/mean"],
+        "step %d/%d | reward %.3f | accuracy %.3f | kept %.2f (tau %.3f) | entropy %.3f | stale %d | gen %.1fs "
+        "reward %.1fs learn %.1fs sync %.1fs | step %.1fs | learner peak %.1f GB | eta %s", step, cfg.steps,
+        m["reward/mean"],
+        m["reward/accuracy"],
         m["mask/kept_fraction"], m["mask/threshold"], m["entropy/mean"], m["staleness/max"], m["timing/generate_s"],
         m["timing/reward_s"], m["timing/learn_s"], m["timing/weight_sync_s"], m["timing/step_s"],
-        m["memory/learner_peak_gb"])
+        m["memory/learner_peak_gb"], _duration(eta_s))
     if step == 1 or step % 5 == 0 or step == cfg.steps:
         logger.info("sample (reward %.2f, answer %s): %r", results[0].score, parts[0].prompts[0].answer,
                     parts[0].response_text[0][:300])
 
 
 def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTracker, pad_id: int,
-          eval_prompts: list, model_path: str, loop: Loop) -> dict:
+          eval_prompts: list, model_path: str, loop: Loop, bar) -> dict:
     """Trains from loop.progress.step + 1 to cfg.steps; returns the last step's metrics."""
     p, inflight, pending_loads, metrics = loop.progress, loop.inflight, [], {}
+    first, t_loop = p.step + 1, time.perf_counter()
     for step in range(p.step + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         while len(inflight) < cfg.max_staleness + 1:  # keep generation ahead of the learner
@@ -415,7 +437,9 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         tracker.log(metrics)
         tracker.log_rollout_records(step, [r for g in groups for r in g.records(step, False)]
                                     + [r for g in fill for r in g.records(step, True)])
-        log_step(cfg, step, metrics, parts, results)
+        eta = (time.perf_counter() - t_loop) / (step - first + 1) * (cfg.steps - step)
+        log_step(cfg, step, metrics, parts, results, eta)
+        bar.update(1)
         every = cfg.checkpoint.every
         if loop.stop.name or step == cfg.steps or (every and step % every == 0):
             logger.info("checkpoint %s", save_checkpoint(cfg, actors, tracker, stream, loop))

@@ -11,12 +11,13 @@ from launch.config import TrainConfig
 from launch.network import prepare_local_ray
 
 
-def run(cfg: TrainConfig, resume: Path | None = None) -> Path:
-    """Train per `cfg` (continuing the run directory `resume`); returns the run directory."""
+def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> Path:
+    """Train per `cfg` (continuing the run directory `resume`); returns the run directory.
+    `verbose` shows library and Ray worker logs on the console too (they always go to train.log)."""
     prepare_local_ray(cfg)
     from launch.driver import run as drive
 
-    return drive(cfg, resume)
+    return drive(cfg, resume, verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

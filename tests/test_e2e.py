@@ -228,6 +228,14 @@ def test_dynamic_sampling_kl_entropy_bonus_and_pass_at_k_end_to_end(tiny_model, 
                  "learner.num_ranks=1", "tracking.wandb_mode=disabled", "eval.every=2", "eval.samples=4",
                  "eval.num_prompts=8", f"eval.files={yes_eval}")
     assert res.returncode == 0, res.stderr[-3000:]
+    # a quiet console: forkrl's own lines only; the libraries' warnings and Ray's worker logs are
+    # in train.log, with forkrl's lines
+    console = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert console and all(re.match(r"\d\d:\d\d:\d\d forkrl: ", line) for line in console), console
+    assert any(" | eta " in line for line in console) and "held-out accuracy" in console[-2]
+    log = (run_dir / "train.log").read_text()
+    assert "forkrl: step 3/3" in log and re.search(r"Warning|WARNING", log)
+    assert "(LearnerWorker pid=" in log or "(GenerationWorker pid=" in log  # forwarded worker output
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert "eval/pass@4" in rows[0] and "eval/pass@4" not in rows[1]
