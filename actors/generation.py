@@ -45,6 +45,8 @@ class GenerationWorker:
             # temperature), since the learner's importance ratio is taken against them.
             logprobs_mode="processed_logprobs",
             enable_prefix_caching=True,
+            # single-GPU mode: the learner uses this GPU while the engine sleeps
+            enable_sleep_mode=cfg.sleep_mode,
         )
         self.version = 0
 
@@ -88,6 +90,14 @@ class GenerationWorker:
         params = SamplingParams(n=samples, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
         return [o.text for out in outs for o in out.outputs], self.version
+
+    def sleep(self) -> None:
+        """Release the GPU memory (level 1: weights to host memory, KV cache dropped) for the learner."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        """Take the GPU memory back before loading weights or sampling."""
+        self.llm.wake_up()
 
     def policy_version(self) -> int:
         """The version of the weights loaded (0: the initial ones, as after a restart)."""

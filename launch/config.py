@@ -77,6 +77,9 @@ class GenerationConfig:
     """vLLM dtype: 'auto' is float32 on CPU (faster than bf16 there) and bfloat16 on GPU."""
     max_model_len: int = 1024
     """vLLM context length; must hold prompt + response."""
+    sleep_mode: bool = False
+    """Single-GPU mode: vLLM releases its GPU memory (sleep) while the learner steps and takes it back
+    (wake_up) before it samples; needs CUDA, max_staleness=0 and a GPU shared by fractions."""
 
 
 @dataclass
@@ -333,6 +336,14 @@ def validate(c: TrainConfig) -> None:
     _check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
     _check(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     _check(c.fault.max_actor_restarts >= 0, "fault.max_actor_restarts", "must be >= 0")
+    if g.sleep_mode:  # generation and learner take turns on one device
+        _check(c.max_staleness == 0, "max_staleness", "must be 0 with generation.sleep_mode: vLLM sleeps while "
+               "the learner steps, so generation cannot run ahead")
+        _check(g.num_gpus > 0 and l.num_gpus > 0, "generation.num_gpus",
+               "generation.sleep_mode shares a GPU: set generation.num_gpus and learner.num_gpus to fractions of it")
+        _check(g.num_actors * g.num_gpus + l.num_ranks * l.num_gpus <= 1 + 1e-9, "learner.num_gpus",
+               f"generation.num_actors x num_gpus ({g.num_actors} x {g.num_gpus:g}) + learner.num_ranks x num_gpus "
+               f"({l.num_ranks} x {l.num_gpus:g}) must add up to at most 1: sleep mode shares one GPU")
     _check(l.max_skipped_steps >= 1, "learner.max_skipped_steps", "must be >= 1")
 
 

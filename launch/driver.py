@@ -406,7 +406,11 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         l = cfg.learner
         shards = train_shards(groups, fill, l.advantage, l.w_lambda, l.num_ranks, pad_id, p.shard_rng)
         t1 = time.perf_counter()
+        if cfg.generation.sleep_mode:  # one GPU: vLLM gives its memory to the learner for the step
+            ray.get([gen.sleep.remote() for gen in actors.generators])
         learner_metrics = train_step(actors, shards, tracker.run_dir)
+        if cfg.generation.sleep_mode:  # queued before the weight load below: actor calls run in order
+            [gen.wake_up.remote() for gen in actors.generators]
         t_learn = time.perf_counter() - t1
         check_finite(cfg, step, learner_metrics, p)
 

@@ -30,6 +30,9 @@ def check_resources(cfg) -> None:
     need_cpu = g.num_actors * g.num_cpus + r.num_actors * r.num_cpus + l.num_ranks * l.num_cpus
     need_gpu = g.num_actors * g.num_gpus + l.num_ranks * l.num_gpus
     have = ray.cluster_resources()
+    if g.sleep_mode and have.get("GPU", 0) < 1:
+        raise ResourceError("generation.sleep_mode needs a CUDA GPU (vLLM's sleep mode is CUDA-only) and this "
+                            "Ray cluster has none: use configs/tiny.yaml or configs/demo.yaml on CPU")
     if need_cpu > have.get("CPU", 0) + 1e-9:
         raise ResourceError(
             f"the actors need {need_cpu:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}: lower "

@@ -1,8 +1,11 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from launch.config import ConfigError, TrainConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
 from launch.data import DataError, load_rows, synthetic_arithmetic
 
 
@@ -174,3 +177,16 @@ def test_chat_messages_get_the_template_and_the_instruction_on_the_last_user_tur
     assert p.text == "What is 2+3?" and p.answer == "5"
     with pytest.raises(DataError, match="src row 1: chat-message prompts need model.chat_template=true"):
         tokenize(rows, tok, False, "", 256, "src")
+
+
+def test_single_gpu_config_loads_and_its_placement_adds_up():
+    cfg = load_config(REPO / "configs/single_gpu.yaml")
+    g, l = cfg.generation, cfg.learner
+    assert g.sleep_mode and cfg.max_staleness == 0
+    assert g.num_actors * g.num_gpus + l.num_ranks * l.num_gpus <= 1  # one GPU, shared by fractions
+    with pytest.raises(ConfigError, match=r"^learner.num_gpus: .* must add up to at most 1"):
+        load_config(REPO / "configs/single_gpu.yaml", ["learner.num_gpus=0.7"])
+    with pytest.raises(ConfigError, match=r"^max_staleness: must be 0 with generation.sleep_mode"):
+        load_config(REPO / "configs/single_gpu.yaml", ["max_staleness=1"])
+    with pytest.raises(ConfigError, match=r"^generation.num_gpus: generation.sleep_mode shares a GPU"):
+        load_config(None, ["generation.sleep_mode=true", "max_staleness=0"])

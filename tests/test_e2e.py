@@ -273,3 +273,13 @@ def test_forkrl_eval_scores_a_model_and_compares_it(tiny_model, yes_eval, tmp_pa
     assert set(report["difference"]) == {"eval/accuracy", "eval/avg@4", "eval/pass@1", "eval/pass@2", "eval/pass@4"}
     assert report["models"][str(copy)] == m and all(v == 0 for v in report["difference"].values())
     assert "greedy" in res.stdout and "pass@4" in res.stdout and "difference" in res.stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_single_gpu_mode_is_refused_without_cuda_in_one_line(tiny_model, tmp_path):
+    res = forkrl("--config", REPO / "configs/single_gpu.yaml", f"model.path={tiny_model}", "model.chat_template=false",
+                 "data.instruction=", f"tracking.run_dir={tmp_path / 'run'}", timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("forkrl: error: generation.sleep_mode needs a CUDA GPU"), res.stderr[-2000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
