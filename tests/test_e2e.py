@@ -175,50 +175,52 @@ def test_ray_job_submit_to_a_local_head(tiny_model, yes_data, tmp_path):
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # a private single-machine head: its node address stays 127.0.0.1
     env.pop("RAY_ADDRESS", None)
-    # `--block` keeps the head under one process group that the test alone stops: `ray stop` would
-    # end every Ray instance on the machine, other users' included.
-    # Its own temp dir: the head's address file must not make later `ray.init()`s join a dead head.
+    # Its own temp dir: the head's address file must not make later `ray.init()`s join a dead head,
+    # and its processes are found by it at the end (`ray stop` would end every Ray instance on the
+    # machine, other users' included).
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                             f"--temp-dir={temp_dir}",
-                             f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+    start = subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
+                            f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                            f"--dashboard-agent-listen-port={free_port()}",  # not 52365, which another head may hold
+                            "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
     try:
-        deadline = time.time() + 180
-        while not port_open(dash):
-            assert head.poll() is None and time.time() < deadline, head.stderr.read()[-2000:] if head.poll() else "timeout"
-            time.sleep(0.5)
+        assert start.returncode == 0, start.stderr[-2000:]
         run_dir = tmp_path / "job"
         entry = [sys.executable, "-m", "launch.train", *map(str, tiny_args(tiny_model, yes_data, run_dir)), "steps=2",
                  "learner.num_ranks=1", "tracking.wandb_mode=disabled"]
-        sub = subprocess.run([str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}",
-                              f"--runtime-env-json={json.dumps({'working_dir': str(REPO), 'excludes': ['.venv', 'runs', '.git', 'bench/ablation/results']})}",
-                              "--", *entry], capture_output=True, text=True, env=env, timeout=900)
+        runtime_env = {'working_dir': str(REPO), 'excludes': ['.venv', 'runs', '.git', 'bench/ablation/results']}
+        for _ in range(30):  # the dashboard answers before its job agent has registered
+            sub = subprocess.run([str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}",
+                                  f"--runtime-env-json={json.dumps(runtime_env)}", "--", *entry],
+                                 capture_output=True, text=True, env=env, timeout=900)
+            if "No available agent to submit job" not in sub.stderr + sub.stdout:
+                break
+            time.sleep(2)
         assert sub.returncode == 0, (sub.stdout[-3000:], sub.stderr[-2000:])
         assert "succeeded" in sub.stdout
         assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
     finally:
-        stop_group(head)
+        stop_head(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def stop_head(temp_dir: str) -> None:
+    """Kill the processes of the Ray head started with `temp_dir` (their command lines name it)."""
+    import psutil
 
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group (`ray start --block` then stops its head), then SIGKILL what is left."""
-    import signal
-
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=60)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    procs = set()
+    for p in psutil.process_iter(["cmdline"]):
+        if any(temp_dir in arg for arg in p.info["cmdline"] or []):
+            procs.add(p)
+            with contextlib.suppress(psutil.Error):  # agents and workers retitle themselves (ray::...)
+                procs.update(p.children(recursive=True))
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(list(procs), timeout=30)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def test_dynamic_sampling_kl_entropy_bonus_and_pass_at_k_end_to_end(tiny_model, yes_data, yes_eval, tmp_path):
