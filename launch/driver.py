@@ -29,11 +29,11 @@ from launch.console import Console
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.models import resolve_model_path
 from launch.errors import ActorFailures, NonFiniteSteps, RunStopped
-from launch.network import check_node_address, local_ray
+from launch.network import start_ray
 from launch.resume import (DriverState, checkpoint_tmp, commit_checkpoint, latest_checkpoint, process_rngs,
                            restore_process_rngs, rng_from_json, rng_to_json, save_driver_state, to_universal)
 from launch.placement import Actors, check_resources, launch_actors
-from launch.evaluation import evaluate
+from launch.evaluation import eval_max_tokens, evaluate
 from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, sample_seed, to_groups, train_shards
 from launch.tracking import RunTracker, check_fresh
 from learner.weights import assemble_weights
@@ -185,11 +185,6 @@ def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts
                           "dynamic/filled_groups": len(fill)}
 
 
-def eval_max_tokens(cfg: TrainConfig) -> int:
-    """Evaluation response limit: eval.max_new_tokens, else the training one."""
-    return cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
-
-
 def summary_line(first: dict, last: dict) -> str:
     """The run's result in one line, e.g. 'held-out accuracy 0.31 -> 0.58 (+27 points, 128 prompts)'."""
     a, b = first["eval/accuracy"], last["eval/accuracy"]
@@ -227,10 +222,7 @@ def _run(cfg: TrainConfig, run_dir: Path, model_path: str, prompts: list, eval_p
                 "rank(s) (%s) | log: %s", "resuming" if saved else "run", run_dir, cfg.model.path, len(prompts),
                 len(eval_prompts), g.num_actors, cfg.reward.num_actors, l.num_ranks,
                 "GPU" if l.num_gpus else "CPU", run_dir / "train.log")
-    # "local": a fresh instance of our own, never one found in /tmp/ray (`address=auto` joins that)
-    ray.init(address=cfg.address or ("local" if local_ray(cfg) else None), ignore_reinit_error=True, log_to_driver=True,
-             include_dashboard=cfg.cluster.dashboard if local_ray(cfg) else None)
-    check_node_address(cfg)
+    start_ray(cfg, log_to_driver=True)
     check_resources(cfg)
     reshard = bool(saved) and saved.num_ranks != cfg.learner.num_ranks
     if reshard:

@@ -11,6 +11,11 @@ from launch.rollouts import sample_seed
 from learner.passk import mean_pass_at_k
 
 
+def eval_max_tokens(cfg) -> int:
+    """Evaluation response limit: eval.max_new_tokens, else the training one."""
+    return cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
+
+
 def eval_correct(actors: Actors, prompts, samples: int, max_tokens: int, seed: int) -> tuple[list[bool], int]:
     """`samples` responses per prompt (greedy when 1), verified: (correct flags grouped by prompt,
     the oldest policy version that answered)."""

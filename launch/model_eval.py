@@ -44,9 +44,9 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     from transformers import AutoTokenizer
 
     from launch.data import load_rows, tokenize
-    from launch.evaluation import evaluate
+    from launch.evaluation import eval_max_tokens, evaluate
     from launch.models import resolve_model_path
-    from launch.network import check_node_address, local_ray
+    from launch.network import start_ray
     from launch.placement import Actors, check_resources, launch_generators, launch_rewards
     from rewards.registry import check_spec
 
@@ -57,11 +57,9 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     tokenizer = AutoTokenizer.from_pretrained(models[model])
     rows = load_rows([data], cfg.data.prompt_key, cfg.data.answer_key, "--data")
     prompts = tokenize(rows, tokenizer, cfg.model.chat_template, cfg.data.instruction, cfg.data.max_prompt_tokens, data)
-    max_tokens = cfg.eval.max_new_tokens or cfg.generation.max_new_tokens
+    max_tokens = eval_max_tokens(cfg)
 
-    ray.init(address=cfg.address or ("local" if local_ray(cfg) else None), ignore_reinit_error=True,
-             log_to_driver=False, include_dashboard=cfg.cluster.dashboard if local_ray(cfg) else None)
-    check_node_address(cfg)
+    start_ray(cfg, log_to_driver=False)
     check_resources(cfg)
     results, t0 = {}, time.perf_counter()
     rewards = launch_rewards(cfg)

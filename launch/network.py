@@ -62,6 +62,16 @@ def prepare_local_ray(cfg) -> None:
     os.environ[SINGLE_MACHINE_RAY] = "0"
 
 
+def start_ray(cfg, log_to_driver: bool) -> None:
+    """Join the configured cluster, or start a fresh local Ray of our own ("local": never a head
+    found in /tmp/ray; `address=auto` joins that), and check where a local one listens."""
+    import ray
+
+    ray.init(address=cfg.address or ("local" if local_ray(cfg) else None), ignore_reinit_error=True,
+             log_to_driver=log_to_driver, include_dashboard=cfg.cluster.dashboard if local_ray(cfg) else None)
+    check_node_address(cfg)
+
+
 def check_node_address(cfg) -> None:
     """After ray.init: a loopback-only run must have a loopback node address, or it stops here."""
     import ray
