@@ -225,7 +225,11 @@ class TrackingConfig:
 class FaultConfig:
     max_actor_restarts: int = 3
     """Generation / reward actor failures survived per run (Ray restarts the actor; its batch is sampled
-    again); one more stops the run with the cause."""
+    again); one more stops the run with the cause. Counted over the whole run, resumes included."""
+    learner_restarts: int = 0
+    """Learner rank deaths survived by restarting every actor from the latest full checkpoint, in the same
+    driver (steps since that checkpoint are trained again); 0 = stop and print the --resume command.
+    Needs checkpoint.every > 0, or a death before the first checkpoint cannot be survived."""
 
 
 @dataclass
@@ -336,6 +340,9 @@ def validate(c: TrainConfig) -> None:
     _check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
     _check(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     _check(c.fault.max_actor_restarts >= 0, "fault.max_actor_restarts", "must be >= 0")
+    _check(c.fault.learner_restarts >= 0, "fault.learner_restarts", "must be >= 0")
+    _check(not c.fault.learner_restarts or c.checkpoint.every > 0, "fault.learner_restarts",
+           "needs checkpoint.every > 0: a restart continues from the latest full checkpoint")
     if g.sleep_mode:  # generation and learner take turns on one device
         _check(c.max_staleness == 0, "max_staleness", "must be 0 with generation.sleep_mode: vLLM sleeps while "
                "the learner steps, so generation cannot run ahead")

@@ -28,9 +28,9 @@ from launch.config import TrainConfig, to_dict
 from launch.console import Console
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.models import resolve_model_path
-from launch.errors import ActorFailures, NonFiniteSteps, RunStopped
+from launch.errors import ActorFailures, LearnerLost, NonFiniteSteps, RunStopped
 from launch.network import start_ray
-from launch.resume import (DriverState, checkpoint_tmp, commit_checkpoint, latest_checkpoint, process_rngs,
+from launch.resume import (STATE_DIR, DriverState, checkpoint_tmp, commit_checkpoint, latest_checkpoint, process_rngs,
                            restore_process_rngs, rng_from_json, rng_to_json, save_driver_state, to_universal)
 from launch.placement import Actors, check_resources, launch_actors
 from launch.evaluation import eval_max_tokens, evaluate
@@ -62,12 +62,18 @@ class Faults:
     max_restarts: int
     restarts: int = 0
     resubmitted_prompts: int = 0
+    learner_restarts: int = 0  # restarts of the whole run from its latest checkpoint after a rank died
     epoch: int = 0  # recoveries so far
     version: int = 0  # the latest published policy version
     shards: list = field(default_factory=list)  # its weight shards (ObjectRefs)
 
     def metrics(self) -> dict:
-        return {"fault/actor_restarts": self.restarts, "fault/resubmitted_prompts": self.resubmitted_prompts}
+        return {"fault/actor_restarts": self.restarts, "fault/resubmitted_prompts": self.resubmitted_prompts,
+                "fault/learner_restarts": self.learner_restarts}
+
+    def counters(self) -> dict:  # what a checkpoint keeps, so a resumed run's bound and metrics go on
+        return {"restarts": self.restarts, "resubmitted_prompts": self.resubmitted_prompts,
+                "learner_restarts": self.learner_restarts}
 
 
 def submit_rollout(cfg: TrainConfig, actors: Actors, prompts: list, batch: int, faults: Faults) -> InFlight:
@@ -158,7 +164,10 @@ def refresh_generators(actors: Actors, faults: Faults) -> None:
     initial weights) those weights; waits until all answer (Ray restarts them meanwhile)."""
     versions = [answer_when_up(g.policy_version) for g in actors.generators]
     stale = [g for g, v in zip(actors.generators, versions) if v < faults.version]
-    ray.get([g.load_weights.remote(faults.version, *faults.shards) for g in stale])
+    try:
+        ray.get([g.load_weights.remote(faults.version, *faults.shards) for g in stale])
+    except RayActorError as e:  # a weight shard that never came: its learner rank died publishing it
+        raise learner_lost(actors, e) or e from None
     faults.epoch += 1
 
 
@@ -211,11 +220,28 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     if not resume:
         check_fresh(run_dir)
     with Console(run_dir / "train.log", verbose) as console:
-        return _run(cfg, run_dir, model_path, prompts, eval_prompts, pad_id, ckpt, saved, console)
+        learner_restarts = 0
+        while True:
+            try:
+                return _run(cfg, run_dir, model_path, prompts, eval_prompts, pad_id, ckpt, saved, console,
+                            learner_restarts)
+            except LearnerLost as e:  # _run has shut Ray down: every actor, the hung peers of the dead rank too
+                if not (run_dir / STATE_DIR / "latest").is_file():
+                    raise ActorFailures(f"{e} before the run's first checkpoint: nothing to resume from; start "
+                                        "again under another tracking.name") from None
+                if learner_restarts >= cfg.fault.learner_restarts:
+                    raise ActorFailures(f"{e}; ZeRO-3 cannot replace a rank in place: continue from the latest "
+                                        f"checkpoint with `forkrl train --resume {run_dir}`" + (
+                                            f" (fault.learner_restarts={cfg.fault.learner_restarts} used up)"
+                                            if cfg.fault.learner_restarts else "")) from None
+                learner_restarts += 1
+                ckpt, saved = latest_checkpoint(run_dir)
+                logger.warning("%s: restarting every actor from %s (learner restart %d of %d)", e, ckpt,
+                               learner_restarts, cfg.fault.learner_restarts)
 
 
 def _run(cfg: TrainConfig, run_dir: Path, model_path: str, prompts: list, eval_prompts: list, pad_id: int,
-         ckpt: Path | None, saved: DriverState | None, console: Console) -> Path:
+         ckpt: Path | None, saved: DriverState | None, console: Console, learner_restarts: int = 0) -> Path:
     t_start = time.perf_counter()
     g, l = cfg.generation, cfg.learner
     logger.info("%s %s: model %s | %d prompts, %d held out | %d generation actor(s), %d reward, %d learner "
@@ -238,10 +264,11 @@ def _run(cfg: TrainConfig, run_dir: Path, model_path: str, prompts: list, eval_p
     progress = Progress(shard_rng=random.Random(cfg.seed))
     health = RewardHealth(cfg.reward.fn, cfg.reward.max_error_fraction, cfg.reward.max_error_steps)
     pending: list[tuple[int, list[int]]] = []
+    faults = Faults(cfg.fault.max_actor_restarts, learner_restarts=learner_restarts)
     try:
         baseline = {}
         if saved:
-            pending = restore(saved, ckpt, actors, stream, progress, health)
+            pending = restore(saved, ckpt, actors, stream, progress, health, faults)
             baseline = next((r for r in tracker.history if r["step"] == 0 and "eval/accuracy" in r), {})
             logger.info("resumed at step %d (policy version %d) from %s", saved.step, saved.version, ckpt)
         elif eval_prompts:  # step 0: the initial policy on the same held-out prompts, the run's baseline
@@ -250,7 +277,6 @@ def _run(cfg: TrainConfig, run_dir: Path, model_path: str, prompts: list, eval_p
             tracker.log(baseline)
             logger.info("eval at step 0 (before training): accuracy %.3f", baseline["eval/accuracy"])
         by_uid = {p.uid: p for p in prompts}
-        faults = Faults(cfg.fault.max_actor_restarts, version=progress.version)
         inflight = deque(submit_rollout(cfg, actors, [by_uid[u] for u in uids], batch, faults) for batch, uids in pending)
         with StopSignal() as stop, console.progress(cfg.steps, progress.step) as bar:
             final = _loop(cfg, actors, stream, tracker, pad_id, eval_prompts, model_path,
@@ -316,17 +342,20 @@ class StopSignal:
 
 
 def restore(saved: DriverState, ckpt: Path, actors: Actors, stream: PromptStream, progress: Progress,
-            health: RewardHealth) -> list[tuple[int, list[int]]]:
+            health: RewardHealth, faults: Faults) -> list[tuple[int, list[int]]]:
     """Load a checkpoint into the fresh actors and the driver's state; the generators get its
     weights before they sample. Returns the batches that were in flight, to sample again."""
-    ray.get([w.load_checkpoint.remote(str(ckpt)) for w in actors.learners])
+    on_learners(actors, [w.load_checkpoint.remote(str(ckpt)) for w in actors.learners])
     stream.restore(saved.stream)
     progress.shard_rng.setstate(rng_from_json(saved.shard_rng))
     progress.step, progress.version = saved.step, saved.version
     progress.skipped_total, progress.skipped_streak = saved.skipped_total, saved.skipped_streak
     health.streak, health.first_error = saved.reward_streak, saved.reward_first_error
     restore_process_rngs(saved)
-    _, _, loads = publish_weights(actors, saved.version, [])
+    for key, value in (saved.faults or {}).items():
+        setattr(faults, key, max(value, getattr(faults, key)))  # learner_restarts may be ahead: counted since
+    faults.version = saved.version
+    faults.shards, _, loads = publish_weights(actors, saved.version, [])
     ray.get(loads)
     return [tuple(p) for p in saved.pending]
 
@@ -335,13 +364,13 @@ def save_checkpoint(cfg: TrainConfig, actors: Actors, tracker: RunTracker, strea
     """A full checkpoint after the current step (see launch/resume.py)."""
     p = loop.progress
     tmp = checkpoint_tmp(tracker.run_dir, p.step)
-    ray.get([w.save_checkpoint.remote(str(tmp)) for w in actors.learners])
+    on_learners(actors, [w.save_checkpoint.remote(str(tmp)) for w in actors.learners])
     save_driver_state(tmp, DriverState(
         step=p.step, version=p.version, stream=stream.state(),
         pending=[[b.batch, [p.uid for p in b.prompts]] for b in loop.inflight], shard_rng=rng_to_json(p.shard_rng.getstate()),
         skipped_total=p.skipped_total, skipped_streak=p.skipped_streak, reward_streak=loop.health.streak,
         reward_first_error=loop.health.first_error, wandb_id=tracker.wandb_id, num_ranks=len(actors.learners),
-        **process_rngs()))
+        faults=loop.faults.counters(), **process_rngs()))
     return commit_checkpoint(tracker.run_dir, tmp, p.step, cfg.checkpoint.keep)
 
 
@@ -400,7 +429,7 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
         t1 = time.perf_counter()
         if cfg.generation.sleep_mode:  # one GPU: vLLM gives its memory to the learner for the step
             ray.get([gen.sleep.remote() for gen in actors.generators])
-        learner_metrics = train_step(actors, shards, tracker.run_dir)
+        learner_metrics = train_step(actors, shards)
         if cfg.generation.sleep_mode:  # queued before the weight load below: actor calls run in order
             [gen.wake_up.remote() for gen in actors.generators]
         t_learn = time.perf_counter() - t1
@@ -454,15 +483,33 @@ def wait_loads(loads: list) -> None:
         pass
 
 
-def train_step(actors: Actors, shards: list, run_dir: Path) -> dict:
-    """One step on every learner rank. A rank that dies cannot be replaced in place under ZeRO-3
-    (its shards are gone with it): the run stops and says how to resume."""
+def on_learners(actors: Actors, refs: list) -> list:
+    """Results of one call on every learner rank, failing as soon as one rank dies: its peers then
+    wait in a collective for it and would never answer. A dead rank cannot be replaced in place
+    under ZeRO-3 (its shards went with it), so this raises LearnerLost naming the rank."""
+    pending = list(refs)
     try:
-        return ray.get([w.train_step.remote(s) for w, s in zip(actors.learners, shards)])[0]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
+        return ray.get(refs)
     except RayActorError as e:
-        rank = next((i for i, w in enumerate(actors.learners) if w._actor_id == getattr(e, "actor_id", None)), "?")
-        raise ActorFailures(f"learner rank {rank} died ({str(e).strip().splitlines()[0]}); ZeRO-3 cannot replace a "
-                            f"rank in place: continue from the latest checkpoint with `forkrl train --resume {run_dir}`") from None
+        raise learner_lost(actors, e) or e from None
+
+
+def learner_lost(actors: Actors, e: RayActorError) -> LearnerLost | None:
+    """The LearnerLost that `e` means, or None when the actor that died is not a learner rank."""
+    dead = getattr(e, "actor_id", None)
+    ranks = [i for i, w in enumerate(actors.learners) if w._actor_id.hex() == dead]
+    if not ranks and dead in {w._actor_id.hex() for w in actors.generators + actors.rewards}:
+        return None
+    rank = ranks[0] if ranks else "?"  # a shard argument's error names the learner that failed to make it
+    return LearnerLost(f"learner rank {rank} died ({str(e).strip().splitlines()[0]})")
+
+
+def train_step(actors: Actors, shards: list) -> dict:
+    """One step on every learner rank; rank 0's metrics (they are reduced over the ranks)."""
+    return on_learners(actors, [w.train_step.remote(s) for w, s in zip(actors.learners, shards)])[0]
 
 
 def check_finite(cfg: TrainConfig, step: int, m: dict, p: Progress) -> None:

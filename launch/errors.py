@@ -20,3 +20,9 @@ class NonFiniteSteps(RuntimeError):
 
 class ActorFailures(RuntimeError):
     """Actors failed more often than fault.max_actor_restarts allows, or a learner rank died."""
+
+
+class LearnerLost(ActorFailures):
+    """A learner rank died (the message names it). ZeRO-3 cannot replace one rank in place (its shards
+    went with it): the driver restarts the run from its latest checkpoint (fault.learner_restarts)
+    or stops with the command that resumes it."""

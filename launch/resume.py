@@ -5,7 +5,7 @@ A checkpoint is `run_dir/state/step_N/`:
   scheduler shards (nothing is gathered into one process);
 - `driver.json`: the step, the policy version, the prompt stream's position, the ledger of
   batches issued but not yet trained (sampled again on resume from the same prompts and seeds),
-  the driver's RNG states, the reward-health and skipped-step counters, and the wandb run id.
+  the driver's RNG states, the reward-health, skipped-step and fault counters, and the wandb run id.
 It is written under a temporary name and renamed into place; `state/latest` names the newest
 complete one and is replaced last, so a crash at any moment leaves the previous checkpoint usable.
 The run's config is run_dir/config.yaml.
@@ -56,6 +56,7 @@ class DriverState:
     python_rng: list
     numpy_rng: list
     torch_rng: list
+    faults: dict | None = None  # Faults.counters(): actor restarts, resubmitted prompts, learner restarts
 
 
 def rng_to_json(state: tuple) -> list:

@@ -1,6 +1,7 @@
 """Durable runs: full checkpoints, resume, never overwriting a run, a record of what was trained."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -176,10 +177,72 @@ def test_a_killed_actor_and_a_sigterm_lose_no_prompt(straight, tiny_model, yes_d
                          text=True, timeout=900, env={**os.environ, "WANDB_SILENT": "true"})
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert read_metrics(run_dir)[-1]["fault/actor_restarts"] == 1  # the counters go on from the checkpoint
     ra, rb = rollout_rows(straight), rollout_rows(run_dir)
     assert [[r["prompt_id"] for r in ra[s]] for s in (1, 2, 3, 4)] == [[r["prompt_id"] for r in rb[s]] for s in (1, 2, 3, 4)]
     assert all(r["status"] not in ("error", "timeout", "crashed") for s in rb for r in rb[s])
     assert set(rb[1][0]) >= {"prompt_id", "prompt", "response", "reward", "status", "policy_version"}
+
+
+def learner_processes(proc) -> list:
+    import psutil
+
+    return [p for p in psutil.Process(proc.pid).children(recursive=True) if "LearnerWorker" in p.name()]
+
+
+@pytest.mark.e2e
+def test_a_killed_learner_rank_restarts_the_run_then_stops_it_when_restarts_run_out(straight, tiny_model, yes_data,
+                                                                                  tmp_path):
+    """fault.learner_restarts=1. A ZeRO-3 rank SIGKILLed after step 2 takes its shards with it while
+    its peer waits in a collective: the driver fails fast, shuts every actor down and starts again
+    from the latest checkpoint in the same process. A second rank killed after step 3 exceeds the
+    bound: the run stops naming the rank and the resume command, and the resume finishes it. The
+    run trains the straight run's prompts, responses, rewards and losses, each step once in
+    metrics.jsonl (6 steps, compared over 4: a kill that lands late still leaves steps to run)."""
+    run_dir = tmp_path / "run"
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as err_file:
+        proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
+                                 "steps=6", *SYNC, "checkpoint.every=1", "fault.learner_restarts=1"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err_file, text=True,
+                                env={**os.environ, "WANDB_SILENT": "true"})
+        wait_for_steps(proc, run_dir, 2)
+        first = learner_processes(proc)
+        assert len(first) == 2, first
+        first[1].kill()
+        wait_for_steps(proc, run_dir, 3)  # metrics.jsonl went back to the checkpoint, then on
+        second = learner_processes(proc)
+        assert len(second) == 2 and not {p.pid for p in second} & {p.pid for p in first}, "not restarted"
+        second[0].kill()
+        proc.wait(timeout=900)
+    err = stderr_path.read_text()
+    assert proc.returncode == 1, err[-3000:]
+    assert "restarting every actor from" in err and "(learner restart 1 of 1)" in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert re.search(r"forkrl: error: learner rank [01] died", last) and "used up" in last, last
+    assert f"forkrl train --resume {run_dir}" in last, last
+    res = subprocess.run([str(BIN / "forkrl"), "train", "--resume", str(run_dir)], cwd=REPO, capture_output=True,
+                         text=True, timeout=900, env={**os.environ, "WANDB_SILENT": "true"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = read_metrics(straight), read_metrics(run_dir)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]  # the steps trained again replace the lost ones
+    assert b[-1]["fault/learner_restarts"] == 1  # carried through the checkpoint into the resumed run
+    ra, rb = rollout_rows(straight), rollout_rows(run_dir)
+    for step in (1, 2, 3, 4):
+        assert [(r["prompt_id"], r["response"]) for r in ra[step]] == [(r["prompt_id"], r["response"]) for r in rb[step]]
+    for x, y in zip(a, b):
+        assert x["reward/mean"] == pytest.approx(y["reward/mean"])
+        assert (x["losses/loss"] is None) == (y["losses/loss"] is None)
+        if x["losses/loss"] is not None:
+            assert x["losses/loss"] == pytest.approx(y["losses/loss"], rel=1e-4, abs=1e-6)
+
+
+def test_learner_restarts_need_periodic_checkpoints():
+    from launch.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^fault.learner_restarts: needs checkpoint.every > 0"):
+        load_config(REPO / "configs/tiny.yaml", ["fault.learner_restarts=1"])
+    assert load_config(REPO / "configs/tiny.yaml", ["fault.learner_restarts=1", "checkpoint.every=2"]).fault.learner_restarts == 1
 
 
 @pytest.mark.ray
