@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit bench clean
+.PHONY: install demo test test-unit lint bench clean
 
 install:
 	@bash scripts/install.sh
@@ -11,8 +11,11 @@ demo: install
 	$(BIN)/forkrl prepare-model
 	$(BIN)/forkrl train --config configs/demo.yaml
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest tests
+
+lint: install  # unused imports, undefined names: cheap, and they hide real mistakes
+	$(BIN)/python -m pyflakes actors learner rewards launch tests bench
 
 test-unit: install
 	$(BIN)/python -m pytest tests -m unit

@@ -16,11 +16,10 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
 
 from actors.types import RolloutBatch
 from launch.checkpoint import export_hf
@@ -29,65 +28,20 @@ from launch.console import Console
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.models import resolve_model_path
 from launch.errors import ActorFailures, LearnerLost, NonFiniteSteps, RunStopped
+from launch.fanout import (Faults, InFlight, collect, on_learners, publish_weights, submit_rollout, train_step,
+                           wait_loads)
 from launch.network import start_ray
 from launch.resume import (STATE_DIR, DriverState, checkpoint_tmp, commit_checkpoint, latest_checkpoint, process_rngs,
                            restore_process_rngs, rng_from_json, rng_to_json, save_driver_state, to_universal)
 from launch.placement import Actors, check_resources, launch_actors
 from launch.evaluation import eval_max_tokens, evaluate
-from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, sample_seed, to_groups, train_shards
+from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, to_groups, train_shards
 from launch.tracking import RunTracker, check_fresh
 from learner.weights import assemble_weights
 from rewards.math import RewardResult
 from rewards.registry import check_spec
 
 logger = logging.getLogger("forkrl")
-
-
-@dataclass
-class InFlight:
-    """One rollout batch on its way: generation parts and the reward scoring chained on them."""
-
-    rollouts: list  # ObjectRef[RolloutBatch], one per generation actor
-    scores: list  # ObjectRef[(list[RewardResult], seconds)], per reward actor slice
-    batch: int  # the batch's number in the prompt stream (its sampling seeds derive from it)
-    prompts: list  # its prompts: the ledger of issued-but-untrained prompts, resubmitted after a failure
-    version: int  # the policy version published when it was submitted: no healthy generator answers older
-    epoch: int  # Faults.epoch at submission: a failure seen after a later recovery was already counted
-
-
-@dataclass
-class Faults:
-    """Actor failures so far, and what recovering from one needs: the latest published weights."""
-
-    max_restarts: int
-    restarts: int = 0
-    resubmitted_prompts: int = 0
-    learner_restarts: int = 0  # restarts of the whole run from its latest checkpoint after a rank died
-    epoch: int = 0  # recoveries so far
-    version: int = 0  # the latest published policy version
-    shards: list = field(default_factory=list)  # its weight shards (ObjectRefs)
-
-    def metrics(self) -> dict:
-        return {"fault/actor_restarts": self.restarts, "fault/resubmitted_prompts": self.resubmitted_prompts,
-                "fault/learner_restarts": self.learner_restarts}
-
-    def counters(self) -> dict:  # what a checkpoint keeps, so a resumed run's bound and metrics go on
-        return {"restarts": self.restarts, "resubmitted_prompts": self.resubmitted_prompts,
-                "learner_restarts": self.learner_restarts}
-
-
-def submit_rollout(cfg: TrainConfig, actors: Actors, prompts: list, batch: int, faults: Faults) -> InFlight:
-    k, group_size = len(actors.generators), cfg.generation.group_size
-    rollouts = [gen.generate.remote(prompts[j::k], sample_seed(cfg.seed, batch, j))
-                for j, gen in enumerate(actors.generators) if prompts[j::k]]
-    scores = []
-    for ref, n_prompts in zip(rollouts, [len(prompts[j::k]) for j in range(k)]):
-        n = n_prompts * group_size
-        per = -(-n // len(actors.rewards))
-        for i, rw in enumerate(actors.rewards):
-            if i * per < n:  # the rollout ref is resolved inside the reward actor: no driver hop
-                scores.append(rw.score_rollout.remote(ref, i * per, min(n, (i + 1) * per)))
-    return InFlight(rollouts, scores, batch, list(prompts), faults.version, faults.epoch)
 
 
 def issue(cfg: TrainConfig, actors: Actors, stream: PromptStream, n_prompts: int, faults: Faults) -> InFlight:
@@ -115,60 +69,6 @@ def rollout_metrics(parts: list[RolloutBatch], results, groups: list[Group], ver
     }
     out.update({f"reward/status_{k}": v / len(results) for k, v in sorted(statuses.items())})
     return out
-
-
-def collect(cfg: TrainConfig, actors: Actors, batch: InFlight, faults: Faults
-            ) -> tuple[list[RolloutBatch], list[RewardResult], float]:
-    """Wait for a batch: its parts, the reward results in response order, the slowest scoring time.
-
-    A generation or reward actor that died on the way (Ray restarts it, up to
-    fault.max_actor_restarts) loses the whole batch: the restarted generators get the latest
-    weights, and the batch's prompts are sampled again with the same seeds, so no prompt is lost
-    or trained twice and no failed response enters training."""
-    while True:
-        try:
-            parts, scored = ray.get(batch.rollouts), ray.get(batch.scores)
-            if all(p.policy_version >= batch.version for p in parts):
-                return parts, [r for res, _ in scored for r in res], max(s for _, s in scored)
-            cause = "a generator answered with its initial weights: it was restarted"
-        except (RayActorError, ActorUnavailableError) as e:
-            cause = str(e).strip().splitlines()[0]
-        if batch.epoch == faults.epoch:  # a new failure, not one already recovered from
-            faults.restarts += 1
-            if faults.restarts > cfg.fault.max_actor_restarts:
-                raise ActorFailures(f"{faults.restarts} actor failures, over fault.max_actor_restarts="
-                                    f"{cfg.fault.max_actor_restarts}; last: {cause}")
-            logger.warning("actor failure (%s): restoring weights, sampling batch %d again", cause, batch.batch)
-            refresh_generators(actors, faults)
-        faults.resubmitted_prompts += len(batch.prompts)
-        batch = submit_rollout(cfg, actors, batch.prompts, batch.batch, faults)
-
-
-def answer_when_up(method, timeout_s: float = 900.0):
-    """Call an actor method, waiting while Ray restarts the actor (it answers 'unavailable' then);
-    an actor that is gone for good, or not back within `timeout_s`, stops the run."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return ray.get(method.remote())
-        except ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise ActorFailures(f"an actor did not come back within {timeout_s:.0f}s of failing") from None
-            time.sleep(1.0)
-        except RayActorError as e:
-            raise ActorFailures(f"an actor is gone for good: {str(e).strip().splitlines()[0]}") from None
-
-
-def refresh_generators(actors: Actors, faults: Faults) -> None:
-    """Give every generator that lags the latest policy version (a restarted one starts from the
-    initial weights) those weights; waits until all answer (Ray restarts them meanwhile)."""
-    versions = [answer_when_up(g.policy_version) for g in actors.generators]
-    stale = [g for g, v in zip(actors.generators, versions) if v < faults.version]
-    try:
-        ray.get([g.load_weights.remote(faults.version, *faults.shards) for g in stale])
-    except RayActorError as e:  # a weight shard that never came: its learner rank died publishing it
-        raise learner_lost(actors, e) or e from None
-    faults.epoch += 1
 
 
 def dynamic_sample(cfg: TrainConfig, actors: Actors, stream: PromptStream, parts: list, results: list,
@@ -374,21 +274,6 @@ def save_checkpoint(cfg: TrainConfig, actors: Actors, tracker: RunTracker, strea
     return commit_checkpoint(tracker.run_dir, tmp, p.step, cfg.checkpoint.keep)
 
 
-def publish_weights(actors: Actors, version: int, previous_loads: list):
-    """Every learner rank puts its own slice of the weights into the object store; each generator
-    assembles them (Ray hands it the resolved shards) and loads. Nothing passes through one process.
-
-    Returns the shards' ObjectRefs, the seconds the *previous* loads took (they are done by now;
-    waiting on the new ones would stall behind in-flight generation) and the new loads' futures."""
-    shards = [w.weight_shard.remote() for w in actors.learners]
-    ray.wait(shards, num_returns=len(shards))
-    try:
-        load_s = max(ray.get(previous_loads), default=0.0)
-    except (RayActorError, ActorUnavailableError):  # a generator died: collect() finds and restores it
-        load_s = 0.0
-    return shards, load_s, [gen.load_weights.remote(version, *shards) for gen in actors.generators]
-
-
 def log_step(cfg: TrainConfig, step: int, m: dict, parts: list[RolloutBatch], results: list[RewardResult],
              eta_s: float) -> None:
     logger.info(
@@ -474,42 +359,6 @@ def _loop(cfg: TrainConfig, actors: Actors, stream: PromptStream, tracker: RunTr
                              f"`forkrl train --resume {tracker.run_dir}`")
     wait_loads(pending_loads)
     return metrics
-
-
-def wait_loads(loads: list) -> None:
-    try:
-        ray.get(loads)
-    except (RayActorError, ActorUnavailableError):  # a generator died; collect() restores it before it samples
-        pass
-
-
-def on_learners(actors: Actors, refs: list) -> list:
-    """Results of one call on every learner rank, failing as soon as one rank dies: its peers then
-    wait in a collective for it and would never answer. A dead rank cannot be replaced in place
-    under ZeRO-3 (its shards went with it), so this raises LearnerLost naming the rank."""
-    pending = list(refs)
-    try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)
-        return ray.get(refs)
-    except RayActorError as e:
-        raise learner_lost(actors, e) or e from None
-
-
-def learner_lost(actors: Actors, e: RayActorError) -> LearnerLost | None:
-    """The LearnerLost that `e` means, or None when the actor that died is not a learner rank."""
-    dead = getattr(e, "actor_id", None)
-    ranks = [i for i, w in enumerate(actors.learners) if w._actor_id.hex() == dead]
-    if not ranks and dead in {w._actor_id.hex() for w in actors.generators + actors.rewards}:
-        return None
-    rank = ranks[0] if ranks else "?"  # a shard argument's error names the learner that failed to make it
-    return LearnerLost(f"learner rank {rank} died ({str(e).strip().splitlines()[0]})")
-
-
-def train_step(actors: Actors, shards: list) -> dict:
-    """One step on every learner rank; rank 0's metrics (they are reduced over the ranks)."""
-    return on_learners(actors, [w.train_step.remote(s) for w, s in zip(actors.learners, shards)])[0]
 
 
 def check_finite(cfg: TrainConfig, step: int, m: dict, p: Progress) -> None:
