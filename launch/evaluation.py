@@ -7,7 +7,7 @@ from collections.abc import Callable
 import ray
 
 from launch.placement import Actors
-from launch.rollouts import sample_seed
+from launch.rollouts import contiguous_slices, sample_seed
 from learner.passk import mean_pass_at_k
 
 
@@ -26,7 +26,9 @@ def eval_correct(actors: Actors, prompts, samples: int, max_tokens: int, seed: i
     for j, (t, _) in enumerate(outs):
         texts += t
         answers += [p.answer for p in prompts[j::k] for _ in range(samples)]
-    results, _ = ray.get(actors.rewards[0].score.remote(texts, answers))
+    scored = ray.get([rw.score.remote(texts[part], answers[part])
+                      for rw, part in zip(actors.rewards, contiguous_slices(len(texts), len(actors.rewards)))])
+    results = [r for res, _ in scored for r in res]
     # outs[j] holds generator j's prompts: put the flags back in prompt order
     flags = [r.status == "correct" for r in results]
     by_prompt, i = [None] * len(prompts), 0

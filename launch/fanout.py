@@ -19,7 +19,7 @@ from actors.types import RolloutBatch
 from launch.config import TrainConfig
 from launch.errors import ActorFailures, LearnerLost
 from launch.placement import Actors
-from launch.rollouts import sample_seed
+from launch.rollouts import contiguous_slices, sample_seed
 from rewards.math import RewardResult
 
 logger = logging.getLogger("forkrl")
@@ -64,10 +64,9 @@ def submit_rollout(cfg: TrainConfig, actors: Actors, prompts: list, batch: int, 
     scores = []
     for ref, n_prompts in zip(rollouts, [len(prompts[j::k]) for j in range(k)]):
         n = n_prompts * group_size
-        per = -(-n // len(actors.rewards))
-        for i, rw in enumerate(actors.rewards):
-            if i * per < n:  # the rollout ref is resolved inside the reward actor: no driver hop
-                scores.append(rw.score_rollout.remote(ref, i * per, min(n, (i + 1) * per)))
+        for rw, part in zip(actors.rewards, contiguous_slices(n, len(actors.rewards))):
+            # the rollout ref is resolved inside the reward actor: no driver hop
+            scores.append(rw.score_rollout.remote(ref, part.start, part.stop))
     return InFlight(rollouts, scores, batch, list(prompts), faults.version, faults.epoch)
 
 

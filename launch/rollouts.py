@@ -77,6 +77,14 @@ class RewardHealth:
                 f"reward.max_error_steps={self.max_steps}); first error: {self.first_error!r}")
 
 
+def contiguous_slices(n: int, parts: int) -> list[slice]:
+    """Items 0..n-1 cut into at most `parts` contiguous, non-empty slices of ceil(n / parts), in
+    order: how responses are spread over the reward actors, so their results concatenate back
+    into response order."""
+    per = -(-n // parts)
+    return [slice(i * per, min(n, (i + 1) * per)) for i in range(parts) if i * per < n]
+
+
 def to_groups(parts: list[RolloutBatch], results: list[RewardResult]) -> list[Group]:
     """Groups in rollout order; `results` holds one result per response, in the same order."""
     groups, i = [], 0

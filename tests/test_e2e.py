@@ -265,7 +265,8 @@ def test_forkrl_eval_scores_a_model_and_compares_it(tiny_model, yes_eval, tmp_pa
     shutil.copytree(tiny_model, copy)  # scored separately: its own engine, the same weights
     res = subprocess.run([str(BIN / "forkrl"), "eval", "--config", str(REPO / "configs/tiny.yaml"), "--model",
                           str(tiny_model), "--data", str(yes_eval), "--samples", "4", "--compare", str(copy),
-                          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
+                          "--out", str(out), "reward.num_actors=2"],  # the responses split over two verifiers
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["prompts"] == 32 and report["samples"] == 4

@@ -1,5 +1,7 @@
 import random
 
+import pytest
+
 from actors.types import Prompt, RolloutBatch
 from launch.rollouts import choose_groups, to_groups, train_shards
 from rewards.math import RewardResult
@@ -37,3 +39,12 @@ def test_train_shards_split_evenly_with_group_advantages():
     assert [len(s) for s in shards] == [4, 4]
     advs = sorted(float(a) for s in shards for a in s.advantages)
     assert advs == [-0.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("n,parts", [(0, 2), (1, 3), (7, 2), (8, 2), (8, 3), (5, 8), (64, 5)])
+def test_contiguous_slices_cover_every_item_once_in_order(n, parts):
+    from launch.rollouts import contiguous_slices
+
+    cut = contiguous_slices(n, parts)
+    assert len(cut) <= parts and all(s.stop > s.start for s in cut)
+    assert [i for s in cut for i in range(n)[s]] == list(range(n))  # concatenated results line up
