@@ -7,9 +7,12 @@ BIN := $(VENV)/bin
 install:
 	@bash scripts/install.sh
 
+# A second demo needs another name (a run is never overwritten): make demo NAME=demo2
+NAME ?= demo
+
 demo: install
 	$(BIN)/forkrl prepare-model
-	$(BIN)/forkrl train --config configs/demo.yaml
+	$(BIN)/forkrl train --config configs/demo.yaml tracking.name=$(NAME)
 
 test: install lint
 	$(BIN)/python -m pytest tests
