@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 from actors.types import Prompt
+from launch.rng_state import rng_from_json, rng_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -252,12 +253,10 @@ class PromptStream:
 
     def state(self) -> dict:
         """JSON-able position: the rest of this epoch's order, the shuffler's RNG, the batch count."""
-        version, internal, gauss = self.rng.getstate()
-        return {"order": list(self.order), "rng": [version, list(internal), gauss], "issued": self.issued}
+        return {"order": list(self.order), "rng": rng_to_json(self.rng.getstate()), "issued": self.issued}
 
     def restore(self, state: dict) -> None:
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        self.rng.setstate(rng_from_json(state["rng"]))
         self.order, self.issued = list(state["order"]), state["issued"]
 
     def take(self, k: int) -> list[Prompt]:

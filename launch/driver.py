@@ -32,7 +32,8 @@ from launch.fanout import (Faults, InFlight, collect, on_learners, publish_weigh
                            wait_loads)
 from launch.network import start_ray
 from launch.resume import (STATE_DIR, DriverState, checkpoint_tmp, commit_checkpoint, latest_checkpoint, process_rngs,
-                           restore_process_rngs, rng_from_json, rng_to_json, save_driver_state, to_universal)
+                           restore_process_rngs, save_driver_state, to_universal)
+from launch.rng_state import rng_from_json, rng_to_json
 from launch.placement import Actors, check_resources, launch_actors
 from launch.evaluation import eval_max_tokens, evaluate
 from launch.rollouts import FAILED, Group, RewardHealth, choose_groups, to_groups, train_shards

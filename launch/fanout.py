@@ -132,18 +132,17 @@ def publish_weights(actors: Actors, version: int, previous_loads: list):
     waiting on the new ones would stall behind in-flight generation) and the new loads' futures."""
     shards = [w.weight_shard.remote() for w in actors.learners]
     ray.wait(shards, num_returns=len(shards))
-    try:
-        load_s = max(ray.get(previous_loads), default=0.0)
-    except (RayActorError, ActorUnavailableError):  # a generator died: collect() finds and restores it
-        load_s = 0.0
+    load_s = wait_loads(previous_loads)
     return shards, load_s, [gen.load_weights.remote(version, *shards) for gen in actors.generators]
 
 
-def wait_loads(loads: list) -> None:
+def wait_loads(loads: list) -> float:
+    """Wait for weight loads; the slowest one's seconds (0 when a generator died: collect() finds
+    and restores it before it samples again)."""
     try:
-        ray.get(loads)
-    except (RayActorError, ActorUnavailableError):  # a generator died; collect() restores it before it samples
-        pass
+        return max(ray.get(loads), default=0.0)
+    except (RayActorError, ActorUnavailableError):
+        return 0.0
 
 
 def on_learners(actors: Actors, refs: list) -> list:

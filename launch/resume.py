@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from launch.config import ConfigError, TrainConfig, load_config, to_dict
+from launch.rng_state import rng_from_json, rng_to_json
 
 STATE_DIR = "state"
 
@@ -57,15 +58,6 @@ class DriverState:
     numpy_rng: list
     torch_rng: list
     faults: dict | None = None  # Faults.counters(): actor restarts, resubmitted prompts, learner restarts
-
-
-def rng_to_json(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def rng_from_json(state: list) -> tuple:
-    return state[0], tuple(state[1]), state[2]
 
 
 def process_rngs() -> dict:
