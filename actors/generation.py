@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 from actors.types import Prompt, RolloutBatch
 from learner.weights import WeightShard, assemble_weights
@@ -49,6 +50,9 @@ class GenerationWorker:
             enable_sleep_mode=cfg.sleep_mode,
         )
         self.version = 0
+        # A restarted actor that received the latest weights before it sampled loses no batch,
+        # but the driver must still count the restart: a new id per incarnation tells it.
+        self.instance = uuid.uuid4().hex
 
     def generate(self, prompts: list[Prompt], seed: int | None = None) -> RolloutBatch:
         """G samples per prompt. With `seed`, sampling restarts from it: the engine runs in this
@@ -73,7 +77,8 @@ class GenerationWorker:
                 lps.append([step[tok].logprob for step, tok in zip(o.logprobs, o.token_ids)])
                 texts.append(o.text)
                 finished.append(o.finish_reason == "stop")
-        return RolloutBatch(prompts, c.group_size, ids, lps, texts, finished, self.version, time.perf_counter() - t0)
+        return RolloutBatch(prompts, c.group_size, ids, lps, texts, finished, self.version, time.perf_counter() - t0,
+                            self.instance)
 
     def evaluate(self, prompts: list[Prompt], samples: int, max_tokens: int, seed: int | None = None
                  ) -> tuple[list[str], int]:

@@ -26,6 +26,7 @@ class RolloutBatch:
     finished: list[bool]  # (B*G,) ended with EOS/stop rather than the length limit
     policy_version: int  # learner version whose weights produced every response here
     generate_s: float  # seconds the engine spent on this batch
+    actor_instance: str = ""  # the generation actor's incarnation: a new one after Ray restarted it
 
     def __len__(self) -> int:
         return len(self.response_ids)

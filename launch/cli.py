@@ -73,9 +73,17 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
             run_eval(load_config(args.config, overrides), args.model, args.data, args.samples,
                      Path(args.out) if args.out else None, args.compare)
         elif args.command == "prepare-model":
+            from launch.console import Console
             from launch.models import default_cache_dir, prepare_default_model
 
-            print(prepare_default_model(Path(args.cache_dir) if args.cache_dir else default_cache_dir()))
+            cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+            # the conversion's progress bars and library warnings (DeepSpeed's accelerator guess,
+            # pulled in by transformers) go to a log; the terminal gets forkrl's line and the path
+            with Console(cache / "prepare-model.log", verbose=False):
+                logging.getLogger("forkrl").info("packaged model: converted once into %s (log: %s)", cache,
+                                                 cache / "prepare-model.log")
+                path = prepare_default_model(cache)
+            print(path)
         else:
             from launch.models import build_tiny_model
 

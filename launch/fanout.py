@@ -47,6 +47,7 @@ class Faults:
     epoch: int = 0  # recoveries so far
     version: int = 0  # the latest published policy version
     shards: list = field(default_factory=list)  # its weight shards (ObjectRefs)
+    instances: dict = field(default_factory=dict)  # generator index -> the incarnation that last answered
 
     def metrics(self) -> dict:
         return {"fault/actor_restarts": self.restarts, "fault/resubmitted_prompts": self.resubmitted_prompts,
@@ -82,19 +83,37 @@ def collect(cfg: TrainConfig, actors: Actors, batch: InFlight, faults: Faults
         try:
             parts, scored = ray.get(batch.rollouts), ray.get(batch.scores)
             if all(p.policy_version >= batch.version for p in parts):
+                note_instances(cfg, faults, parts)
                 return parts, [r for res, _ in scored for r in res], max(s for _, s in scored)
             cause = "a generator answered with its initial weights: it was restarted"
         except (RayActorError, ActorUnavailableError) as e:
             cause = str(e).strip().splitlines()[0]
         if batch.epoch == faults.epoch:  # a new failure, not one already recovered from
-            faults.restarts += 1
-            if faults.restarts > cfg.fault.max_actor_restarts:
-                raise ActorFailures(f"{faults.restarts} actor failures, over fault.max_actor_restarts="
-                                    f"{cfg.fault.max_actor_restarts}; last: {cause}")
+            count_restart(cfg, faults, cause)
             logger.warning("actor failure (%s): restoring weights, sampling batch %d again", cause, batch.batch)
             refresh_generators(actors, faults)
+            faults.instances.clear()  # the restarted incarnations were counted here
         faults.resubmitted_prompts += len(batch.prompts)
         batch = submit_rollout(cfg, actors, batch.prompts, batch.batch, faults)
+
+
+def count_restart(cfg: TrainConfig, faults: Faults, cause: str) -> None:
+    faults.restarts += 1
+    if faults.restarts > cfg.fault.max_actor_restarts:
+        raise ActorFailures(f"{faults.restarts} actor failures, over fault.max_actor_restarts="
+                            f"{cfg.fault.max_actor_restarts}; last: {cause}")
+
+
+def note_instances(cfg: TrainConfig, faults: Faults, parts: list[RolloutBatch]) -> None:
+    """Count a generator that Ray restarted between batches and that got the latest weights (queued
+    before its next batch) before it sampled: no batch was lost, but it failed all the same."""
+    for j, part in enumerate(parts):  # parts[j] came from generator j (submit_rollout's order)
+        seen = faults.instances.setdefault(j, part.actor_instance)
+        if seen != part.actor_instance:
+            faults.instances[j] = part.actor_instance
+            count_restart(cfg, faults, f"generation actor {j} was restarted")
+            logger.warning("generation actor %d was restarted and had the latest weights before it sampled: "
+                           "no batch lost", j)
 
 
 def answer_when_up(method, timeout_s: float = 900.0):

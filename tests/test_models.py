@@ -6,9 +6,22 @@ from launch.models import DEFAULT_MODEL, _find_gguf, prepare_default_model, reso
 
 
 def test_default_model_conversion_matches_the_gguf(tmp_path):
+    """Through `forkrl prepare-model`, as `make demo` runs it: stdout is the folder, the terminal
+    gets forkrl's lines only, and the conversion's bars and library warnings are in its log."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = prepare_default_model(tmp_path)
+    res = subprocess.run([str(Path(sys.executable).parent / "forkrl"), "prepare-model", "--cache-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / DEFAULT_MODEL
+    assert res.stdout.strip() == str(out)
+    assert res.stderr.strip() and all(re.match(r"\d\d:\d\d:\d\d forkrl: ", line) for line in res.stderr.strip().splitlines())
+    assert "Writing model shards" in (tmp_path / "prepare-model.log").read_text()
     assert (out / "model.safetensors").is_file() and not (tmp_path / f"{DEFAULT_MODEL}.tmp").exists()
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert prepare_default_model(tmp_path) == out and (out / "model.safetensors").stat().st_mtime_ns == stamp  # cached
