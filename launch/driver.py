@@ -32,7 +32,8 @@ from launch.fanout import (Faults, InFlight, collect, on_learners, publish_weigh
                            wait_loads)
 from launch.network import start_ray
 from launch.resume import (STATE_DIR, DriverState, checkpoint_tmp, commit_checkpoint, latest_checkpoint, process_rngs,
-                           restore_process_rngs, save_driver_state, to_universal)
+                           record_learner_restarts, recorded_learner_restarts, restore_process_rngs,
+                           save_driver_state, to_universal)
 from launch.rng_state import rng_from_json, rng_to_json
 from launch.placement import Actors, check_resources, launch_actors
 from launch.evaluation import eval_max_tokens, evaluate
@@ -121,7 +122,7 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     if not resume:
         check_fresh(run_dir)
     with Console(run_dir / "train.log", verbose) as console:
-        learner_restarts = 0
+        learner_restarts = recorded_learner_restarts(run_dir) if resume else 0  # fault.learner_restarts is per run
         while True:
             try:
                 return _run(cfg, run_dir, model_path, prompts, eval_prompts, pad_id, ckpt, saved, console,
@@ -136,6 +137,7 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
                                             f" (fault.learner_restarts={cfg.fault.learner_restarts} used up)"
                                             if cfg.fault.learner_restarts else "")) from None
                 learner_restarts += 1
+                record_learner_restarts(run_dir, learner_restarts)
                 ckpt, saved = latest_checkpoint(run_dir)
                 logger.warning("%s: restarting every actor from %s (learner restart %d of %d)", e, ckpt,
                                learner_restarts, cfg.fault.learner_restarts)

@@ -102,6 +102,19 @@ def checkpoint_tmp(run_dir: Path, step: int) -> Path:
     return tmp
 
 
+def record_learner_restarts(run_dir: Path, count: int) -> None:
+    """Learner restarts are counted for the whole run, outside the checkpoints: a restart rewinds to
+    a checkpoint written before it, whose counters cannot know of it."""
+    tmp = run_dir / STATE_DIR / "learner_restarts.tmp"
+    tmp.write_text(str(count))
+    os.replace(tmp, run_dir / STATE_DIR / "learner_restarts")
+
+
+def recorded_learner_restarts(run_dir: Path) -> int:
+    path = run_dir / STATE_DIR / "learner_restarts"
+    return int(path.read_text()) if path.is_file() else 0
+
+
 def latest_checkpoint(run_dir: Path) -> tuple[Path, DriverState]:
     pointer = run_dir / STATE_DIR / "latest"
     if not pointer.is_file():
