@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 
-from actors.types import Prompt, RolloutBatch
+from actors.types import EvalBatch, Prompt, RolloutBatch
 from learner.weights import WeightShard, assemble_weights
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,9 @@ class GenerationWorker:
         return RolloutBatch(prompts, c.group_size, ids, lps, texts, finished, self.version, time.perf_counter() - t0,
                             self.instance)
 
-    def evaluate(self, prompts: list[Prompt], samples: int, max_tokens: int, seed: int | None = None
-                 ) -> tuple[list[str], int]:
+    def evaluate(self, prompts: list[Prompt], samples: int, max_tokens: int, seed: int | None = None) -> EvalBatch:
         """`samples` responses per prompt (greedy when 1, else at the rollout temperature), at most
-        `max_tokens` each, grouped by prompt, and the policy version that wrote them."""
+        `max_tokens` each, grouped by prompt."""
         import torch
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -94,7 +93,7 @@ class GenerationWorker:
         temperature = 0.0 if samples == 1 else self.cfg.temperature
         params = SamplingParams(n=samples, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
-        return [o.text for out in outs for o in out.outputs], self.version
+        return EvalBatch(prompts, samples, [o.text for out in outs for o in out.outputs], self.version)
 
     def sleep(self) -> None:
         """Release the GPU memory (level 1: weights to host memory, KV cache dropped) for the learner."""

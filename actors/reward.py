@@ -4,10 +4,10 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from actors.types import RolloutBatch
-from rewards.math import RewardResult
+from actors.types import EvalBatch, RolloutBatch
 from rewards.code import SandboxLimits
 from rewards.registry import RewardScorer
+from rewards.result import RewardResult
 from rewards.shaping import shaped_score
 
 
@@ -36,3 +36,8 @@ class RewardWorker:
             for r, i in zip(results, range(start, stop))
         ]
         return shaped, seconds
+
+    def score_eval(self, batch: EvalBatch, start: int, stop: int) -> tuple[list[RewardResult], float]:
+        """Score responses start..stop of an evaluation batch, unshaped: the verdict is what counts."""
+        answers = [batch.prompts[i // batch.samples].answer for i in range(start, stop)]
+        return self.score(batch.response_text[start:stop], answers)

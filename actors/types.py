@@ -21,7 +21,7 @@ class RolloutBatch:
     prompts: list[Prompt]  # (B,)
     group_size: int  # G
     response_ids: list[list[int]]  # (B*G, ragged) sampled token ids
-    behaviour_logprobs: list[list[float]]  # (B*G, ragged) log-prob of each sampled token
+    behaviour_logp: list[list[float]]  # (B*G, ragged) log-prob of each sampled token
     response_text: list[str]  # (B*G,) decoded responses, for the reward functions
     finished: list[bool]  # (B*G,) ended with EOS/stop rather than the length limit
     policy_version: int  # learner version whose weights produced every response here
@@ -30,3 +30,13 @@ class RolloutBatch:
 
     def __len__(self) -> int:
         return len(self.response_ids)
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    """`samples` responses for each of a batch of held-out prompts: rows n*samples .. share prompt n."""
+
+    prompts: list[Prompt]  # (B,)
+    samples: int
+    response_text: list[str]  # (B*samples,)
+    policy_version: int  # learner version whose weights wrote them

@@ -47,17 +47,17 @@ def build_batch(cfg, model_path: str, resp_min: int, resp_max: int, seed: int, i
     prompts = load_prompts(cfg.data, cfg.model, tok)[: cfg.prompts_per_step]
     rng = random.Random(seed)
     g = cfg.generation.group_size
-    prompt_ids, resp, blp, adv = [], [], [], []
+    prompt_ids, resp, behaviour_logp, adv = [], [], [], []
     for i, p in enumerate(prompts):
         signal = i < round(informative * len(prompts))
         for _ in range(g):
             n = rng.randint(resp_min, resp_max)
             prompt_ids.append(p.token_ids)
             resp.append([rng.randrange(100, tok.vocab_size) for _ in range(n)])
-            blp.append([-rng.random() * 2 for _ in range(n)])
+            behaviour_logp.append([-rng.random() * 2 for _ in range(n)])
             adv.append(rng.choice([-1.0, 1.0]) if signal else 0.0)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    shard = collate(prompt_ids, resp, blp, adv, pad)
+    shard = collate(prompt_ids, resp, behaviour_logp, adv, pad)
     return shard, torch.tensor(adv)
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from launch.atomic import atomic_dir
+
 # Everything of the source folder except weights: config, generation config, tokenizer, template.
 _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
          "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
@@ -18,13 +20,10 @@ def export_hf(state: dict[str, torch.Tensor], model_path: str, out: Path) -> Pat
     """
     from safetensors.torch import save_file
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    for name in _COPY:
-        if (Path(model_path) / name).is_file():
-            shutil.copy2(Path(model_path) / name, tmp / name)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name in _COPY:
+            if (Path(model_path) / name).is_file():
+                shutil.copy2(Path(model_path) / name, tmp / name)
     return out

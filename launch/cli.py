@@ -1,6 +1,11 @@
-"""`forkrl` command line: train, eval, prepare-model, make-tiny-model.
+"""`forkrl` command line (also `python -m launch.cli`): train, eval, prepare-model, make-tiny-model.
 
-Bad input (config, data, model path, reward) ends with one line naming the problem, exit 2.
+Bad input (config, data, model path, reward, run directory, cluster) ends with one line naming the
+problem, exit 2. A run that started and stopped (reward failures, actor failures, a signal) ends
+with one line too, exit 1, its files kept. Anything else is a bug: its traceback is printed, exit 1.
+
+Nothing here imports Ray at module level: a local run must set Ray's single-machine switch before
+Ray is first imported (see launch/network.py), and only then loads the driver (launch/driver.py).
 """
 from __future__ import annotations
 
@@ -9,7 +14,18 @@ import logging
 import sys
 from pathlib import Path
 
-from launch.config import ConfigError, load_config
+from launch.config import ConfigError, TrainConfig, load_config
+from launch.network import prepare_local_ray
+
+
+def train(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> Path:
+    """Train per `cfg` (continuing the run directory `resume`); returns the run directory.
+    `verbose` shows library and Ray worker logs on the console too (they always go to train.log).
+    The entry for programs too: call it before anything imports Ray."""
+    prepare_local_ray(cfg)
+    from launch.driver import run
+
+    return run(cfg, resume, verbose)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,29 +55,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, default_command: str | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if default_command and (not args_list or args_list[0] not in ("train", "eval", "prepare-model", "make-tiny-model")):
-        args_list = [default_command, *args_list]
-    args = _parser().parse_args(args_list)
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from launch.data import DataError
-    from launch.errors import ActorFailures, NetworkError, NonFiniteSteps, ResourceError, RunStopped
-    from launch.rollouts import RewardFailure
+    from launch.errors import ActorFailures, NetworkError, NonFiniteSteps, ResourceError, RewardFailure, RunStopped
+    from launch.tracking import RunExists
+    from rewards.registry import RewardSpecError
 
     try:
         if args.command == "train":
-            from launch.train import run
-
             overrides = list(args.overrides) + ([f"address={args.address}"] if args.address else [])
             if args.resume:
                 if args.config:
                     raise ConfigError("--resume takes the run's own config.yaml; leave out --config")
                 from launch.resume import resume_config
 
-                run(resume_config(Path(args.resume), overrides), resume=Path(args.resume), verbose=args.verbose)
+                train(resume_config(Path(args.resume), overrides), resume=Path(args.resume), verbose=args.verbose)
             else:
-                run(load_config(args.config, overrides), verbose=args.verbose)
+                train(load_config(args.config, overrides), verbose=args.verbose)
         elif args.command == "eval":
             if args.samples < 1:
                 raise ConfigError(f"--samples: must be >= 1, got {args.samples}")
@@ -88,7 +100,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
             from launch.models import build_tiny_model
 
             print(build_tiny_model(Path(args.out)))
-    except (ConfigError, DataError, ResourceError, NetworkError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError, RewardSpecError, RunExists, ResourceError, NetworkError, FileNotFoundError) as e:
         print(f"forkrl: error: {e}", file=sys.stderr)
         return 2
     except (RewardFailure, NonFiniteSteps, RunStopped, ActorFailures) as e:  # the run started and stopped; its files are kept

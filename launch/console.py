@@ -97,3 +97,34 @@ class Console:
 
         return tqdm(total=total, initial=initial, desc="train", unit="step", file=self.term, dynamic_ncols=True,
                     disable=not self.term.isatty())
+
+
+def duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def log_step(steps: int, step: int, m: dict, sample: tuple[float, str, str], eta_s: float) -> None:
+    """The step's console line; every 5th step also one sampled (reward, answer, response)."""
+    logger = logging.getLogger("forkrl")
+    logger.info(
+        "step %d/%d | reward %.3f | accuracy %.3f | kept %.2f (tau %.3f) | entropy %.3f | stale %d | gen %.1fs "
+        "reward %.1fs learn %.1fs sync %.1fs | step %.1fs | learner peak %.1f GB | eta %s", step, steps,
+        m["reward/mean"],
+        m["reward/accuracy"],
+        m["mask/kept_fraction"], m["mask/threshold"], m["entropy/mean"], m["staleness/max"], m["timing/generate_s"],
+        m["timing/reward_s"], m["timing/learn_s"], m["timing/weight_sync_s"], m["timing/step_s"],
+        m["memory/learner_peak_gb"], duration(eta_s))
+    if step == 1 or step % 5 == 0 or step == steps:
+        reward, answer, response = sample
+        logger.info("sample (reward %.2f, answer %s): %r", reward, answer, response[:300])
+
+
+def summary_line(first: dict, last: dict) -> str:
+    """The run's result in one line, e.g. 'held-out accuracy 0.31 -> 0.58 (+27 points, 128 prompts)'."""
+    a, b = first["eval/accuracy"], last["eval/accuracy"]
+    line = f"held-out accuracy {a:.2f} -> {b:.2f} ({100 * (b - a):+.0f} points, {last['eval/prompts']} prompts)"
+    avg = next((k for k in last if k.startswith("eval/avg@")), None)
+    if avg and avg in first:
+        line += f"; {avg[5:]} {first[avg]:.2f} -> {last[avg]:.2f}"
+    return line

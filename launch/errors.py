@@ -26,3 +26,7 @@ class LearnerLost(ActorFailures):
     """A learner rank died (the message names it). ZeRO-3 cannot replace one rank in place (its shards
     went with it): the driver restarts the run from its latest checkpoint (fault.learner_restarts)
     or stops with the command that resumes it."""
+
+
+class RewardFailure(RuntimeError):
+    """The reward function keeps failing; the message names it and quotes its first error."""

@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+from launch.atomic import write_atomic
 from launch.config import TrainConfig
 from launch.network import prepare_local_ray
 
@@ -47,7 +48,8 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     from launch.evaluation import eval_max_tokens, evaluate
     from launch.models import resolve_model_path
     from launch.network import start_ray
-    from launch.placement import Actors, check_resources, launch_generators, launch_rewards
+    from launch.groups import ActorGroups
+    from launch.placement import check_resources, launch_generators, launch_rewards
     from rewards.registry import check_spec
 
     check_spec(cfg.reward.fn)
@@ -62,11 +64,11 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     start_ray(cfg, log_to_driver=False)
     check_resources(cfg)
     results, t0 = {}, time.perf_counter()
-    rewards = launch_rewards(cfg)
+    scorers = launch_rewards(cfg)
     for name, path in models.items():
         gens = launch_generators(cfg, path)
         with tqdm(total=len(prompts), desc=f"eval {Path(name).name}", unit="prompt") as bar:
-            results[name] = evaluate(Actors(gens, rewards, []), prompts, samples, max_tokens, cfg.seed,
+            results[name] = evaluate(ActorGroups(cfg, gens, scorers, []), prompts, samples, max_tokens, cfg.seed,
                                      chunk=32, progress=bar.update)
         for g in gens:  # free the engine before the next model's
             ray.kill(g)
@@ -81,7 +83,5 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
         report["difference"] = results["difference"]
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(out)
+        write_atomic(out, json.dumps(report, indent=2))
     return report

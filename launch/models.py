@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from launch.atomic import atomic_dir
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -74,11 +76,10 @@ def prepare_default_model(cache_dir: Path) -> Path:
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     plain.tie_weights()
-    tmp = out.with_name(out.name + ".tmp")
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    _patch_generation_config(tmp, tokenizer)
-    tmp.rename(out)  # atomic: a crash mid-conversion never leaves a half-written model folder
+    with atomic_dir(out) as tmp:  # a crash mid-conversion never leaves a half-written model folder
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        _patch_generation_config(tmp, tokenizer)
     return out
 
 

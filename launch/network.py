@@ -9,7 +9,7 @@ How, with each library's own switches (nothing in Ray is patched):
 - Ray binds its servers to the node's IP, but `ray.init` turns a loopback `_node_ip_address` into
   the machine's outward IP, except where Ray runs in single-machine mode (its default on macOS and
   Windows), chosen by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0. Ray reads that variable once, when it is
-  imported, so `prepare_local_ray` must run before the first `import ray`; launch/train.py does
+  imported, so `prepare_local_ray` must run before the first `import ray`; launch/cli.py does
   that. Ray's worker processes inherit it.
 - torch.distributed: its TCP store listens on every interface whatever host it is given, so the
   learner ranks of a local run meet through a file store (`file_rendezvous`), and
@@ -57,7 +57,7 @@ def prepare_local_ray(cfg) -> None:
     if "ray" in sys.modules:  # too late: Ray has already read the variable
         raise NetworkError(
             "ray was imported before forkrl could keep the local Ray instance on loopback: call "
-            "launch.train.run before importing ray, set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before it, "
+            "launch.cli.train before importing ray, set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before it, "
             "or set cluster.bind_all=true to listen on every interface")
     os.environ[SINGLE_MACHINE_RAY] = "0"
 
@@ -81,7 +81,7 @@ def check_node_address(cfg) -> None:
         ray.shutdown()
         raise NetworkError(
             f"the local Ray instance took node address {ip}, not loopback: Ray was imported before "
-            "launch.train.run could set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; set it yourself or set cluster.bind_all=true")
+            "launch.cli.train could set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; set it yourself or set cluster.bind_all=true")
 
 
 def loopback_interface() -> str:

@@ -1,27 +1,19 @@
 """The only place that knows about Ray resources: wraps the plain worker classes as actors."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import ray
 
 from actors.generation import GenerationWorker
 from actors.learner import LearnerWorker
 from actors.reward import RewardWorker
 from launch.errors import ResourceError
+from launch.groups import ActorGroups
 from launch.network import actor_env, file_rendezvous, loopback_only
 
 # vLLM's engine must live in the actor's own process (collective_rpc then reaches the model that
 # generates); its INFO logs would drown the driver's progress lines.
 GEN_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
 LEARNER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
-
-
-@dataclass
-class Actors:
-    generators: list  # GenerationWorker actor handles
-    rewards: list  # RewardWorker actor handles
-    learners: list  # LearnerWorker actor handles, index = rank
 
 
 def check_resources(cfg) -> None:
@@ -46,7 +38,7 @@ def check_resources(cfg) -> None:
 def launch_generators(cfg, model_path: str) -> list:
     g = cfg.generation
     # Ray restarts a dead generator or reward actor (same arguments); the driver gives it the
-    # current weights and samples the lost batch again (launch/driver.py, collect).
+    # current weights and samples the lost batch again (launch/groups.py, ActorGroups.collect).
     Gen = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=cfg.fault.max_actor_restarts)(GenerationWorker)
     env = dict(GEN_ENV, **actor_env(cfg))
     return [Gen.options(runtime_env={"env_vars": env}).remote(g, model_path, cfg.seed + i) for i in range(g.num_actors)]
@@ -74,7 +66,7 @@ def launch_learners(cfg, model_path: str, load_universal: bool = False) -> list:
     return ranks
 
 
-def launch_actors(cfg, model_path: str, load_universal: bool = False) -> Actors:
+def launch_actors(cfg, model_path: str, load_universal: bool = False) -> ActorGroups:
     # Generation and reward actors start loading while the learner group forms.
-    gens, rews = launch_generators(cfg, model_path), launch_rewards(cfg)
-    return Actors(gens, rews, launch_learners(cfg, model_path, load_universal))
+    gens, scorers = launch_generators(cfg, model_path), launch_rewards(cfg)
+    return ActorGroups(cfg, gens, scorers, launch_learners(cfg, model_path, load_universal))

@@ -8,24 +8,34 @@ A checkpoint is `run_dir/state/step_N/`:
   the driver's RNG states, the reward-health, skipped-step and fault counters, and the wandb run id.
 It is written under a temporary name and renamed into place; `state/latest` names the newest
 complete one and is replaced last, so a crash at any moment leaves the previous checkpoint usable.
-The run's config is run_dir/config.yaml.
+The run's config is run_dir/config.yaml; `state/learner_restarts` counts the run's learner
+restarts, which outlive the checkpoints they rewind to.
+
+Nothing here imports Ray: the command line checks a resume before Ray may be loaded.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from launch.atomic import atomic_dir, write_atomic
 from launch.config import ConfigError, TrainConfig, load_config, to_dict
 from launch.rng_state import rng_from_json, rng_to_json
+
+if TYPE_CHECKING:  # annotations only: launch.groups imports Ray
+    from launch.data import PromptStream
+    from launch.groups import ActorGroups
+    from launch.rollouts import RewardHealth
 
 STATE_DIR = "state"
 
@@ -39,6 +49,17 @@ RESUMABLE = ("steps", "eval.", "tracking.wandb_mode", "tracking.wandb_project", 
 # Keys a resume may change by converting the checkpoint to DeepSpeed's universal format, which
 # no longer depends on how many ranks wrote it; micro_batch_size must be able to follow the ranks.
 RESHARDABLE = ("learner.num_ranks", "learner.num_gpus", "learner.micro_batch_size")
+
+
+@dataclass
+class Progress:
+    """What the step loop carries from step to step, and a checkpoint records."""
+
+    shard_rng: random.Random  # shuffles responses into rank shards
+    step: int = 0  # last trained step
+    version: int = 0  # policy version (one per trained step)
+    skipped_total: int = 0  # steps whose update was refused for a NaN / inf gradient norm
+    skipped_streak: int = 0
 
 
 @dataclass
@@ -57,7 +78,18 @@ class DriverState:
     python_rng: list
     numpy_rng: list
     torch_rng: list
-    faults: dict | None = None  # Faults.counters(): actor restarts, resubmitted prompts, learner restarts
+    faults: dict | None = None  # FaultCounts.state(): actor restarts, resubmitted prompts
+
+    @classmethod
+    def capture(cls, p: Progress, stream: "PromptStream", health: "RewardHealth", inflight: Iterable,
+                wandb_id: str | None, actors: "ActorGroups") -> "DriverState":
+        """The driver's side of a checkpoint after step `p.step`; `inflight`: InFlight batches."""
+        return cls(step=p.step, version=p.version, stream=stream.state(),
+                   pending=[[b.batch, [q.uid for q in b.prompts]] for b in inflight],
+                   shard_rng=rng_to_json(p.shard_rng.getstate()), skipped_total=p.skipped_total,
+                   skipped_streak=p.skipped_streak, reward_streak=health.streak,
+                   reward_first_error=health.first_error, wandb_id=wandb_id, num_ranks=len(actors.learners),
+                   faults=actors.faults.state(), **process_rngs())
 
 
 def process_rngs() -> dict:
@@ -79,15 +111,37 @@ def save_driver_state(ckpt: Path, state: DriverState) -> None:
     (ckpt / "driver.json").write_text(json.dumps(asdict(state)))
 
 
+def save_checkpoint(run_dir: Path, keep: int, actors: "ActorGroups", state: DriverState) -> Path:
+    """A full checkpoint after step `state.step`: the learner ranks' ZeRO-3 shards and `state`."""
+    tmp = checkpoint_tmp(run_dir, state.step)
+    actors.save(str(tmp))
+    save_driver_state(tmp, state)
+    return commit_checkpoint(run_dir, tmp, state.step, keep)
+
+
+def restore(ckpt: Path, saved: DriverState, actors: "ActorGroups", stream: "PromptStream", progress: Progress,
+            health: "RewardHealth") -> list[tuple[int, list[int]]]:
+    """Load a checkpoint into fresh actors and the driver's state; the generators get its weights
+    before they sample. Returns the batches that were in flight, to sample again."""
+    actors.load(str(ckpt))
+    stream.restore(saved.stream)
+    progress.shard_rng.setstate(rng_from_json(saved.shard_rng))
+    progress.step, progress.version = saved.step, saved.version
+    progress.skipped_total, progress.skipped_streak = saved.skipped_total, saved.skipped_streak
+    health.streak, health.first_error = saved.reward_streak, saved.reward_first_error
+    restore_process_rngs(saved)
+    actors.faults.restore(saved.faults)
+    actors.publish(saved.version, wait=True)
+    return [tuple(p) for p in saved.pending]
+
+
 def commit_checkpoint(run_dir: Path, tmp: Path, step: int, keep: int) -> Path:
     """Rename a fully written checkpoint into place, point `latest` at it, drop the oldest."""
     root = run_dir / STATE_DIR
     final = root / f"step_{step}"
     shutil.rmtree(final, ignore_errors=True)  # a step trained again after a resume
     tmp.rename(final)
-    pointer = root / "latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / "latest")
+    write_atomic(root / "latest", final.name)
     done = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name.split("_")[1].isdigit()),
                   key=lambda p: int(p.name.split("_")[1]))
     for old in done[:-keep]:
@@ -102,17 +156,24 @@ def checkpoint_tmp(run_dir: Path, step: int) -> Path:
     return tmp
 
 
-def record_learner_restarts(run_dir: Path, count: int) -> None:
-    """Learner restarts are counted for the whole run, outside the checkpoints: a restart rewinds to
-    a checkpoint written before it, whose counters cannot know of it."""
-    tmp = run_dir / STATE_DIR / "learner_restarts.tmp"
-    tmp.write_text(str(count))
-    os.replace(tmp, run_dir / STATE_DIR / "learner_restarts")
+class LearnerRestarts:
+    """The run's learner restarts (a rank died; every actor restarted from the latest checkpoint),
+    kept in run_dir/state/learner_restarts, its only home: a restart rewinds to a checkpoint
+    written before it, whose counters cannot know of it, and fault.learner_restarts bounds the
+    whole run, resumes included."""
 
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / STATE_DIR / "learner_restarts"
+        self.count = int(self.path.read_text()) if self.path.is_file() else 0
 
-def recorded_learner_restarts(run_dir: Path) -> int:
-    path = run_dir / STATE_DIR / "learner_restarts"
-    return int(path.read_text()) if path.is_file() else 0
+    def add(self) -> int:
+        self.count += 1
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, str(self.count))
+        return self.count
+
+    def metrics(self) -> dict:
+        return {"fault/learner_restarts": self.count}
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[Path, DriverState]:
@@ -131,16 +192,13 @@ def to_universal(ckpt: Path) -> Path:
     out = ckpt / "universal"
     if out.is_dir():
         return out
-    tmp = ckpt / ".universal.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    res = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                          str(ckpt / "zero"), "--output_folder", str(tmp), "--num_extract_workers", "1",
-                          "--num_merge_workers", "1"], capture_output=True, text=True)
-    if res.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConfigError(f"learner.num_ranks: converting {ckpt} to a universal checkpoint failed: {tail}")
-    tmp.rename(out)
+    with atomic_dir(out, ckpt / ".universal.tmp") as tmp:
+        res = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                              str(ckpt / "zero"), "--output_folder", str(tmp), "--num_extract_workers", "1",
+                              "--num_merge_workers", "1"], capture_output=True, text=True)
+        if res.returncode != 0:
+            tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ConfigError(f"learner.num_ranks: converting {ckpt} to a universal checkpoint failed: {tail}")
     return out
 
 

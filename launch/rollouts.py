@@ -1,7 +1,8 @@
-"""Driver-side handling of scored rollouts: grouping, DAPO dynamic sampling, learner shards."""
+"""Driver-side handling of scored rollouts: grouping, metrics, reward health, learner shards."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -9,12 +10,8 @@ import torch
 from actors.types import Prompt, RolloutBatch
 from learner.advantages import compute_advantages, group_is_informative
 from learner.batch import TrainShard, collate
-from rewards.math import CORRECT, RewardResult
-from rewards.bounded import CRASHED, ERROR, TIMEOUT
-
-# Verifications that did not finish: no verdict, so the response is left out of the group's
-# statistics and gets no gradient (scoring it 0 would count it as a wrong answer).
-FAILED = (TIMEOUT, ERROR, CRASHED)
+from launch.errors import RewardFailure
+from rewards.result import FAILED, RewardResult, Status
 
 
 @dataclass(frozen=True)
@@ -23,13 +20,13 @@ class Group:
 
     prompt: Prompt
     response_ids: list[list[int]]  # (G, ragged)
-    behaviour_logprobs: list[list[float]]  # (G, ragged)
+    behaviour_logp: list[list[float]]  # (G, ragged)
     rewards: list[float]  # (G,) shaped scores
     correct: list[bool]  # (G,) the verifier's verdict
     verified: list[bool]  # (G,) False where verification timed out, raised or crashed
     policy_version: int
     texts: tuple[str, ...] = ()  # (G,) decoded responses, for the run's rollout record
-    statuses: tuple[str, ...] = ()  # (G,) the verifier's status per response
+    statuses: tuple[Status, ...] = ()  # (G,) the verifier's status per response
 
     def records(self, step: int, fill: bool) -> list[dict]:
         """One JSON-able row per response: what `runs/NAME/rollouts/step_N.jsonl` holds."""
@@ -42,16 +39,6 @@ class Group:
         groups that do not; which ones those are depends on the estimator, not only the rewards)."""
         return group_is_informative(torch.tensor(self.rewards), torch.tensor(self.correct),
                                     torch.tensor(self.verified), estimator, w_lambda)
-
-
-def sample_seed(run_seed: int, batch: int, part: int) -> int:
-    """The sampling seed of one generation call: a function of (run seed, batch number, part), so
-    a resumed run or a restarted actor draws exactly what the uninterrupted run drew."""
-    return random.Random(f"{run_seed}/{batch}/{part}").getrandbits(62)
-
-
-class RewardFailure(RuntimeError):
-    """The reward function keeps failing; the message names it and quotes its first error."""
 
 
 class RewardHealth:
@@ -77,27 +64,18 @@ class RewardHealth:
                 f"reward.max_error_steps={self.max_steps}); first error: {self.first_error!r}")
 
 
-def contiguous_slices(n: int, parts: int) -> list[slice]:
-    """Items 0..n-1 cut into at most `parts` contiguous, non-empty slices of ceil(n / parts), in
-    order: how responses are spread over the reward actors, so their results concatenate back
-    into response order."""
-    per = -(-n // parts)
-    return [slice(i * per, min(n, (i + 1) * per)) for i in range(parts) if i * per < n]
-
-
-def to_groups(parts: list[RolloutBatch], results: list[RewardResult]) -> list[Group]:
-    """Groups in rollout order; `results` holds one result per response, in the same order."""
-    groups, i = [], 0
-    for part in parts:
+def to_groups(rollouts: list[RolloutBatch], results: list[list[RewardResult]]) -> list[Group]:
+    """Groups in rollout order; results[i] holds one result per response of rollouts[i], in its row order."""
+    groups = []
+    for part, part_results in zip(rollouts, results, strict=True):
         g = part.group_size
         for j, prompt in enumerate(part.prompts):
-            res = results[i + j * g : i + (j + 1) * g]
-            rows = slice(j * g, (j + 1) * g)
-            groups.append(Group(prompt, part.response_ids[rows], part.behaviour_logprobs[rows],
-                                [r.score for r in res], [r.status == CORRECT for r in res],
+            rows = slice(j * g, (j + 1) * g)  # RolloutBatch's layout: rows j*G .. j*G+G-1 share prompt j
+            res = part_results[rows]
+            groups.append(Group(prompt, part.response_ids[rows], part.behaviour_logp[rows],
+                                [r.score for r in res], [r.status == Status.CORRECT for r in res],
                                 [r.status not in FAILED for r in res], part.policy_version,
                                 tuple(part.response_text[rows]), tuple(r.status for r in res)))
-        i += len(part)
     return groups
 
 
@@ -122,13 +100,38 @@ def train_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambd
     size = len(every[0].rewards)
     prompt_ids = [g.prompt.token_ids for g in every for _ in range(size)]
     resp = [r for g in every for r in g.response_ids]
-    blp = [lp for g in every for lp in g.behaviour_logprobs]
+    behaviour_logp = [lp for g in every for lp in g.behaviour_logp]
     trained = verified.flatten().tolist()  # a failed verification's tokens are out of every term
     order = list(range(len(resp)))
     rng.shuffle(order)  # mini-batches then draw from every group rather than a few prompts
     per = len(order) // ranks
     return [
-        collate([prompt_ids[i] for i in idx], [resp[i] for i in idx], [blp[i] for i in idx],
+        collate([prompt_ids[i] for i in idx], [resp[i] for i in idx], [behaviour_logp[i] for i in idx],
                 [float(adv[i]) for i in idx], pad_id, trained=[trained[i] for i in idx])
         for idx in (order[r * per:(r + 1) * per] for r in range(ranks))
     ]
+
+
+def rollout_metrics(rollouts: list[RolloutBatch], results: list[list[RewardResult]], groups: list[Group],
+                    version: int) -> dict:
+    """Reward and length over every response sampled this step; staleness over the trained groups.
+    results[i]: the results of rollouts[i]'s responses."""
+    flat = [r for part in results for r in part]
+    rewards = [r.score for r in flat]
+    lengths = [len(x) for p in rollouts for x in p.response_ids]
+    finished = [f for p in rollouts for f in p.finished]
+    statuses = Counter(r.status for r in flat)
+    out = {
+        "reward/mean": sum(rewards) / len(rewards),
+        "reward/max": max(rewards),
+        "reward/accuracy": sum(r.status == Status.CORRECT for r in flat) / len(flat),
+        # verifications that timed out, raised or crashed: left out of baselines and gradients
+        "reward/excluded_fraction": sum(r.status in FAILED for r in flat) / len(flat),
+        "reward/verify_p99_s": sorted(r.seconds for r in flat)[int(0.99 * (len(flat) - 1))],
+        "response/length_mean": sum(lengths) / len(lengths),
+        "response/truncated_fraction": 1 - sum(finished) / len(finished),
+        "staleness/max": version - min(g.policy_version for g in groups),
+        "staleness/mean": sum(version - g.policy_version for g in groups) / len(groups),
+    }
+    out.update({f"reward/status_{k}": v / len(flat) for k, v in sorted(statuses.items())})
+    return out

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from launch.atomic import write_atomic
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,9 +70,7 @@ class RunTracker:
         """Keep the rows up to `last_step` (atomically); return them."""
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
         rows = [r for r in rows if r["step"] <= last_step]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
     def log_rollout_records(self, step: int, records: list[dict]) -> None:
@@ -79,9 +79,7 @@ class RunTracker:
             return
         out = self.run_dir / "rollouts" / f"step_{step}.jsonl"
         out.parent.mkdir(exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, out)
+        write_atomic(out, "".join(json.dumps(r) + "\n" for r in records))
 
     def log(self, metrics: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

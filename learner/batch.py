@@ -54,7 +54,7 @@ def collate(
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     attn = torch.zeros((n, width), dtype=torch.long)
     valid = torch.zeros((n, width - 1), dtype=torch.bool)
-    blp = torch.zeros((n, width - 1), dtype=torch.float32)
+    behaviour = torch.zeros((n, width - 1), dtype=torch.float32)
     for i, (p, r, lp) in enumerate(zip(prompt_ids, response_ids, behaviour_logp)):
         if len(lp) != len(r):
             raise ValueError(f"sequence {i}: {len(r)} response tokens but {len(lp)} behaviour log-probs")
@@ -62,5 +62,5 @@ def collate(
         attn[i, : lengths[i]] = 1
         # Response token j sits at position len(p)+j and is predicted from column len(p)+j-1.
         valid[i, len(p) - 1 : lengths[i] - 1] = trained is None or trained[i]
-        blp[i, len(p) - 1 : lengths[i] - 1] = torch.tensor(lp, dtype=torch.float32)
-    return TrainShard(ids, attn, valid, blp, torch.tensor(advantages, dtype=torch.float32))
+        behaviour[i, len(p) - 1 : lengths[i] - 1] = torch.tensor(lp, dtype=torch.float32)
+    return TrainShard(ids, attn, valid, behaviour, torch.tensor(advantages, dtype=torch.float32))

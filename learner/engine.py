@@ -22,8 +22,6 @@ objective, whatever the split into micro-batches and ranks.
 from __future__ import annotations
 
 import logging
-import math
-import resource
 import time
 from dataclasses import replace
 
@@ -31,39 +29,16 @@ import torch
 import torch.distributed as dist
 
 from learner.batch import TrainShard
+from learner.collectives import all_reduce_max, all_reduce_sum, global_count
 from learner.logprobs import logprobs_and_entropy
-from learner.losses import (BatchCounts, clipped_pg_loss, importance_weights, kl_penalty, kl_sample_weights,
-                            token_weights)
+from learner.losses import BatchCounts, clipped_pg_loss, kl_penalty, kl_sample_weights, token_weights
 from learner.masking import scope_tokens, select_tokens
+from learner.step_metrics import (mask_metrics, off_policy_metrics, peak_memory_gb, skipped_metrics,
+                                  update_metrics)
 from learner.weights import WeightShard
+from learner.zero import build_engines, deepspeed_config, load_zero, save_zero, weight_shard
 
 logger = logging.getLogger(__name__)
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over the learner group (gloo and nccl both take CPU int64/float64 on gloo; move for nccl)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return t
-    backend = dist.get_backend()
-    work = t.cuda() if backend == "nccl" else t.clone()
-    dist.all_reduce(work, op=dist.ReduceOp.SUM)
-    return work.to(t.device)
-
-
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    """Elementwise max over the learner group."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return t
-    work = t.cuda() if dist.get_backend() == "nccl" else t.clone()
-    dist.all_reduce(work, op=dist.ReduceOp.MAX)
-    return work.to(t.device)
-
-
-def reduce_named(sums: dict[str, float], reduce) -> dict[str, float]:
-    """Sum named scalars over ranks in one collective (every rank passes the same names)."""
-    names = sorted(sums)
-    total = reduce(torch.tensor([float(sums[k]) for k in names], dtype=torch.float64))
-    return dict(zip(names, total.tolist()))
 
 
 def length_order(lengths: torch.Tensor, groups: int) -> torch.Tensor:
@@ -75,46 +50,11 @@ def length_order(lengths: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.cat([g * per + torch.argsort(lengths[g * per:(g + 1) * per], stable=True) for g in range(groups)])
 
 
-def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf16: bool,
-                     load_universal: bool = False) -> dict:
-    ds = {
-        "train_micro_batch_size_per_gpu": micro_per_rank,
-        "gradient_accumulation_steps": accumulation,
-        "train_batch_size": micro_per_rank * accumulation * world,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False,
-                              "stage3_param_persistence_threshold": cfg.zero_persistence_threshold},
-        "optimizer": {
-            "type": "AdamW",
-            # torch's fused AdamW (CPU and CUDA): one kernel over the flat ZeRO partition,
-            # several times faster than its per-tensor loop here, and no extension to build.
-            "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": [0.9, 0.999], "torch_adam": True,
-                       "fused": True},
-        },
-        "bf16": {"enabled": bf16},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-        # resuming on another number of ranks reads DeepSpeed's universal (rank-free) checkpoint
-        "checkpoint": {"load_universal": load_universal},
-    }
-    if cfg.warmup_steps > 0:  # DeepSpeed's WarmupLR refuses 0 warm-up steps
-        ds["scheduler"] = {
-            "type": "WarmupLR",
-            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": cfg.warmup_steps,
-                       "warmup_type": "linear"},
-        }
-    return ds
-
-
 class PolicyTrainer:
     """A ZeRO-3 sharded causal LM plus the masked clipped-PG update. torch.distributed must be up."""
 
     def __init__(self, cfg, model_path: str, *, temperature: float, max_new_tokens: int, max_prompt_tokens: int,
                  batch_size: int, seed: int, load_universal: bool = False):
-        import deepspeed
-        from transformers import AutoModelForCausalLM
-        from transformers.integrations import HfDeepSpeedConfig
-
         self.cfg, self.temperature, self.max_new_tokens = cfg, temperature, max_new_tokens
         self.world = dist.get_world_size()
         self.rank = dist.get_rank()
@@ -134,18 +74,9 @@ class PolicyTrainer:
         torch.manual_seed(seed)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        # Keeping HfDeepSpeedConfig alive makes from_pretrained build the model under zero.Init,
-        # so each rank materialises only its shard of the weights.
-        self._hf_ds = HfDeepSpeedConfig(ds_cfg)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
-        model.config.use_cache = False
-        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, config=ds_cfg, model_parameters=model.parameters())
-        self.ref_engine = None
-        if cfg.kl_coef > 0:  # the frozen initial policy, sharded with ZeRO-3 like the policy
-            ref_cfg = {k: v for k, v in ds_cfg.items() if k not in ("optimizer", "scheduler")}
-            ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=model.dtype)
-            self.ref_engine, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
-            self.ref_engine.eval()
+        self._engines = build_engines(model_path, ds_cfg, bf16, with_reference=cfg.kl_coef > 0)
+        self.engine, self.scheduler = self._engines.engine, self._engines.scheduler
+        self.ref_engine = self._engines.reference  # the frozen initial policy, sharded like the policy
         self.generator = torch.Generator().manual_seed(seed + 1000 * self.rank)
         self.updates = 0
 
@@ -201,30 +132,28 @@ class PolicyTrainer:
 
     def train_step(self, shard: TrainShard) -> dict[str, float]:
         """One optimizer batch (this rank's shard); returns metrics reduced over all ranks."""
-        c, m = self.cfg, self.cfg.mask
+        c = self.cfg
         t0 = time.perf_counter()
         # From here on `valid` means "in scope": the tokens the mask chooses among and every
         # denominator counts (all response tokens, or only those with a non-zero advantage).
         all_valid = shard.valid
-        shard = replace(shard, valid=scope_tokens(shard.valid, shard.advantages, m.scope))
-        if int(all_reduce_sum(shard.valid.sum().reshape(1).to(torch.int64)).item()) == 0:
+        shard = replace(shard, valid=scope_tokens(shard.valid, shard.advantages, c.mask.scope))
+        if global_count(shard.valid) == 0:
             # No token of the batch, on any rank, is in any loss term: every gradient would be
             # exactly zero, so the passes and the optimizer step are skipped (all ranks agree).
-            return self._skipped_metrics(all_valid, t0)
+            return skipped_metrics(global_count(all_valid), self.updates, self._lr(), time.perf_counter() - t0,
+                                   peak_memory_gb(self.device))
         if self.single_pass:  # it orders its own micro-batches (in-scope rows only, by length)
             return self._train_single_pass(shard, all_valid, t0)
         order = length_order(shard.attention_mask.sum(dim=1), self.minis_per_batch)
         shard, all_valid = shard.take(order), all_valid[order]
         prox_logp, entropy, ref_logp = self.score(shard)
-        keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
-        metrics = self._mask_metrics(shard, all_valid, keep, entropy, tau)
-        # The scoring pass scores in-scope tokens only (the rest is zero), so the gap is taken there.
-        metrics.update(self._off_policy_metrics(shard.valid, prox_logp, shard.behaviour_logp))
+        keep, metrics = self._choose_mask(shard, all_valid, entropy, prox_logp)
         metrics["timing/score_s"] = time.perf_counter() - t0
 
         rows_per_mini = len(shard) // self.minis_per_batch
         sums: dict[str, float] = {}
-        grad_norms, lrs, skipped = [], [], 0
+        boundaries = []
         for _ in range(c.epochs):
             for mi in range(self.minis_per_batch):
                 lo, hi = mi * rows_per_mini, (mi + 1) * rows_per_mini
@@ -240,12 +169,8 @@ class PolicyTrainer:
                     loss, stats = self._loss(mb, logp, ent, keep[rows, cols], counts, prox, mb_ref)
                     self._backward(loss)
                     self._accumulate(sums, stats)
-                grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
-                lrs.append(self.scheduler.get_last_lr()[0] if self.scheduler else c.lr)
-                skipped += self._count_update()
-        metrics.update(self._update_metrics(sums, grad_norms, lrs, skipped))
-        metrics["timing/train_s"] = time.perf_counter() - t0  # the driver's timing/learn_s includes transfer
-        return metrics
+                boundaries.append(self._after_boundary())
+        return self._finish(metrics, sums, boundaries, t0)
 
     def _train_single_pass(self, shard: TrainShard, all_valid: torch.Tensor, t0: float) -> dict[str, float]:
         """One update per batch without a scoring pass: the in-scope sequences are forwarded once
@@ -256,7 +181,7 @@ class PolicyTrainer:
 
         A sequence with no in-scope token is in no loss term and not in the mask's ranking, so it
         is not forwarded at all: under the default scope that is every zero-advantage group."""
-        c, m = self.cfg, self.cfg.mask
+        c = self.cfg
         n, width = shard.valid.shape
         micro_rows = self._micro_rows(shard)
         logp_all, entropy = torch.zeros(n, width), torch.zeros(n, width)
@@ -270,9 +195,7 @@ class PolicyTrainer:
                 entropy[idx, :w] = h.detach().float().cpu()
             ref = self._forward(mb, False, self.ref_engine)[0].detach() if self.ref_engine is not None else None
             outs.append((mb, lp, h, ref))
-        keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
-        metrics = self._mask_metrics(shard, all_valid, keep, entropy, tau)
-        metrics.update(self._off_policy_metrics(shard.valid, logp_all, shard.behaviour_logp))
+        keep, metrics = self._choose_mask(shard, all_valid, entropy, logp_all)
         metrics["timing/score_s"] = 0.0
         counts = self._global_counts(shard.valid, keep)
         sums: dict[str, float] = {}
@@ -286,11 +209,33 @@ class PolicyTrainer:
         # One backward over every micro-batch's graph (DeepSpeed sees one accumulation step):
         # ZeRO-3's gradient hooks expect each forward phase to be followed by its own backward.
         self._backward(total)
-        skipped = self._count_update()
-        metrics.update(self._update_metrics(sums, [float(self.engine.get_global_grad_norm() or 0.0)],
-                                            [self.scheduler.get_last_lr()[0] if self.scheduler else c.lr], skipped))
-        metrics["timing/train_s"] = time.perf_counter() - t0
+        return self._finish(metrics, sums, [self._after_boundary()], t0)
+
+    def _choose_mask(self, shard: TrainShard, all_valid: torch.Tensor, entropy: torch.Tensor,
+                     prox_logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The entropy mask over the batch's in-scope tokens, chosen once over every rank and fixed
+        for all of the batch's updates, and the metrics of the mask and of the off-policy gap.
+        entropy, prox_logp: (n, L-1), zero off the in-scope tokens (both paths score only those)."""
+        m = self.cfg.mask
+        keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
+        metrics = mask_metrics(shard.valid, all_valid, keep, entropy, tau)
+        metrics.update(off_policy_metrics(shard.valid, prox_logp, shard.behaviour_logp, self.cfg.is_cap))
+        return keep, metrics
+
+    def _after_boundary(self) -> tuple[float, float, int]:
+        """After an optimizer boundary: (gradient norm, learning rate, 1 if the update was refused)."""
+        return float(self.engine.get_global_grad_norm() or 0.0), self._lr(), self._count_update()
+
+    def _finish(self, metrics: dict, sums: dict[str, float], boundaries: list[tuple[float, float, int]],
+                t0: float) -> dict[str, float]:
+        norms, lrs, refused = zip(*boundaries)
+        metrics.update(update_metrics(sums, self.updates_per_batch, list(norms), lrs[-1], self.updates, sum(refused),
+                                      peak_memory_gb(self.device)))
+        metrics["timing/train_s"] = time.perf_counter() - t0  # the driver's timing/learn_s includes transfer
         return metrics
+
+    def _lr(self) -> float:
+        return self.scheduler.get_last_lr()[0] if self.scheduler else self.cfg.lr
 
     def _micro_rows(self, shard: TrainShard) -> list[torch.Tensor]:
         """Row indices of each micro-batch: the in-scope sequences by length, micro_batch_size at a
@@ -324,54 +269,6 @@ class PolicyTrainer:
             self.updates += 1
             return 0
         return 1
-
-    def _update_metrics(self, sums: dict[str, float], grad_norms: list[float], lrs: list[float],
-                        nonfinite: int) -> dict[str, float]:
-        sums = reduce_named(sums, all_reduce_sum)
-        passes, weight = self.updates_per_batch, max(sums["weight"], 1e-12)
-        return {
-            "losses/loss": sums["loss"] / passes,
-            "losses/policy_loss": sums["policy_loss"] / passes,
-            "losses/clipfrac_low": sums["clip_low"] / weight,
-            "losses/clipfrac_high": sums["clip_high"] / weight,
-            "losses/dual_clip_fraction": sums["dual_clip"] / weight,
-            "losses/approx_kl": sums["approx_kl"] / weight,
-            "losses/grad_norm": sum(grad_norms) / len(grad_norms),
-            "losses/ref_kl": sums["ref_kl"] / max(sums["kl_weight"], 1e-12),
-            "losses/kept_entropy": sums["entropy"] / weight,
-            "charts/lr": lrs[-1],
-            "charts/optimizer_updates": self.updates,
-            "train/skipped_no_signal": 0,
-            # updates refused for a NaN / inf gradient norm (the weights did not change)
-            "train/nonfinite_updates": nonfinite,
-            "memory/learner_peak_gb": self.peak_memory_gb(),
-        }
-
-    def peak_memory_gb(self) -> float:
-        """The largest rank's peak: GPU memory allocated during this step, or on CPU the process's
-        peak resident set so far (Linux reports no per-step CPU peak)."""
-        if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device) / 2**30
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
-        return float(all_reduce_max(torch.tensor([peak], dtype=torch.float64)).item())
-
-    def _skipped_metrics(self, all_valid: torch.Tensor, t0: float) -> dict[str, float]:
-        n = int(all_reduce_sum(all_valid.sum().reshape(1).to(torch.int64)).item())
-        nan = math.nan
-        out = {k: nan for k in ("mask/threshold", "entropy/mean", "entropy/kept_mean", "entropy/dropped_mean",
-                                "losses/loss", "losses/policy_loss", "losses/clipfrac_low", "losses/clipfrac_high",
-                                "losses/dual_clip_fraction", "losses/approx_kl", "losses/grad_norm", "losses/ref_kl",
-                                "losses/kept_entropy", "off_policy/is_weight_mean", "off_policy/is_truncated_fraction",
-                                "off_policy/log_ratio_max", "train/behaviour_logp_abs_diff")}
-        out.update({"mask/kept_fraction": 0.0, "mask/kept_tokens": 0, "mask/scope_fraction": 0.0,
-                    "train/response_tokens": n, "train/skipped_no_signal": 1, "train/nonfinite_updates": 0,
-                    "charts/optimizer_updates": self.updates,
-                    "charts/lr": self.scheduler.get_last_lr()[0] if self.scheduler else self.cfg.lr,
-                    "timing/score_s": 0.0, "timing/train_s": time.perf_counter() - t0,
-                    "memory/learner_peak_gb": self.peak_memory_gb()})
-        return out
 
     def _global_counts(self, valid: torch.Tensor, keep: torch.Tensor) -> BatchCounts:
         local = torch.tensor([valid.sum().item(), keep.sum().item(), valid.any(dim=1).sum().item(),
@@ -418,71 +315,21 @@ class PolicyTrainer:
         out["loss"] = loss.item()
         return loss, out
 
-    def _mask_metrics(self, shard, all_valid, keep, entropy, tau) -> dict[str, float]:
-        valid = shard.valid
-        dropped = valid & ~keep
-        sums = reduce_named({
-            "valid": valid.sum().item(), "all_valid": all_valid.sum().item(), "keep": keep.sum().item(),
-            "h_all": entropy[valid].double().sum().item(), "h_keep": entropy[keep].double().sum().item(),
-            "h_drop": entropy[dropped].double().sum().item(),
-        }, all_reduce_sum)
-        n_valid, n_keep = sums["valid"], sums["keep"]
-        n_drop = n_valid - n_keep
-        return {
-            "mask/threshold": tau,
-            "mask/kept_fraction": n_keep / max(n_valid, 1),
-            "mask/kept_tokens": n_keep,
-            "mask/scope_fraction": n_valid / max(sums["all_valid"], 1),
-            "entropy/mean": sums["h_all"] / max(n_valid, 1),
-            "entropy/kept_mean": sums["h_keep"] / max(n_keep, 1),
-            "entropy/dropped_mean": sums["h_drop"] / n_drop if n_drop else math.nan,
-            "train/response_tokens": sums["all_valid"],
-        }
-
-    def _off_policy_metrics(self, valid, prox_logp, behaviour_logp) -> dict[str, float]:
-        """How far vLLM's behaviour log-probs are from the learner's proximal ones, and what the
-        truncated importance weight did about it, over the batch's in-scope response tokens."""
-        diff = (prox_logp - behaviour_logp)[valid].double()  # (K,) log pi_prox / mu
-        w = importance_weights(prox_logp, behaviour_logp, self.cfg.is_cap)[valid].double()
-        truncated = (diff > math.log(self.cfg.is_cap)).sum().item() if self.cfg.is_cap > 0 else 0
-        sums = reduce_named({"n": diff.numel(), "abs": diff.abs().sum().item(), "w": w.sum().item(),
-                             "truncated": truncated}, all_reduce_sum)
-        peak = all_reduce_max(torch.tensor([diff.abs().max().item() if diff.numel() else 0.0], dtype=torch.float64))
-        n = max(sums["n"], 1)
-        return {
-            "off_policy/is_weight_mean": sums["w"] / n,
-            "off_policy/is_truncated_fraction": sums["truncated"] / n,
-            "off_policy/log_ratio_max": peak.item(),
-            "train/behaviour_logp_abs_diff": sums["abs"] / n,
-        }
-
     # -- checkpoints -----------------------------------------------------------------------------
 
     def save_checkpoint(self, path: str) -> None:
-        """DeepSpeed's own checkpoint: every rank writes its model, optimizer and scheduler shards
-        under `path`/zero (collective; nothing is gathered to one process)."""
-        state = {"updates": self.updates, "mask_rng": self.generator.get_state()}
-        self.engine.save_checkpoint(path, tag="zero", client_state=state, save_latest=False)
+        """Every rank writes its shards under `path`/zero (collective), with the mask's RNG."""
+        save_zero(self.engine, path, {"updates": self.updates, "mask_rng": self.generator.get_state()})
 
     def load_checkpoint(self, path: str) -> None:
         """Restores what `save_checkpoint` wrote: from its own shards when the ranks are as many as
         when it was saved, else from its universal conversion (launch/resume.py, to_universal)."""
-        loaded, state = self.engine.load_checkpoint(path, tag="universal" if self.load_universal else "zero",
-                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
-        if loaded is None:
-            raise RuntimeError(f"{path}: no DeepSpeed checkpoint for rank {self.rank}")
+        state = load_zero(self.engine, path, self.load_universal, self.rank)
         self.updates = state["updates"]
         self.generator.set_state(state["mask_rng"])
 
     # -- weights ---------------------------------------------------------------------------------
 
     def weight_shard(self) -> WeightShard:
-        """This rank's ZeRO-3 partition of every parameter, copied to CPU in the publish dtype:
-        no collective and no gathering, so publishing scales with the ranks."""
-        dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[self.cfg.publish_dtype]
-        parts, shapes = {}, {}
-        for name, p in self.engine.module.named_parameters():
-            part = p.ds_tensor.detach().flatten()[: p.ds_tensor.ds_numel]  # (ceil(numel / world),)
-            parts[name] = part.to("cpu", dtype or part.dtype, copy=True)
-            shapes[name] = tuple(p.ds_shape)
-        return WeightShard(self.rank, self.world, parts, shapes)
+        """This rank's ZeRO-3 partition of every parameter (learner.zero.weight_shard)."""
+        return weight_shard(self.engine, self.rank, self.world, self.cfg.publish_dtype)

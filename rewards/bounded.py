@@ -16,8 +16,12 @@ from multiprocessing.connection import Connection
 from dataclasses import dataclass
 from typing import Any, Callable
 
-# Statuses a call can end with; callers count them as metrics instead of hiding them.
-OK, TIMEOUT, ERROR, CRASHED = "ok", "timeout", "error", "crashed"
+from rewards.result import Status
+
+# Statuses a call can end with; callers count them as metrics instead of hiding them. The three
+# failures are the reward statuses of the same name: a verification ends as its call did.
+OK = "ok"
+TIMEOUT, ERROR, CRASHED = Status.TIMEOUT, Status.ERROR, Status.CRASHED
 STARTUP_TIMEOUT_S = 120.0
 
 

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rewards.result import Status
+
 _CODE_BLOCK = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)
 _BOOT = Path(__file__).with_name("_sandbox_boot.py")
 NOBODY = 65534
@@ -190,4 +192,4 @@ def score_code(response: str, ground_truth: str, limits: SandboxLimits = Sandbox
     if total == 0:
         raise ValueError("code ground truth has no test cases")
     frac = passed / total
-    return frac, "correct" if frac == 1.0 else "wrong"
+    return frac, Status.CORRECT if frac == 1.0 else Status.WRONG

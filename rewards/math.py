@@ -12,16 +12,11 @@ Departures from a plain `math_verify.verify(parse(gold), parse(response))`:
 from __future__ import annotations
 
 import functools
-import logging
 import re
-from dataclasses import dataclass
 
 from rewards.normalize import normalise_answer, normalise_gold
+from rewards.result import Status
 
-
-logger = logging.getLogger(__name__)
-
-DEFAULT_TIMEOUT_S = 5.0
 MAX_ANSWER_CHARS = 1000  # longer "final answers" are treated as unparseable, not verified
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # A last line that is a worked equation ending in a number ("3 + 4 = 7"): small models state
@@ -33,17 +28,6 @@ _STATED_VALUE_RE = re.compile(r"\s*:?\s*(?:\$+)?([^\n$]{1,200})")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
 
 _IMAGINARY_RE = re.compile(r"(?<![A-Za-z\\])i(?![A-Za-z])")
-
-# Statuses a score can carry (besides the ones from rewards.bounded: timeout, error, crashed).
-CORRECT, WRONG, NO_ANSWER, UNPARSEABLE = "correct", "wrong", "no_answer", "unparseable"
-
-
-@dataclass(frozen=True)
-class RewardResult:
-    score: float
-    status: str  # correct | wrong | no_answer | unparseable | timeout | error | crashed
-    detail: str = ""
-    seconds: float = 0.0  # wall time spent verifying this response
 
 
 def _matching_brace(text: str, open_idx: int) -> int:
@@ -140,7 +124,7 @@ def compare_answers(answer: str, gold: str) -> tuple[bool, str]:
         raise ValueError(f"ground truth {gold[:80]!r} could not be parsed")
     ans_parsed = parse(f"${normalise_answer(answer, gold)}$", extraction_config=cfg)
     if not ans_parsed:
-        return False, UNPARSEABLE
+        return False, Status.UNPARSEABLE
     if verify(gold_parsed, ans_parsed):
         return True, ""
     if _IMAGINARY_RE.search(gold) or _IMAGINARY_RE.search(answer):
@@ -152,29 +136,8 @@ def score_math(response: str, ground_truth: str) -> tuple[float, str]:
     """(score, status) for one response. Unbounded in time: call it through a RewardScorer."""
     answer = extract_final_answer(response)
     if answer is None:
-        return 0.0, NO_ANSWER
+        return 0.0, Status.NO_ANSWER
     if not answer or len(answer) > MAX_ANSWER_CHARS:
-        return 0.0, UNPARSEABLE
+        return 0.0, Status.UNPARSEABLE
     equal, why = compare_answers(answer, _as_gold(ground_truth))
-    return (1.0, CORRECT) if equal else (0.0, why or WRONG)
-
-
-@functools.lru_cache(maxsize=1)
-def _default_scorer():
-    # math_reward is the plain-function contract; it shares one lazily started verifier process
-    # per Python process so that calling it in a loop does not pay a process start per call.
-    from rewards.registry import RewardScorer
-
-    return RewardScorer("math", timeout_s=DEFAULT_TIMEOUT_S)
-
-
-def math_reward(response: str, ground_truth: str) -> float:
-    """1.0 when the response's final answer equals the ground truth mathematically, else 0.0.
-
-    Never raises; bounded in time on any input (default 5 s per call).
-    """
-    try:
-        return _default_scorer().score_batch([str(response)], [str(ground_truth)])[0].score
-    except RuntimeError as e:  # only a verifier process that cannot start; the contract is never to raise
-        logger.error("math_reward: %s", e)
-        return 0.0
+    return (1.0, Status.CORRECT) if equal else (0.0, why or Status.WRONG)

@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from rewards.bounded import OK, BoundedProcess
-from rewards.math import CORRECT, WRONG, RewardResult, score_math
+from rewards.math import score_math
+from rewards.result import RewardResult, Status
+
+logger = logging.getLogger(__name__)
+
+MATH_REWARD_TIMEOUT_S = 5.0  # math_reward's limit per call
 
 BUILTINS = ("math", "code", "starts_with")
+
+
+class RewardSpecError(ValueError):
+    """reward.fn names no usable reward function; the message says why."""
 
 
 def starts_with(response: str, ground_truth: str) -> float:
@@ -27,11 +37,11 @@ def starts_with(response: str, ground_truth: str) -> float:
 
 
 def check_spec(spec: str) -> None:
-    """Raise ValueError naming the problem if `spec` is neither a built-in nor 'module:function'."""
+    """Raise RewardSpecError naming the problem if `spec` is neither a built-in nor 'module:function'."""
     if spec in BUILTINS:
         return
     if spec.count(":") != 1:
-        raise ValueError(f"reward.fn={spec!r}: expected one of {', '.join(BUILTINS)} or 'package.module:function'")
+        raise RewardSpecError(f"reward.fn={spec!r}: expected one of {', '.join(BUILTINS)} or 'package.module:function'")
     _import_fn(spec)
 
 
@@ -41,10 +51,10 @@ def _import_fn(spec: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"reward.fn={spec!r}: cannot import {module_name} ({e})") from None
+        raise RewardSpecError(f"reward.fn={spec!r}: cannot import {module_name} ({e})") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
-        raise ValueError(f"reward.fn={spec!r}: {module_name} has no function {fn_name}")
+        raise RewardSpecError(f"reward.fn={spec!r}: {module_name} has no function {fn_name}")
     return fn
 
 
@@ -60,7 +70,7 @@ def score_one(spec: str, response: str, ground_truth: str, code_limits=None) -> 
     score = fn(response, ground_truth)
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
         raise TypeError(f"reward {spec} returned {score!r}; expected a finite float")
-    return float(score), CORRECT if score > 0 else WRONG
+    return float(score), Status.CORRECT if score > 0 else Status.WRONG
 
 
 class RewardScorer:
@@ -107,3 +117,22 @@ class RewardScorer:
         for p in self._procs:
             p.close()
         self._pool.shutdown(wait=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _math_scorer() -> RewardScorer:
+    # math_reward is the plain-function contract; it shares one lazily started verifier process
+    # per Python process so that calling it in a loop does not pay a process start per call.
+    return RewardScorer("math", timeout_s=MATH_REWARD_TIMEOUT_S)
+
+
+def math_reward(response: str, ground_truth: str) -> float:
+    """1.0 when the response's final answer equals the ground truth mathematically, else 0.0.
+
+    Never raises; bounded in time on any input (default 5 s per call).
+    """
+    try:
+        return _math_scorer().score_batch([str(response)], [str(ground_truth)])[0].score
+    except RuntimeError as e:  # only a verifier process that cannot start; the contract is never to raise
+        logger.error("math_reward: %s", e)
+        return 0.0

@@ -34,7 +34,7 @@ def test_generation_samples_groups_and_loads_new_weights(ray_local, tiny_model):
     prompts = [Prompt(0, [1, 5, 6], "yes"), Prompt(1, [1, 7], "no")]
     out = ray.get(gen.generate.remote(prompts))
     assert len(out) == 6 and out.group_size == 3 and out.policy_version == 0
-    assert all(len(r) == len(lp) for r, lp in zip(out.response_ids, out.behaviour_logprobs))
+    assert all(len(r) == len(lp) for r, lp in zip(out.response_ids, out.behaviour_logp))
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     torch.manual_seed(0)
@@ -50,7 +50,7 @@ def test_generation_samples_groups_and_loads_new_weights(ray_local, tiny_model):
         prompt = prompts[i // 3].token_ids
         ref = hf_logprobs(model, prompt, out.response_ids[i])
         # vLLM's behaviour log-probs must be those of the *new* weights (stale tied lm_head would fail)
-        assert torch.allclose(torch.tensor(out.behaviour_logprobs[i]), ref, atol=1e-3), i
+        assert torch.allclose(torch.tensor(out.behaviour_logp[i]), ref, atol=1e-3), i
     ray.kill(gen)
 
 
@@ -78,18 +78,18 @@ def make_batch(n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     prompts = [[1] + torch.randint(4, 40, (int(torch.randint(2, 5, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
     resp = [torch.randint(4, 40, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
-    blp = [(-3.6 + 0.1 * torch.randn(len(r), generator=g)).tolist() for r in resp]
+    behaviour_logp = [(-3.6 + 0.1 * torch.randn(len(r), generator=g)).tolist() for r in resp]
     adv = torch.randn(n, generator=g).tolist()
-    return prompts, resp, blp, adv
+    return prompts, resp, behaviour_logp, adv
 
 
 def run_learners(ray, tiny_model, ranks, micro, batch, *extra):
     cfg = tiny_cfg(tiny_model, f"learner.num_ranks={ranks}", f"learner.micro_batch_size={micro}", "prompts_per_step=2",
                    "generation.group_size=4", "learner.lr=1e-2", "learner.mask.rho=0.3", *extra)
     learners = launch_learners(cfg, str(tiny_model))
-    prompts, resp, blp, adv = batch
+    prompts, resp, behaviour_logp, adv = batch
     per = len(prompts) // ranks
-    shards = [collate(prompts[r * per:(r + 1) * per], resp[r * per:(r + 1) * per], blp[r * per:(r + 1) * per],
+    shards = [collate(prompts[r * per:(r + 1) * per], resp[r * per:(r + 1) * per], behaviour_logp[r * per:(r + 1) * per],
                       adv[r * per:(r + 1) * per], 0) for r in range(ranks)]
     metrics = ray.get([w.train_step.remote(s) for w, s in zip(learners, shards)])
     state = assemble_weights(ray.get([w.weight_shard.remote() for w in learners]))
@@ -176,8 +176,8 @@ def test_a_batch_without_signal_is_skipped_on_every_rank(ray_local, tiny_model):
     import ray
     from safetensors.torch import load_file
 
-    prompts, resp, blp, _ = make_batch()
-    metrics, state = run_learners(ray, tiny_model, 2, 2, (prompts, resp, blp, [0.0] * len(prompts)))
+    prompts, resp, behaviour_logp, _ = make_batch()
+    metrics, state = run_learners(ray, tiny_model, 2, 2, (prompts, resp, behaviour_logp, [0.0] * len(prompts)))
     assert [m["train/skipped_no_signal"] for m in metrics] == [1, 1]
     assert metrics[0]["charts/optimizer_updates"] == 0 and metrics[0]["mask/scope_fraction"] == 0
     w0 = load_file(str(tiny_model / "model.safetensors"))
@@ -191,9 +191,9 @@ def test_a_non_finite_update_is_refused_on_every_rank(ray_local, tiny_model, ext
     import ray
     from safetensors.torch import load_file
 
-    prompts, resp, blp, adv = make_batch()
+    prompts, resp, behaviour_logp, adv = make_batch()
     adv[1] = float("nan")
-    metrics, state = run_learners(ray, tiny_model, 2, 2, (prompts, resp, blp, adv), *extra)
+    metrics, state = run_learners(ray, tiny_model, 2, 2, (prompts, resp, behaviour_logp, adv), *extra)
     assert [m["train/nonfinite_updates"] for m in metrics] == [1, 1]
     assert metrics[0]["charts/optimizer_updates"] == 0
     w0 = load_file(str(tiny_model / "model.safetensors"))
@@ -224,8 +224,8 @@ def test_zero_advantage_rows_are_left_out_without_changing_the_update(ray_local,
     ZeRO-3's collectives in step. One rank, two ranks and the two-pass path agree."""
     import ray
 
-    prompts, resp, blp, _ = make_batch(n=8, seed=5)
-    batch = (prompts, resp, blp, [0.0, 0.0, 0.0, 0.0, 0.7, -1.2, 0.0, 0.4])
+    prompts, resp, behaviour_logp, _ = make_batch(n=8, seed=5)
+    batch = (prompts, resp, behaviour_logp, [0.0, 0.0, 0.0, 0.0, 0.7, -1.2, 0.0, 0.4])
     (one,), s1 = run_learners(ray, tiny_model, 1, 2, batch)
     (two,), s2 = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass_max_tokens=0")
     m2, s3 = run_learners(ray, tiny_model, 2, 2, batch)

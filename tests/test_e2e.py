@@ -186,7 +186,7 @@ def test_ray_job_submit_to_a_local_head(tiny_model, yes_data, tmp_path):
     try:
         assert start.returncode == 0, start.stderr[-2000:]
         run_dir = tmp_path / "job"
-        entry = [sys.executable, "-m", "launch.train", *map(str, tiny_args(tiny_model, yes_data, run_dir)), "steps=2",
+        entry = [sys.executable, "-m", "launch.cli", "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)), "steps=2",
                  "learner.num_ranks=1", "tracking.wandb_mode=disabled"]
         runtime_env = {'working_dir': str(REPO), 'excludes': ['.venv', 'runs', '.git', 'bench/ablation/results']}
         for _ in range(30):  # the dashboard answers before its job agent has registered

@@ -40,8 +40,8 @@ def batch():
     g = torch.Generator().manual_seed(0)
     prompts = [[1] + torch.randint(4, 40, (3 + i % 3,), generator=g).tolist() for i in range(8)]
     resp = [torch.randint(4, 40, (2 + i % 5,), generator=g).tolist() for i in range(8)]
-    blp = [(-3.6 + 0.1 * torch.randn(len(r), generator=g)).tolist() for r in resp]
-    return collate(prompts, resp, blp, torch.randn(8, generator=g).tolist(), 0)
+    behaviour_logp = [(-3.6 + 0.1 * torch.randn(len(r), generator=g)).tolist() for r in resp]
+    return collate(prompts, resp, behaviour_logp, torch.randn(8, generator=g).tolist(), 0)
 
 
 def test_bf16_single_pass_matches_the_scoring_pass_on_cuda(nccl_group, tiny_model):

@@ -15,7 +15,7 @@ from learner.advantages import compute_advantages, group_is_informative
 from learner.losses import (BatchCounts, clipped_pg_loss, importance_weights, kl_penalty, kl_sample_weights,
                             token_weights)
 from learner.masking import scope_tokens, select_tokens
-from rewards.math import RewardResult
+from rewards.result import RewardResult
 
 
 def plain_clipped_loss(logp, old, adv, w, lo, hi):
@@ -170,8 +170,8 @@ def res(*specs):
 
 @pytest.mark.parametrize("estimator", ["grpo", "drgrpo", "rloo", "reinforce_pp", "w_reinforce"])
 def test_fill_groups_get_zero_advantage_under_every_estimator(estimator):
-    groups = to_groups([rollout(3, 2)], res(("correct", 1.0), ("wrong", 0.0), ("wrong", 0.0), ("wrong", 0.0),
-                                            ("correct", 1.0), ("correct", 1.0)))
+    groups = to_groups([rollout(3, 2)], [res(("correct", 1.0), ("wrong", 0.0), ("wrong", 0.0), ("wrong", 0.0),
+                                             ("correct", 1.0), ("correct", 1.0))])
     good = [g for g in groups if g.informative(estimator, 0.1)]
     dull = [g for g in groups if not g.informative(estimator, 0.1)]
     chosen, fill = choose_groups(good[:1], dull + good[1:], 3)  # one informative group, two fill groups
@@ -182,7 +182,7 @@ def test_fill_groups_get_zero_advantage_under_every_estimator(estimator):
 
 
 def test_failed_verifications_leave_the_baseline_and_the_gradient():
-    groups = to_groups([rollout(1, 4)], res(("correct", 1.0), ("timeout", 0.0), ("wrong", 0.0), ("error", 0.0)))
+    groups = to_groups([rollout(1, 4)], [res(("correct", 1.0), ("timeout", 0.0), ("wrong", 0.0), ("error", 0.0))])
     assert groups[0].verified == [True, False, True, False]
     (shard,) = train_shards(groups, [], "drgrpo", 0.1, 1, 0, random.Random(0))
     # baseline over the two verified responses only: mean 0.5 -> +0.5 / -0.5; failed ones 0
@@ -191,7 +191,7 @@ def test_failed_verifications_leave_the_baseline_and_the_gradient():
 
 
 def test_a_group_with_one_verified_response_has_no_baseline():
-    groups = to_groups([rollout(1, 3)], res(("correct", 1.0), ("timeout", 0.0), ("crashed", 0.0)))
+    groups = to_groups([rollout(1, 3)], [res(("correct", 1.0), ("timeout", 0.0), ("crashed", 0.0))])
     assert not groups[0].informative("grpo", 0.1)
     assert groups[0].informative("w_reinforce", 0.1)  # no baseline needed: +lam on the verdict
 

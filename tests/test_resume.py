@@ -265,12 +265,12 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_through_the_universal_format(
     from learner.weights import assemble_weights
     from tests.test_actors_ray import make_batch, tiny_cfg
 
-    prompts, resp, blp, adv = make_batch()
+    prompts, resp, behaviour_logp, adv = make_batch()
 
     def shards(ranks, seed_shift=0.0):
         per = len(prompts) // ranks
         a = [x + seed_shift for x in adv]
-        return [collate(prompts[r * per:(r + 1) * per], resp[r * per:(r + 1) * per], blp[r * per:(r + 1) * per],
+        return [collate(prompts[r * per:(r + 1) * per], resp[r * per:(r + 1) * per], behaviour_logp[r * per:(r + 1) * per],
                         a[r * per:(r + 1) * per], 0) for r in range(ranks)]
 
     def weights(learners):
@@ -305,19 +305,19 @@ def test_a_generator_restarted_between_batches_is_counted_once_and_bounded():
     from actors.types import RolloutBatch
     from launch.config import load_config
     from launch.errors import ActorFailures
-    from launch.fanout import Faults, note_instances
+    from launch.groups import ActorGroups
 
     cfg = load_config(REPO / "configs/tiny.yaml", ["fault.max_actor_restarts=1"])
-    faults = Faults(cfg.fault.max_actor_restarts)
+    actors = ActorGroups(cfg, [], [], [])
 
-    def parts(*instances):
-        return [RolloutBatch([], 1, [], [], [], [], 3, 0.0, i) for i in instances]
+    def parts(*instances):  # (generator index, its rollout)
+        return enumerate(RolloutBatch([], 1, [], [], [], [], 3, 0.0, i) for i in instances)
 
-    note_instances(cfg, faults, parts("a0", "b0"))
-    note_instances(cfg, faults, parts("a0", "b0"))
-    assert faults.restarts == 0
-    note_instances(cfg, faults, parts("a0", "b1"))  # generator 1 came back
-    note_instances(cfg, faults, parts("a0", "b1"))
-    assert faults.restarts == 1 and faults.metrics()["fault/actor_restarts"] == 1
+    actors.note_instances(parts("a0", "b0"))
+    actors.note_instances(parts("a0", "b0"))
+    assert actors.faults.restarts == 0
+    actors.note_instances(parts("a0", "b1"))  # generator 1 came back
+    actors.note_instances(parts("a0", "b1"))
+    assert actors.faults.restarts == 1 and actors.faults.metrics()["fault/actor_restarts"] == 1
     with pytest.raises(ActorFailures, match="over fault.max_actor_restarts=1"):
-        note_instances(cfg, faults, parts("a1", "b1"))
+        actors.note_instances(parts("a1", "b1"))

@@ -2,8 +2,8 @@ import time
 
 import pytest
 
-from rewards.math import extract_final_answer, math_reward
-from rewards.registry import RewardScorer, check_spec
+from rewards.math import extract_final_answer
+from rewards.registry import RewardScorer, check_spec, math_reward
 
 # (response, ground truth, expected reward)
 CASES = [

@@ -4,7 +4,7 @@ import pytest
 
 from actors.types import Prompt, RolloutBatch
 from launch.rollouts import choose_groups, to_groups, train_shards
-from rewards.math import RewardResult
+from rewards.result import RewardResult
 
 
 def rollout(n_prompts, g, version, base=0):
@@ -20,7 +20,7 @@ def results(scores):
 
 def test_groups_follow_rollout_order_and_drop_uninformative():
     parts = [rollout(2, 3, 4), rollout(1, 3, 5, base=10)]
-    groups = to_groups(parts, results([1, 0, 1, 0, 0, 0, 1, 1, 1]))
+    groups = to_groups(parts, [results([1, 0, 1, 0, 0, 0]), results([1, 1, 1])])
     assert [g.prompt.uid for g in groups] == [0, 1, 10]
     assert [g.rewards for g in groups] == [[1, 0, 1], [0, 0, 0], [1, 1, 1]]
     assert [g.informative("grpo", 0.1) for g in groups] == [True, False, False]
@@ -34,7 +34,7 @@ def test_groups_follow_rollout_order_and_drop_uninformative():
 
 
 def test_train_shards_split_evenly_with_group_advantages():
-    groups = to_groups([rollout(4, 2, 0)], results([1, 0, 0, 0, 1, 1, 0, 1]))
+    groups = to_groups([rollout(4, 2, 0)], [results([1, 0, 0, 0, 1, 1, 0, 1])])
     shards = train_shards(groups, [], "drgrpo", 0.1, 2, 0, random.Random(0))
     assert [len(s) for s in shards] == [4, 4]
     advs = sorted(float(a) for s in shards for a in s.advantages)
@@ -43,7 +43,7 @@ def test_train_shards_split_evenly_with_group_advantages():
 
 @pytest.mark.parametrize("n,parts", [(0, 2), (1, 3), (7, 2), (8, 2), (8, 3), (5, 8), (64, 5)])
 def test_contiguous_slices_cover_every_item_once_in_order(n, parts):
-    from launch.rollouts import contiguous_slices
+    from launch.groups import contiguous_slices
 
     cut = contiguous_slices(n, parts)
     assert len(cut) <= parts and all(s.stop > s.start for s in cut)

@@ -44,7 +44,7 @@ def run_one(arm: str, seed: int, args) -> list[dict]:
     rows = read_rows(run_dir)
     if args.report_only or finished(rows, args.steps):
         return rows
-    cmd = [sys.executable, "-m", "launch.train", "--config", str(REPO / args.config), f"seed={seed}",
+    cmd = [sys.executable, "-m", "launch.cli", "train", "--config", str(REPO / args.config), f"seed={seed}",
            f"tracking.run_dir={run_dir}", f"tracking.name=ablation-{arm}-seed{seed}", "tracking.wandb_mode=offline",
            f"steps={args.steps}", *ARMS[arm][1], *args.extra]
     print(f"[{time.strftime('%H:%M:%S')}] running {arm} seed {seed}: {' '.join(cmd[2:])}", flush=True)

@@ -1,0 +1,96 @@
+"""DeepSpeed ZeRO-3 plumbing: the engine's config, building the sharded policy (and reference),
+its checkpoints and its weight slices. Nothing here knows about the RL objective."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from learner.weights import WeightShard
+
+
+def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf16: bool,
+                     load_universal: bool = False) -> dict:
+    ds = {
+        "train_micro_batch_size_per_gpu": micro_per_rank,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro_per_rank * accumulation * world,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False,
+                              "stage3_param_persistence_threshold": cfg.zero_persistence_threshold},
+        "optimizer": {
+            "type": "AdamW",
+            # torch's fused AdamW (CPU and CUDA): one kernel over the flat ZeRO partition,
+            # several times faster than its per-tensor loop here, and no extension to build.
+            "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": [0.9, 0.999], "torch_adam": True,
+                       "fused": True},
+        },
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        # resuming on another number of ranks reads DeepSpeed's universal (rank-free) checkpoint
+        "checkpoint": {"load_universal": load_universal},
+    }
+    if cfg.warmup_steps > 0:  # DeepSpeed's WarmupLR refuses 0 warm-up steps
+        ds["scheduler"] = {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": cfg.warmup_steps,
+                       "warmup_type": "linear"},
+        }
+    return ds
+
+
+@dataclass
+class Engines:
+    engine: object  # deepspeed.DeepSpeedEngine of the policy
+    scheduler: object | None  # its LR scheduler (None without warm-up)
+    reference: object | None  # the frozen initial policy's engine, when a KL penalty is on
+    hf_ds: object  # transformers' HfDeepSpeedConfig: kept alive, it makes from_pretrained build under zero.Init
+
+
+def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: bool) -> Engines:
+    """The policy under ZeRO-3 (each rank materialises only its shard of the weights) and, with
+    `with_reference`, the frozen initial policy sharded the same way. torch.distributed must be up."""
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    hf_ds = HfDeepSpeedConfig(ds_cfg)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    model.config.use_cache = False
+    engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_cfg, model_parameters=model.parameters())
+    reference = None
+    if with_reference:
+        ref_cfg = {k: v for k, v in ds_cfg.items() if k not in ("optimizer", "scheduler")}
+        ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=model.dtype)
+        reference, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
+        reference.eval()
+    return Engines(engine, scheduler, reference, hf_ds)
+
+
+def save_zero(engine, path: str, client_state: dict) -> None:
+    """DeepSpeed's own checkpoint: every rank writes its model, optimizer and scheduler shards
+    under `path`/zero (collective; nothing is gathered to one process)."""
+    engine.save_checkpoint(path, tag="zero", client_state=client_state, save_latest=False)
+
+
+def load_zero(engine, path: str, universal: bool, rank: int) -> dict:
+    """Restores what `save_zero` wrote, from its own shards, or with `universal` from its
+    rank-free conversion (launch/resume.py, to_universal); returns the client state."""
+    loaded, state = engine.load_checkpoint(path, tag="universal" if universal else "zero",
+                                           load_optimizer_states=True, load_lr_scheduler_states=True)
+    if loaded is None:
+        raise RuntimeError(f"{path}: no DeepSpeed checkpoint for rank {rank}")
+    return state
+
+
+def weight_shard(engine, rank: int, world: int, publish_dtype: str) -> WeightShard:
+    """This rank's ZeRO-3 partition of every parameter, copied to CPU in the publish dtype:
+    no collective and no gathering, so publishing scales with the ranks."""
+    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[publish_dtype]
+    parts, shapes = {}, {}
+    for name, p in engine.module.named_parameters():
+        part = p.ds_tensor.detach().flatten()[: p.ds_tensor.ds_numel]  # (ceil(numel / world),)
+        parts[name] = part.to("cpu", dtype or part.dtype, copy=True)
+        shapes[name] = tuple(p.ds_shape)
+    return WeightShard(rank, world, parts, shapes)
