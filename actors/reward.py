@@ -5,16 +5,17 @@ import time
 from dataclasses import replace
 
 from actors.types import EvalBatch, RolloutBatch
-from rewards.code import SandboxLimits
 from rewards.registry import RewardScorer
 from rewards.result import RewardResult
+from rewards.sandbox import SandboxLimits
 from rewards.shaping import shaped_score
 
 
 class RewardWorker:
     def __init__(self, cfg, max_new_tokens: int):
         self.cfg, self.max_new_tokens = cfg, max_new_tokens
-        limits = SandboxLimits(timeout_s=cfg.code_test_timeout_s, memory_mb=cfg.code_memory_mb)
+        limits = SandboxLimits(timeout_s=cfg.code_test_timeout_s, memory_mb=cfg.code_memory_mb,
+                               isolation=cfg.code_isolation)
         self.scorer = RewardScorer(cfg.fn, cfg.timeout_s, cfg.workers_per_actor, code_limits=limits)
         self.scorer.start()  # pay the verifier processes' start-up before the first batch
 

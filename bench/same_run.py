@@ -59,6 +59,8 @@ def compare(old: Path, new: Path) -> dict:
     rollouts = sorted(p.name for p in (old / "rollouts").glob("*.jsonl"))
     differing = [n for n in rollouts if (old / "rollouts" / n).read_text() != (new / "rollouts" / n).read_text()]
     return {"steps": len(rows_a), "steps_new": len(rows_b), "metric_values_compared": sum(len(r) for r in rows_a),
+            "steps_with_an_update": sum(r.get("losses/loss") is not None for r in rows_a),
+            "evaluations": sum("eval/accuracy" in r for r in rows_a),
             "metric_differences": diffs, "rollout_files": len(rollouts), "rollout_files_differing": differing}
 
 

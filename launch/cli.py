@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from launch.errors import ActorFailures, NetworkError, NonFiniteSteps, ResourceError, RewardFailure, RunStopped
     from launch.tracking import RunExists
     from rewards.registry import RewardSpecError
+    from rewards.sandbox import IsolationError
 
     try:
         if args.command == "train":
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             from launch.models import build_tiny_model
 
             print(build_tiny_model(Path(args.out)))
-    except (ConfigError, DataError, RewardSpecError, RunExists, ResourceError, NetworkError, FileNotFoundError) as e:
+    except (ConfigError, DataError, RewardSpecError, IsolationError, RunExists, ResourceError, NetworkError,
+            FileNotFoundError) as e:
         print(f"forkrl: error: {e}", file=sys.stderr)
         return 2
     except (RewardFailure, NonFiniteSteps, RunStopped, ActorFailures) as e:  # the run started and stopped; its files are kept

@@ -93,11 +93,14 @@ class RewardConfig:
     workers_per_actor: int = 1
     """Killable verifier processes per reward actor (parallel scoring)."""
     timeout_s: float = 5.0
-    """Wall-clock limit per response; a response over it scores 0 and counts as a timeout."""
+    """Wall-clock limit per response; a response over it scores 0 as a wrong answer (status timeout)."""
     code_test_timeout_s: float = 2.0
     """code reward: wall-clock limit per test run (reward.timeout_s bounds the whole response)."""
     code_memory_mb: int = 512
-    """code reward: address-space limit per test run."""
+    """code reward: address-space limit per process of a test run."""
+    code_isolation: Literal["bwrap", "none"] = "bwrap"
+    """code reward: 'bwrap' runs each solution in its own bubblewrap namespaces (README, "The code
+    sandbox"); 'none' runs it as this user with network, warned about at every start."""
     format_weight: float = 0.0
     """Weight of the format reward (boxed answer and a response that ended by itself)."""
     overlong_weight: float = 0.0

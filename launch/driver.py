@@ -39,9 +39,19 @@ from launch.rollouts import Group, RewardHealth, choose_groups, rollout_metrics,
 from launch.signals import StopSignal
 from launch.tracking import RunTracker, check_fresh
 from learner.weights import assemble_weights
-from rewards.registry import check_spec
+from rewards.registry import check_reward
 
 logger = logging.getLogger("forkrl")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run trains on, all checked before any actor starts."""
+
+    model_path: str  # a local HF folder (the packaged default converted once)
+    prompts: list  # training Prompts
+    eval_prompts: list  # held-out Prompts ([] without evaluation)
+    pad_id: int
 
 
 @dataclass
@@ -57,9 +67,7 @@ class Run:
     inflight: deque  # InFlight batches, oldest first
     stop: StopSignal
     learner_restarts: LearnerRestarts
-    eval_prompts: list
-    model_path: str
-    pad_id: int
+    inputs: Inputs
 
 
 @dataclass
@@ -77,12 +85,13 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     directory. All input is checked before actors start."""
     from transformers import AutoTokenizer
 
-    check_spec(cfg.reward.fn)
+    check_reward(cfg.reward.fn, cfg.reward.code_isolation)
     model_path = str(resolve_model_path(cfg.model.path))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompts = load_prompts(cfg.data, cfg.model, tokenizer)
-    eval_prompts = load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    inputs = Inputs(model_path, prompts,
+                    load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else [],
+                    tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     run_dir = resume or Path(cfg.tracking.run_dir.format(name=cfg.tracking.name))
     ckpt, saved = latest_checkpoint(run_dir) if resume else (None, None)
     if not resume:
@@ -91,8 +100,7 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
         restarts = LearnerRestarts(run_dir)  # fault.learner_restarts bounds the whole run
         while True:
             try:
-                return train_run(cfg, run_dir, model_path, prompts, eval_prompts, pad_id, ckpt, saved, console,
-                                 restarts)
+                return train_run(cfg, run_dir, inputs, ckpt, saved, console, restarts)
             except LearnerLost as e:  # train_run has shut Ray down: every actor, the dead rank's hung peers too
                 if not (run_dir / STATE_DIR / "latest").is_file():
                     raise ActorFailures(f"{e} before the run's first checkpoint: nothing to resume from; start "
@@ -108,11 +116,12 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
                                restarts.count, cfg.fault.learner_restarts)
 
 
-def train_run(cfg: TrainConfig, run_dir: Path, model_path: str, prompts: list, eval_prompts: list, pad_id: int,
-              ckpt: Path | None, saved: DriverState | None, console: Console, restarts: LearnerRestarts) -> Path:
+def train_run(cfg: TrainConfig, run_dir: Path, inputs: Inputs, ckpt: Path | None, saved: DriverState | None,
+              console: Console, restarts: LearnerRestarts) -> Path:
     """Start the actors, restore `saved` (or evaluate the initial policy), train, shut Ray down."""
     t_start = time.perf_counter()
     g, l = cfg.generation, cfg.learner
+    prompts, eval_prompts = inputs.prompts, inputs.eval_prompts
     logger.info("%s %s: model %s | %d prompts, %d held out | %d generation actor(s), %d reward, %d learner "
                 "rank(s) (%s) | log: %s", "resuming" if saved else "run", run_dir, cfg.model.path, len(prompts),
                 len(eval_prompts), g.num_actors, cfg.reward.num_actors, l.num_ranks,
@@ -124,7 +133,7 @@ def train_run(cfg: TrainConfig, run_dir: Path, model_path: str, prompts: list, e
         logger.info("resuming %d rank(s) on %d: converting %s to a universal checkpoint", saved.num_ranks,
                     cfg.learner.num_ranks, ckpt)
         to_universal(ckpt)
-    actors = launch_actors(cfg, model_path, load_universal=reshard)
+    actors = launch_actors(cfg, inputs.model_path, load_universal=reshard)
     logger.info("actors ready in %.1fs", time.perf_counter() - t_start)
     tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode,
                          log_rollouts=cfg.tracking.log_rollouts, resume_step=saved.step if saved else None,
@@ -146,8 +155,8 @@ def train_run(cfg: TrainConfig, run_dir: Path, model_path: str, prompts: list, e
         by_uid = {p.uid: p for p in prompts}
         inflight = deque(actors.submit([by_uid[u] for u in uids], batch) for batch, uids in pending)
         with StopSignal() as stop, console.progress(cfg.steps, progress.step) as bar:
-            final = train_steps(Run(cfg, actors, stream, tracker, progress, health, inflight, stop, restarts,
-                                    eval_prompts, model_path, pad_id), bar)
+            final = train_steps(Run(cfg, actors, stream, tracker, progress, health, inflight, stop, restarts, inputs),
+                                bar)
     finally:
         tracker.close()
         ray.shutdown()  # inside the console: the workers' last forwarded lines land in train.log
@@ -169,7 +178,7 @@ def train_steps(run: Run, bar) -> dict:
         t_wait = time.perf_counter() - t0
         metrics = {"step": step, **batch.metrics}
         shards = train_shards(batch.groups, batch.fill, cfg.learner.advantage, cfg.learner.w_lambda,
-                              cfg.learner.num_ranks, run.pad_id, p.shard_rng)
+                              cfg.learner.num_ranks, run.inputs.pad_id, p.shard_rng)
         t1 = time.perf_counter()
         learned = learn(run, shards, step)
         t_learn = time.perf_counter() - t1
@@ -184,7 +193,7 @@ def train_steps(run: Run, bar) -> dict:
                         "timing/reward_s": batch.collected.reward_s, "timing/wait_rollout_s": t_wait,
                         "timing/learn_s": t_learn, "timing/weight_sync_s": time.perf_counter() - t2 + load_s,
                         "timing/step_s": time.perf_counter() - t0})
-        if run.eval_prompts and due(step, cfg.eval.every, cfg.steps):
+        if run.inputs.eval_prompts and due(step, cfg.eval.every, cfg.steps):
             metrics.update(evaluate_policy(run, step))
         if due(step, cfg.tracking.save_every, cfg.steps):
             export_policy(run, step)
@@ -284,7 +293,7 @@ def evaluate_policy(run: Run, step: int) -> dict:
     """Held-out figures of the weights this step produced."""
     run.actors.wait_loads()
     cfg = run.cfg
-    out = evaluate(run.actors, run.eval_prompts, cfg.eval.samples, eval_max_tokens(cfg), cfg.seed + step)
+    out = evaluate(run.actors, run.inputs.eval_prompts, cfg.eval.samples, eval_max_tokens(cfg), cfg.seed + step)
     logger.info("eval at step %d: accuracy %.3f", step, out["eval/accuracy"])
     return out
 
@@ -292,7 +301,7 @@ def evaluate_policy(run: Run, step: int) -> dict:
 def export_policy(run: Run, step: int) -> None:
     """checkpoints/step_N: the published weights as a plain HF folder."""
     out = run.tracker.run_dir / "checkpoints" / f"step_{step}"
-    logger.info("saved %s", export_hf(assemble_weights(ray.get(run.actors.shards)), run.model_path, out))
+    logger.info("saved %s", export_hf(assemble_weights(ray.get(run.actors.shards)), run.inputs.model_path, out))
 
 
 def record_step(run: Run, step: int, metrics: dict, batch: Rollouts, eta_s: float) -> None:

@@ -50,9 +50,9 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     from launch.network import start_ray
     from launch.groups import ActorGroups
     from launch.placement import check_resources, launch_generators, launch_rewards
-    from rewards.registry import check_spec
+    from rewards.registry import check_reward
 
-    check_spec(cfg.reward.fn)
+    check_reward(cfg.reward.fn, cfg.reward.code_isolation)
     models = {model: str(resolve_model_path(model))}
     if compare:
         models[compare] = str(resolve_model_path(compare))

@@ -51,7 +51,9 @@ class RewardHealth:
         self.streak, self.first_error = 0, ""
 
     def check(self, results: list[RewardResult]) -> None:
-        failed = [r for r in results if r.status in FAILED]
+        # Timeouts count here although they train as wrong answers: a step where most
+        # verifications time out says more about the verifier's limit than about the policy.
+        failed = [r for r in results if r.status in FAILED or r.status == Status.TIMEOUT]
         if len(failed) < self.max_fraction * len(results):
             self.streak, self.first_error = 0, ""
             return

@@ -14,6 +14,7 @@ import sys
 import threading
 from multiprocessing.connection import Connection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from rewards.result import Status
@@ -23,6 +24,7 @@ from rewards.result import Status
 OK = "ok"
 TIMEOUT, ERROR, CRASHED = Status.TIMEOUT, Status.ERROR, Status.CRASHED
 STARTUP_TIMEOUT_S = 120.0
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])  # the folder holding rewards/
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,18 @@ class BoundedProcess:
         # A fresh interpreter (not fork: that would copy a Ray/vLLM process with live threads; not
         # multiprocessing's spawn: that re-imports the caller's __main__, which breaks unguarded scripts).
         ours, theirs = socket.socketpair()
-        cmd = [sys.executable, "-m", "rewards.bounded", str(theirs.fileno()), str(self._memory_limit), *self._preload]
+        # -P: the working directory is not put on the import path (a module planted there would
+        # run as this user); the project's own root goes first, explicitly.
+        boot = f"import sys; sys.path.insert(0, {PROJECT_ROOT!r}); from rewards.bounded import main; main()"
+        cmd = [sys.executable, "-P", "-c", boot, str(theirs.fileno()), str(self._memory_limit), *self._preload]
         self._proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         theirs.close()
         self._conn = parent = Connection(ours.detach())
-        if not parent.poll(STARTUP_TIMEOUT_S) or parent.recv() != "ready":
+        try:
+            ready = parent.poll(STARTUP_TIMEOUT_S) and parent.recv() == "ready"
+        except (EOFError, OSError):  # it died while starting (a preload that raised, say)
+            ready = False
+        if not ready:
             self._kill()
             raise RuntimeError(f"verifier process did not start within {STARTUP_TIMEOUT_S}s (preload={self._preload})")
 
@@ -134,5 +143,6 @@ class BoundedProcess:
             pass
 
 
-if __name__ == "__main__":  # the child: python -m rewards.bounded FD MEMORY_LIMIT [MODULE ...]
+def main() -> None:
+    """The child: python -P -c BOOT FD MEMORY_LIMIT [MODULE ...]."""
     _worker_main(Connection(int(sys.argv[1])), int(sys.argv[2]), tuple(sys.argv[3:]))

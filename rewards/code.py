@@ -1,49 +1,39 @@
-"""Code rewards: run a Python solution against test cases in a sandboxed subprocess.
+"""Code rewards: run a Python solution against test cases in the sandbox (rewards/sandbox.py).
 
 The ground truth is JSON, either stdin/stdout cases `{"tests": [{"input": "...", "output": "..."}]}`
 or assertions `{"asserts": ["assert f(2) == 4", ...]}`. The reward is the fraction passed.
 
-Layers of the sandbox (each one alone would stop most escapes; together they fail closed):
-- a fresh temporary directory as cwd, removed afterwards; `python -I -S` (no env, no site);
-- rlimits: CPU seconds, address space, file size, open files, processes;
-- a wall-clock kill of the whole process group (and `timeout -s KILL` in case our parent dies);
-- a network namespace with no interfaces (`unshare --net`) and, when we are root, the
-  unprivileged `nobody` user, where the machine allows both;
-- inside the child, a Python audit hook, installed before the solution runs and impossible to
-  remove, that refuses sockets, subprocesses, fork/exec, ctypes and writes outside the directory;
-- stdout is read up to a cap; anything larger fails the test.
+Verdicts are decided where the solution cannot reach them:
+- stdin/stdout: one sandboxed run per case; this process compares the output (and wants exit 0).
+- asserts: each assert is split here (by parsing it, never running it) into *probes*, the
+  outermost expressions rooted at a name of the solution's (`f(2)` in `abs(f(2) - 4) < 1e-9`),
+  and the rest, which holds the expected values. Builtins and standard-library modules are always
+  the judge's, even where the solution rebinds them. One sandbox runs the solution as a module named
+  `solution` (so an `if __name__ == "__main__":` block does not run) and evaluates the probes; their
+  values come back as plain data of exact built-in types. A second sandbox, the judge, which never
+  runs solution code, evaluates each assert with those values in place. So an early exit, a
+  patched builtin or an object with a forged `__eq__` earns nothing: the solution never sees an
+  expected value, and nothing it defines reaches the judge.
+- The rule for asserts that cannot be split that way: an assert must be one `assert EXPR`
+  statement, and no probe may use a name bound inside the assert (a comprehension's or lambda's
+  variable). Other asserts are refused as bad ground truth, naming the assert.
+A test that runs out of time fails; the response then scores what it passed, with status
+`timeout` (a wrong answer for its own reason, trained on like any wrong answer).
 """
 from __future__ import annotations
 
-import functools
+import ast
+import builtins
 import json
-import os
 import re
-import resource
-import select
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from rewards.result import Status
+from rewards.sandbox import SandboxLimits, run
 
 _CODE_BLOCK = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)
-_BOOT = Path(__file__).with_name("_sandbox_boot.py")
-NOBODY = 65534
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    timeout_s: float = 2.0  # wall clock per run
-    memory_mb: int = 512  # address space
-    output_bytes: int = 1 << 20  # stdout cap
-    file_bytes: int = 1 << 20  # largest file the solution may write
-    max_procs: int = 64  # processes of the sandbox user (fork-bomb bound)
+_BUILTINS = frozenset(dir(builtins))
+_STDLIB = frozenset(sys.stdlib_module_names)
 
 
 def extract_code(response: str) -> str | None:
@@ -52,111 +42,87 @@ def extract_code(response: str) -> str | None:
     return blocks[-1] if blocks else None
 
 
-@functools.lru_cache(maxsize=1)
-def _isolation_prefix() -> tuple[str, ...]:
-    """Command prefix giving a fresh network namespace (and `nobody` when root), if this machine allows."""
-    candidates = []
-    if os.geteuid() == 0:
-        candidates.append(("unshare", "--net", "--", "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                           "--clear-groups", "--"))
-    candidates.append(("unshare", "--map-root-user", "--net", "--"))
-    for prefix in candidates:
-        if shutil.which(prefix[0]) is None:
-            continue
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+class _Split(ast.NodeTransformer):
+    """Replaces each outermost expression rooted at a solution name by a placeholder name. Every
+    name is the solution's except builtins and standard-library modules, which the judge provides
+    (always: a solution that rebinds `abs` must not decide `abs(f(2) - 4) < 1e-9`), and the names
+    the assert binds itself (`local`)."""
+
+    def __init__(self, local: set[str]):
+        self.local = local
+        self.probes: list[str] = []
+
+    def _is_solution(self, name: str | None) -> bool:
+        return name is not None and name not in self.local and name not in _BUILTINS and name not in _STDLIB
+
+    def visit(self, node):
+        if isinstance(node, (ast.Name, ast.Attribute, ast.Subscript, ast.Call)) and \
+                not isinstance(getattr(node, "ctx", None), ast.Store) and self._is_solution(_root_name(node)):
+            self.probes.append(ast.unparse(node))
+            return ast.copy_location(ast.Name(id=f"__probe_{len(self.probes) - 1}", ctx=ast.Load()), node)
+        return self.generic_visit(node)
+
+
+def split_assert(test: str) -> tuple[str, list[str], list[str]]:
+    """(judge expression with __probe_k placeholders, probe expressions, stdlib modules it names).
+    Raises ValueError for an assert outside the rule in the module docstring."""
+    try:
+        tree = ast.parse(test)
+    except SyntaxError as e:
+        raise ValueError(f"code ground truth: assert {test[:80]!r} is not Python ({e.msg})") from None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+        raise ValueError(f"code ground truth: {test[:80]!r} is not one assert statement")
+    expr = tree.body[0].test
+    local = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    local |= {a.arg for n in ast.walk(expr) if isinstance(n, ast.Lambda) for a in ast.walk(n.args)
+              if isinstance(a, ast.arg)}
+    splitter = _Split(local)
+    judged = splitter.visit(expr)
+    for probe in splitter.probes:
+        used = {n.id for n in ast.walk(ast.parse(probe, mode="eval")) if isinstance(n, ast.Name)}
+        if used & local:
+            raise ValueError(f"code ground truth: assert {test[:80]!r} calls the solution with a name bound "
+                             "inside the assert; write one assert per case")
+    names = {n.id for n in ast.walk(judged) if isinstance(n, ast.Name)}
+    return ast.unparse(judged), splitter.probes, sorted(names & _STDLIB)
+
+
+def _assert_results(code: str, asserts: list[str], limits: SandboxLimits) -> tuple[int, bool]:
+    """(asserts passed, whether a run ran out of time)."""
+    split = [split_assert(str(a)) for a in asserts]
+    probes = [p for _, ps, _ in split for p in ps]
+    probe_run = run(code, "", limits, mode="probe", exprs=json.dumps(probes), expr_count=len(probes))
+    values: dict[int, object] = {}
+    for line in probe_run.lines:
         try:
-            if subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0:
-                return prefix
-        except (OSError, subprocess.TimeoutExpired):
+            msg = json.loads(line)
+        except (ValueError, RecursionError):  # whatever the solution wrote there is data, and may be junk
             continue
-    return ()
-
-
-def _limit(limits: SandboxLimits):
-    def apply() -> None:  # runs in the child between fork and exec
-        cpu = int(limits.timeout_s) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        mem = limits.memory_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_procs, limits.max_procs))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
-
-
-@dataclass(frozen=True)
-class RunResult:
-    status: str  # ok | error | timeout | output_limit
-    stdout: str
-
-
-def run_sandboxed(code: str, stdin: str, limits: SandboxLimits) -> RunResult:
-    """Run `code` as a script with `stdin`; never raises for anything the code does."""
-    workdir = Path(tempfile.mkdtemp(prefix="forkrl-sbx-"))
-    try:
-        (workdir / "solution.py").write_text(code)
-        prefix = _isolation_prefix()
-        if prefix and "setpriv" in prefix:
-            os.chown(workdir, NOBODY, NOBODY)
-        kill_after = f"{limits.timeout_s + 2:.1f}"
-        cmd = ["timeout", "-s", "KILL", kill_after, *prefix, sys.executable, "-I", "-S", str(_BOOT),
-               str(workdir), "solution.py"]
-        proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, preexec_fn=_limit(limits), start_new_session=True,
-                                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
-        try:
-            status, out = _drive(proc, stdin.encode(), limits)
-        finally:
-            _kill_group(proc)  # also reaps anything the solution left behind in its session
-        return RunResult(status if status != "exited" else ("ok" if proc.returncode == 0 else "error"),
-                         out.decode(errors="replace"))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _drive(proc: subprocess.Popen, stdin: bytes, limits: SandboxLimits) -> tuple[str, bytes]:
-    """Feed stdin, read stdout up to the cap before the deadline: ("exited"|"timeout"|"output_limit", out)."""
-    feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
-    feeder.start()
-    deadline = time.monotonic() + limits.timeout_s
-    out = bytearray()
-    fd = proc.stdout.fileno()
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return "timeout", b""
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            continue
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            break
-        out += chunk
-        if len(out) > limits.output_bytes:
-            return "output_limit", b""
-    try:
-        proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
-    except subprocess.TimeoutExpired:
-        return "timeout", b""
-    return "exited", bytes(out)
-
-
-def _feed(pipe, data: bytes) -> None:
-    try:
-        pipe.write(data)
-        pipe.close()
-    except OSError:  # the solution exited or closed stdin without reading it all
-        pass
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, 9)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-    proc.stdout.close()
+        if isinstance(msg, dict) and isinstance(msg.get("i"), int) and "value" in msg and msg["i"] not in values:
+            values[msg["i"]] = msg["value"]  # the first answer for a probe counts
+    tests, k, judgeable = [], 0, []
+    for t, (expr, ps, modules) in enumerate(split):
+        ids = range(k, k + len(ps))
+        k += len(ps)
+        if all(i in values for i in ids):  # a probe that raised or never came fails its assert
+            judgeable.append(t)
+            tests.append({"expr": expr, "modules": modules, "values": {f"__probe_{j}": values[i] for j, i in enumerate(ids)}})
+    timed_out = probe_run.status == "timeout"
+    if not tests:
+        return 0, timed_out
+    judged = run("", "", limits, mode="judge", exprs=json.dumps(tests), expr_count=len(tests))
+    ok = set()
+    for line in judged.lines:
+        msg = json.loads(line)
+        if msg.get("ok") is True:
+            ok.add(judgeable[msg["i"]])
+    return len(ok), timed_out
 
 
 def _same_output(got: str, want: str) -> bool:
@@ -164,7 +130,7 @@ def _same_output(got: str, want: str) -> bool:
     return norm(got) == norm(want)
 
 
-def score_code(response: str, ground_truth: str, limits: SandboxLimits = SandboxLimits()) -> tuple[float, str]:
+def score_code(response: str, ground_truth: str, limits: SandboxLimits = SandboxLimits()) -> tuple[float, Status]:
     """(fraction of tests passed, status). Bad ground truth raises ValueError naming the problem."""
     try:
         spec = json.loads(ground_truth)
@@ -172,24 +138,19 @@ def score_code(response: str, ground_truth: str, limits: SandboxLimits = Sandbox
         raise ValueError(f"code ground truth is not JSON ({e.msg})") from None
     if not isinstance(spec, dict) or not ({"tests", "asserts"} & spec.keys()):
         raise ValueError("code ground truth needs a 'tests' or 'asserts' list")
+    cases = spec.get("asserts", spec.get("tests"))
+    if not isinstance(cases, list) or not cases:
+        raise ValueError("code ground truth has no test cases")
     code = extract_code(response)
     if code is None:
-        return 0.0, "no_answer"
+        return 0.0, Status.NO_ANSWER
     if "asserts" in spec:
-        asserts = spec["asserts"]
-        passed = 0
-        for a in asserts:  # one run each, so one failing assert does not hide the others
-            res = run_sandboxed(code + "\n\n" + str(a) + "\n", "", limits)
-            passed += res.status == "ok"
-        total = len(asserts)
+        passed, timed_out = _assert_results(code, cases, limits)
     else:
-        tests = spec["tests"]
-        passed = sum(
-            (r := run_sandboxed(code, str(t.get("input", "")), limits)).status == "ok" and _same_output(r.stdout, str(t["output"]))
-            for t in tests
-        )
-        total = len(tests)
-    if total == 0:
-        raise ValueError("code ground truth has no test cases")
-    frac = passed / total
-    return frac, Status.CORRECT if frac == 1.0 else Status.WRONG
+        runs = [run(code, str(t.get("input", "")), limits) for t in cases]
+        passed = sum(r.status == "ok" and _same_output(r.stdout, str(t["output"])) for r, t in zip(runs, cases))
+        timed_out = any(r.status == "timeout" for r in runs)
+    frac = passed / len(cases)
+    if frac == 1.0:
+        return frac, Status.CORRECT
+    return frac, Status.TIMEOUT if timed_out else Status.WRONG

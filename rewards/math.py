@@ -30,29 +30,19 @@ _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
 _IMAGINARY_RE = re.compile(r"(?<![A-Za-z\\])i(?![A-Za-z])")
 
 
-def _matching_brace(text: str, open_idx: int) -> int:
-    """Index of the '}' closing the '{' at open_idx, or -1. Linear time, no regex backtracking."""
-    depth = 0
-    for i in range(open_idx, len(text)):
-        c = text[i]
-        if c == "\\":
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
-
-
 def last_boxed(text: str) -> str | None:
-    """Content of the last complete \\boxed{...} or \\fbox{...}, or None."""
-    starts = [m.end() - 1 for m in _BOX_RE.finditer(text)]
-    for start in reversed(starts):
-        end = _matching_brace(text, start)
-        if end != -1:
-            return text[start + 1 : end]
+    """Content of the last complete \\boxed{...} or \\fbox{...}, or None. Linear time: every brace's
+    partner is found in one pass (unclosed boxes cannot make it quadratic)."""
+    partner, opened = {}, []
+    for i, c in enumerate(text):
+        if c == "{":
+            opened.append(i)
+        elif c == "}" and opened:
+            partner[opened.pop()] = i
+    for m in reversed(list(_BOX_RE.finditer(text))):
+        end = partner.get(m.end() - 1)
+        if end is not None:
+            return text[m.end():end]
     return None
 
 

@@ -16,7 +16,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from rewards.bounded import OK, BoundedProcess
+from rewards.bounded import ERROR, OK, BoundedProcess, CallResult
 from rewards.math import score_math
 from rewards.result import RewardResult, Status
 
@@ -34,6 +34,16 @@ class RewardSpecError(ValueError):
 def starts_with(response: str, ground_truth: str) -> float:
     words = response.split(maxsplit=1)
     return 1.0 if words and words[0] == ground_truth.strip() else 0.0
+
+
+def check_reward(spec: str, code_isolation: str = "bwrap") -> None:
+    """Everything a run's reward needs, checked before any actor starts: the function exists and,
+    for the code reward, its sandbox can be had here (else one line names what is missing)."""
+    check_spec(spec)
+    if spec == "code":
+        from rewards.sandbox import check_isolation
+
+        check_isolation(code_isolation)
 
 
 def check_spec(spec: str) -> None:
@@ -63,7 +73,8 @@ def score_one(spec: str, response: str, ground_truth: str, code_limits=None) -> 
     if spec == "math":
         return score_math(response, ground_truth)
     if spec == "code":
-        from rewards.code import SandboxLimits, score_code
+        from rewards.code import score_code
+        from rewards.sandbox import SandboxLimits
 
         return score_code(response, ground_truth, code_limits or SandboxLimits())
     fn = starts_with if spec == "starts_with" else _import_fn(spec)
@@ -78,7 +89,7 @@ class RewardScorer:
 
     def __init__(self, spec: str, timeout_s: float, num_workers: int = 1, memory_limit_mb: int = 4096,
                  code_limits=None):
-        check_spec(spec)
+        check_reward(spec, code_limits.isolation if code_limits is not None else "bwrap")
         self.spec, self.timeout_s, self.code_limits = spec, timeout_s, code_limits
         preload = ("rewards.registry",) + (() if spec in BUILTINS else (spec.split(":")[0],))
         self._procs = [BoundedProcess(memory_limit_mb, preload) for _ in range(num_workers)]
@@ -91,7 +102,10 @@ class RewardScorer:
         out = []
         for response, gt in items:
             t0 = time.perf_counter()
-            res = proc.call(score_one, (self.spec, response, gt, self.code_limits), self.timeout_s)
+            try:
+                res = proc.call(score_one, (self.spec, response, gt, self.code_limits), self.timeout_s)
+            except RuntimeError as e:  # the verifier process could not start: an error, not a verdict
+                res = CallResult(ERROR, error=str(e))
             took = time.perf_counter() - t0
             if res.status == OK:
                 out.append(RewardResult(res.value[0], res.value[1], seconds=took))

@@ -14,14 +14,16 @@ class Status(StrEnum):
     WRONG = "wrong"
     NO_ANSWER = "no_answer"  # no final answer could be found in the response
     UNPARSEABLE = "unparseable"  # a final answer was found but could not be read as math
-    TIMEOUT = "timeout"  # the verifier ran past its wall-clock limit
+    TIMEOUT = "timeout"  # the answer ran the verifier (or its solution) past the time limit: wrong
     ERROR = "error"  # the reward function raised
     CRASHED = "crashed"  # the verifier process died
 
 
-# Verifications that did not finish: no verdict, so the response is left out of the group's
-# statistics and gets no gradient (scoring it 0 would count it as a wrong answer).
-FAILED = frozenset({Status.TIMEOUT, Status.ERROR, Status.CRASHED})
+# Failures of the verifier itself: no verdict, so the response is left out of the group's
+# statistics and gets no gradient (scoring it 0 would count it as a wrong answer). A timeout is
+# not one of them: the answer is wrong for its own reason (a solution that hangs, a power tower),
+# and excluding it would pay hanging better than being wrong, which RL would find.
+FAILED = frozenset({Status.ERROR, Status.CRASHED})
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
+# The code reward isolates solutions with bubblewrap (a system package). Installed here when this
+# user can; otherwise a code-reward run refuses to start and says how to get it.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[install] installing bubblewrap (the code reward's sandbox)"
+    (apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; })
+  else
+    echo "[install] note: bubblewrap (bwrap) is missing; the code reward needs it (apt-get install bubblewrap)"
+  fi
+fi
 stamp="$VENV/.forkrl-installed"
 want=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi

@@ -190,3 +190,22 @@ def test_weight_shards_reassemble_in_any_order(world):
     if world > 1:
         with pytest.raises(ValueError, match="do not make up one group"):
             assemble_weights(shards[1:])
+
+
+def test_a_skipped_step_reports_the_keys_of_a_trained_one():
+    """One key list (learner.step_metrics.STEP_KEYS) for trained and skipped steps: the dashboards
+    and the driver's console line read the same names either way."""
+    from learner.step_metrics import (MASK_KEYS, OFF_POLICY_KEYS, STEP_KEYS, UPDATE_KEYS, mask_metrics,
+                                      off_policy_metrics, skipped_metrics, update_metrics)
+
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    keep = torch.tensor([[True, False, False], [False, False, False]])
+    ent, logp = torch.rand(2, 3), -torch.rand(2, 3)
+    assert tuple(mask_metrics(valid, valid, keep, ent, 0.5)) == MASK_KEYS
+    assert tuple(off_policy_metrics(valid, logp, logp - 0.1, 2.0)) == OFF_POLICY_KEYS
+    sums = dict.fromkeys(("loss", "policy_loss", "weight", "clip_low", "clip_high", "dual_clip", "approx_kl",
+                          "ref_kl", "kl_weight", "entropy"), 1.0)
+    assert tuple(update_metrics(sums, 1, [0.5], 1e-5, 3, 0, 1.0)) == UPDATE_KEYS
+    skipped = skipped_metrics(3, 3, 1e-5, 0.1, 1.0)
+    assert set(skipped) == set(STEP_KEYS) and skipped["train/skipped_no_signal"] == 1
+    assert math.isnan(skipped["losses/loss"]) and skipped["mask/kept_tokens"] == 0

@@ -182,7 +182,7 @@ def test_fill_groups_get_zero_advantage_under_every_estimator(estimator):
 
 
 def test_failed_verifications_leave_the_baseline_and_the_gradient():
-    groups = to_groups([rollout(1, 4)], [res(("correct", 1.0), ("timeout", 0.0), ("wrong", 0.0), ("error", 0.0))])
+    groups = to_groups([rollout(1, 4)], [res(("correct", 1.0), ("crashed", 0.0), ("wrong", 0.0), ("error", 0.0))])
     assert groups[0].verified == [True, False, True, False]
     (shard,) = train_shards(groups, [], "drgrpo", 0.1, 1, 0, random.Random(0))
     # baseline over the two verified responses only: mean 0.5 -> +0.5 / -0.5; failed ones 0
@@ -190,8 +190,18 @@ def test_failed_verifications_leave_the_baseline_and_the_gradient():
     assert by_row == [(-0.5, True), (0.0, False), (0.0, False), (0.5, True)]
 
 
+def test_a_timeout_is_a_wrong_answer_not_an_excluded_one():
+    """A solution that hangs (or an answer that keeps the verifier past its limit) must not fare
+    better than a wrong one: it stays in the baseline and gets a wrong answer's advantage."""
+    groups = to_groups([rollout(1, 4)], [res(("correct", 1.0), ("timeout", 0.0), ("wrong", 0.0), ("wrong", 0.0))])
+    assert groups[0].verified == [True, True, True, True] and groups[0].informative("grpo", 0.1)
+    (shard,) = train_shards(groups, [], "drgrpo", 0.1, 1, 0, random.Random(0))
+    adv = shard.advantages.tolist()
+    assert sorted(adv) == pytest.approx([-0.25, -0.25, -0.25, 0.75])  # the timeout's is the wrong ones'
+
+
 def test_a_group_with_one_verified_response_has_no_baseline():
-    groups = to_groups([rollout(1, 3)], [res(("correct", 1.0), ("timeout", 0.0), ("crashed", 0.0))])
+    groups = to_groups([rollout(1, 3)], [res(("correct", 1.0), ("error", 0.0), ("crashed", 0.0))])
     assert not groups[0].informative("grpo", 0.1)
     assert groups[0].informative("w_reinforce", 0.1)  # no baseline needed: +lam on the verdict
 
