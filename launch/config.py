@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 
 from launch.data import KINDS
-from learner.advantages import Estimator
+from learner.advantages import Estimator, Signal
 from learner.losses import Aggregation, KLEstimator, Normalize
 from learner.masking import MaskMode, MaskScope
 
@@ -155,6 +155,9 @@ class LearnerConfig:
     """'grpo' (group mean/std), 'drgrpo' (group mean), 'rloo', 'reinforce_pp' (batch), 'w_reinforce'."""
     w_lambda: float = 0.1
     """w_reinforce: weight of positive samples relative to negative ones (0 = pure NSR)."""
+    signal: Signal = "verdict"
+    """Which groups carry signal: 'verdict' (some right, some wrong; shaping only ranks inside them,
+    as DAPO filters) or 'reward' (any score difference: partial-credit rewards, shaping studies)."""
     clip_low: float = 0.2
     """Lower ratio clip epsilon."""
     clip_high: float = 0.28
@@ -321,6 +324,11 @@ def validate(c: TrainConfig) -> None:
     _check(not bad and bool(c.data.synthetic_kinds), "data.synthetic_kinds",
            f"unknown kind(s) {bad}; choose from {', '.join(KINDS)}")
     _check(0 < m.rho <= 1, "learner.mask.rho", f"must be in (0, 1], got {m.rho}")
+    _check(not (m.mode == "bottom" and m.rho == 1), "learner.mask.rho",
+           "rho=1 with mode=bottom keeps a single token (bottom keeps the lowest 1-rho); use mode=none to train every token")
+    _check(not (l.advantage == "w_reinforce" and (c.reward.format_weight or c.reward.overlong_weight)),
+           "learner.advantage", "w_reinforce reads only the verifier's verdict, so reward.format_weight and "
+           "reward.overlong_weight would change reward/mean but not what trains; set them to 0 or pick another estimator")
     _check(not (m.normalize == "kept" and l.aggregation == "seq_mean_token_sum_norm"), "learner.mask.normalize",
            "'kept' has no meaning with learner.aggregation=seq_mean_token_sum_norm, which divides by a constant length")
     _check(l.dual_clip == 0 or l.dual_clip > 1, "learner.dual_clip", f"must be 0 (off) or > 1, got {l.dual_clip}")

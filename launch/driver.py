@@ -178,7 +178,7 @@ def train_steps(run: Run, bar) -> dict:
         t_wait = time.perf_counter() - t0
         metrics = {"step": step, **batch.metrics}
         shards = train_shards(batch.groups, batch.fill, cfg.learner.advantage, cfg.learner.w_lambda,
-                              cfg.learner.num_ranks, run.inputs.pad_id, p.shard_rng)
+                              cfg.learner.num_ranks, run.inputs.pad_id, p.shard_rng, cfg.learner.signal)
         t1 = time.perf_counter()
         learned = learn(run, shards, step)
         t_learn = time.perf_counter() - t1
@@ -247,14 +247,14 @@ def dynamic_sample(run: Run, collected: Collected) -> tuple[list[Group], list[Gr
     need = cfg.prompts_per_step
     good, dull = [], []
     for g in to_groups(collected.rollouts, collected.results):
-        (good if g.informative(l.advantage, l.w_lambda) else dull).append(g)
+        (good if g.informative(l.advantage, l.w_lambda, l.signal) else dull).append(g)
     rounds = 1
     while len(good) < need and rounds < cfg.dynamic_sampling_max_rounds:
         more = run.actors.collect(issue(run, need))
         collected.rollouts += more.rollouts
         collected.results += more.results
         for g in to_groups(more.rollouts, more.results):
-            (good if g.informative(l.advantage, l.w_lambda) else dull).append(g)
+            (good if g.informative(l.advantage, l.w_lambda, l.signal) else dull).append(g)
         rounds += 1
     chosen, fill = choose_groups(good, dull, need)
     return chosen, fill, {"dynamic/rounds": rounds, "dynamic/dropped_fraction": len(dull) / (len(good) + len(dull)),

@@ -34,11 +34,12 @@ class Group:
                  "response": t, "reward": r, "status": st, "policy_version": self.policy_version, "fill": fill}
                 for t, r, st in zip(self.texts, self.rewards, self.statuses)]
 
-    def informative(self, estimator: str, w_lambda: float) -> bool:
+    def informative(self, estimator: str, w_lambda: float, signal: str = "verdict") -> bool:
         """Whether `estimator` gives any response of this group a non-zero advantage (DAPO drops
-        groups that do not; which ones those are depends on the estimator, not only the rewards)."""
+        groups that do not; which ones those are depends on the estimator and the signal rule,
+        not only the rewards)."""
         return group_is_informative(torch.tensor(self.rewards), torch.tensor(self.correct),
-                                    torch.tensor(self.verified), estimator, w_lambda)
+                                    torch.tensor(self.verified), estimator, w_lambda, signal)
 
 
 class RewardHealth:
@@ -90,7 +91,7 @@ def choose_groups(informative: list[Group], uninformative: list[Group], needed: 
 
 
 def train_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambda: float, ranks: int, pad_id: int,
-                 rng: random.Random) -> list[TrainShard]:
+                 rng: random.Random, signal: str = "verdict") -> list[TrainShard]:
     """Advantages per group (fill groups and failed verifications left out of every statistic),
     then the responses shuffled and cut into one shard per learner rank."""
     every = groups + fill
@@ -98,7 +99,7 @@ def train_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambd
     correct = torch.tensor([g.correct for g in every])  # (P, G) bool
     verified = torch.tensor([g.verified for g in every])  # (P, G) bool
     is_fill = torch.tensor([False] * len(groups) + [True] * len(fill))[:, None]  # (P, 1)
-    adv = compute_advantages(rewards, correct, verified & ~is_fill, estimator, w_lambda).flatten()  # (P*G,)
+    adv = compute_advantages(rewards, correct, verified & ~is_fill, estimator, w_lambda, signal).flatten()  # (P*G,)
     size = len(every[0].rewards)
     prompt_ids = [g.prompt.token_ids for g in every for _ in range(size)]
     resp = [r for g in every for r in g.response_ids]

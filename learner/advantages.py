@@ -12,6 +12,15 @@ Departures from a bare `(r - mean) / std`:
 - W-REINFORCE reads the verifier's verdict (`correct`), never the shaped score: a format bonus
   must not turn a wrong answer into a positive sample, nor an overlong penalty a right one into a
   negative one.
+- Signal follows the verdict (`signal="verdict"`, the default): a group has signal only when its
+  included verdicts differ, some right and some wrong, as DAPO's dynamic-sampling filter has it.
+  GRPO divides by the group's std, so otherwise any shaping difference (an overlong penalty in an
+  all-wrong group) becomes a unit-scale advantage, exactly that of a group with one right answer.
+  Shaping then only ranks responses inside groups that disagree on correctness. `signal="reward"`
+  keeps any reward difference (partial-credit rewards, pure shaping experiments). REINFORCE++'s
+  baseline is the batch's, so the rule is too: a batch whose verdicts all agree gets 0.
+  W-REINFORCE has its own rule: it trains all-wrong groups by design (negative-sample
+  reinforcement).
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ from typing import Literal
 import torch
 
 Estimator = Literal["grpo", "drgrpo", "rloo", "reinforce_pp", "w_reinforce"]
+Signal = Literal["verdict", "reward"]
 # Estimators whose advantage needs the whole batch: a single group cannot be judged uninformative.
 BATCH_LEVEL = ("reinforce_pp",)
 
@@ -78,14 +88,28 @@ def w_reinforce(correct: torch.Tensor, included: torch.Tensor, lam: float = 0.1)
     return torch.where(included, adv, torch.zeros_like(adv))
 
 
+def verdicts_differ(correct: torch.Tensor, included: torch.Tensor) -> torch.Tensor:
+    """(P, 1) bool: the group's included responses hold at least one right and one wrong verdict."""
+    right = (correct & included).any(dim=1, keepdim=True)
+    wrong = (~correct & included).any(dim=1, keepdim=True)
+    return right & wrong
+
+
 def compute_advantages(
     rewards: torch.Tensor,  # (P, G) float, shaped scores
     correct: torch.Tensor,  # (P, G) bool, the verifier's verdict
     included: torch.Tensor,  # (P, G) bool, False = left out of statistics, advantage 0
     estimator: str,
     w_lambda: float = 0.1,
+    signal: str = "verdict",
 ) -> torch.Tensor:
-    """(P, G) advantages by the config's estimator name."""
+    """(P, G) advantages by the config's estimator name; `signal` decides which groups have any."""
+    if signal not in typing.get_args(Signal):
+        raise ValueError(f"unknown signal rule {signal!r}; one of {typing.get_args(Signal)}")
+    if signal == "verdict" and estimator in BATCH_LEVEL:  # its baseline is the batch's: so is the rule
+        included = included & verdicts_differ(correct.reshape(1, -1), included.reshape(1, -1))
+    elif signal == "verdict" and estimator != "w_reinforce":
+        included = included & verdicts_differ(correct, included)  # a group without it: all 0
     if estimator == "grpo":
         return grpo(rewards, included)
     if estimator == "drgrpo":
@@ -105,12 +129,13 @@ def group_is_informative(
     included: torch.Tensor,  # (G,) bool
     estimator: str,
     w_lambda: float = 0.1,
+    signal: str = "verdict",
 ) -> bool:
-    """Whether a group would get any non-zero advantage: the estimator decides, not the rewards.
+    """Whether a group would get any non-zero advantage: the estimator and the signal rule decide.
 
     For a batch-level estimator (reinforce_pp) any group with an included response counts, since
-    its baseline is the batch's, not the group's."""
+    its baseline (and, under the verdict rule, its signal) is the batch's, not the group's."""
     if estimator in BATCH_LEVEL:
         return bool(included.any())
-    adv = compute_advantages(rewards[None], correct[None], included[None], estimator, w_lambda)
+    adv = compute_advantages(rewards[None], correct[None], included[None], estimator, w_lambda, signal)
     return bool((adv != 0).any())

@@ -8,6 +8,8 @@ import random
 import pytest
 import torch
 
+from pathlib import Path
+
 from actors.types import Prompt, RolloutBatch
 from launch.config import ConfigError, load_config
 from launch.rollouts import choose_groups, to_groups, train_shards
@@ -16,6 +18,8 @@ from learner.losses import (BatchCounts, clipped_pg_loss, importance_weights, kl
                             token_weights)
 from learner.masking import scope_tokens, select_tokens
 from rewards.result import RewardResult
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def plain_clipped_loss(logp, old, adv, w, lo, hi):
@@ -260,3 +264,61 @@ def test_config_refuses_kept_normalisation_with_a_constant_denominator():
         load_config(None, ["learner.aggregation=seq_mean_token_sum_norm", "learner.mask.normalize=kept"])
     cfg = load_config(None, [])
     assert (cfg.learner.dual_clip, cfg.learner.is_cap, cfg.learner.mask.scope) == (3.0, 2.0, "informative")
+
+
+# -- signal follows the verdict ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("estimator", ["grpo", "drgrpo", "rloo"])
+def test_a_shaping_difference_alone_carries_no_signal(estimator):
+    """The demo's case: an all-wrong group where one response ran long (overlong penalty -0.125).
+    Under the reward rule GRPO gives the short wrong answers +0.354 and the long one -2.475, the
+    advantages of a group with one right answer of eight; under the verdict rule (default) it
+    gets exactly 0 and dynamic sampling drops it, and a group whose verdicts differ still trains."""
+    wrong = [RewardResult(0.0, "wrong")] * 7 + [RewardResult(-0.125, "wrong")]
+    right = [RewardResult(1.0, "correct")] * 7 + [RewardResult(0.875, "correct")]
+    mixed = [RewardResult(1.0, "correct")] + [RewardResult(0.0, "wrong")] * 6 + [RewardResult(-0.125, "wrong")]
+    groups = to_groups([rollout(3, 8)], [wrong + right + mixed])
+    assert [g.informative(estimator, 0.1) for g in groups] == [False, False, True]
+    chosen, fill = choose_groups([g for g in groups if g.informative(estimator, 0.1)],
+                                 [g for g in groups if not g.informative(estimator, 0.1)], 1)
+    assert [g.prompt.uid for g in chosen] == [2] and fill == []
+    (shard,) = train_shards(groups, [], estimator, 0.1, 1, 0, random.Random(0))
+    trained = {round(float(a), 6) for a in shard.advantages}
+    adv = compute_advantages(torch.tensor([[r.score for r in g] for g in (wrong, right, mixed)]),
+                             torch.tensor([[r.status == "correct" for r in g] for g in (wrong, right, mixed)]),
+                             torch.ones(3, 8, dtype=torch.bool), estimator)
+    assert torch.equal(adv[:2], torch.zeros(2, 8)) and bool((adv[2] != 0).all())
+    assert trained == {round(float(a), 6) for a in adv.flatten()}
+    # the reward rule keeps today's behaviour, for partial-credit rewards and shaping studies
+    assert [g.informative(estimator, 0.1, "reward") for g in groups] == [True, True, True]
+    if estimator == "grpo":
+        old = compute_advantages(torch.tensor([[r.score for r in wrong]]), torch.zeros(1, 8, dtype=torch.bool),
+                                 torch.ones(1, 8, dtype=torch.bool), "grpo", signal="reward")
+        assert old[0, 0].item() == pytest.approx(0.354, abs=1e-3) and old[0, 7].item() == pytest.approx(-2.475, abs=1e-3)
+
+
+def test_reinforce_pp_takes_the_verdict_rule_over_the_batch():
+    lengths = torch.tensor([[0.0, 0.0, -0.125, 0.0], [0.0, -0.5, 0.0, 0.0]])  # all wrong, lengths differ
+    wrong, every = torch.zeros(2, 4, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool)
+    assert torch.equal(compute_advantages(lengths, wrong, every, "reinforce_pp"), torch.zeros(2, 4))
+    assert bool((compute_advantages(lengths, wrong, every, "reinforce_pp", signal="reward") != 0).any())
+    one_right = wrong.clone()
+    one_right[1, 2] = True
+    assert bool((compute_advantages(lengths + one_right, one_right, every, "reinforce_pp")[0] < 0).all())
+
+
+def test_w_reinforce_keeps_training_all_wrong_groups():
+    adv = compute_advantages(torch.zeros(1, 4), torch.zeros(1, 4, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool),
+                             "w_reinforce", 0.1)
+    assert torch.equal(adv, torch.full((1, 4), -1.0))
+
+
+def test_configs_that_would_train_something_else_than_they_say_are_refused():
+    with pytest.raises(ConfigError, match="learner.mask.rho: rho=1 with mode=bottom keeps a single token"):
+        load_config(REPO / "configs/tiny.yaml", ["learner.mask.mode=bottom", "learner.mask.rho=1.0"])
+    with pytest.raises(ConfigError, match="learner.advantage: w_reinforce reads only the verifier's verdict"):
+        load_config(REPO / "configs/tiny.yaml", ["learner.advantage=w_reinforce", "reward.overlong_weight=1.0",
+                                                  "reward.overlong_cache=4"])
+    with pytest.raises(ConfigError, match="learner.signal"):
+        load_config(REPO / "configs/tiny.yaml", ["learner.signal=shaped"])
+    assert load_config(REPO / "configs/tiny.yaml", ["learner.signal=reward"]).learner.signal == "reward"
