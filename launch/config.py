@@ -144,7 +144,7 @@ class LearnerConfig:
     grad_clip: float = 1.0
     """Global gradient-norm clip."""
     warmup_steps: int = 0
-    """Optimizer updates of linear learning-rate warm-up."""
+    """Linear learning-rate warm-up: update k (from 1) uses lr * min(1, k / warmup_steps); 0 = none."""
     micro_batch_size: int = 4
     """Sequences per forward/backward on one rank."""
     mini_batch_size: int = 0

@@ -74,7 +74,8 @@ class PolicyTrainer:
         torch.manual_seed(seed)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        self._engines = build_engines(model_path, ds_cfg, bf16, with_reference=cfg.kl_coef > 0)
+        self._engines = build_engines(model_path, ds_cfg, bf16, with_reference=cfg.kl_coef > 0,
+                                      warmup_steps=cfg.warmup_steps)
         self.engine, self.scheduler = self._engines.engine, self._engines.scheduler
         self.ref_engine = self._engines.reference  # the frozen initial policy, sharded like the policy
         self.generator = torch.Generator().manual_seed(seed + 1000 * self.rank)
@@ -156,6 +157,7 @@ class PolicyTrainer:
         boundaries = []
         for _ in range(c.epochs):
             for mi in range(self.minis_per_batch):
+                lr = self._lr()  # the rate this mini-batch's update will use (it changes at updates only)
                 lo, hi = mi * rows_per_mini, (mi + 1) * rows_per_mini
                 counts = self._global_counts(shard.valid[lo:hi], keep[lo:hi])
                 for s in range(lo, hi, c.micro_batch_size):
@@ -169,7 +171,7 @@ class PolicyTrainer:
                     loss, stats = self._loss(mb, logp, ent, keep[rows, cols], counts, prox, mb_ref)
                     self._backward(loss)
                     self._accumulate(sums, stats)
-                boundaries.append(self._after_boundary())
+                boundaries.append(self._after_boundary(lr))
         return self._finish(metrics, sums, boundaries, t0)
 
     def _train_single_pass(self, shard: TrainShard, all_valid: torch.Tensor, t0: float) -> dict[str, float]:
@@ -208,8 +210,9 @@ class PolicyTrainer:
         outs.clear()
         # One backward over every micro-batch's graph (DeepSpeed sees one accumulation step):
         # ZeRO-3's gradient hooks expect each forward phase to be followed by its own backward.
+        lr = self._lr()
         self._backward(total)
-        return self._finish(metrics, sums, [self._after_boundary()], t0)
+        return self._finish(metrics, sums, [self._after_boundary(lr)], t0)
 
     def _choose_mask(self, shard: TrainShard, all_valid: torch.Tensor, entropy: torch.Tensor,
                      prox_logp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -222,9 +225,9 @@ class PolicyTrainer:
         metrics.update(off_policy_metrics(shard.valid, prox_logp, shard.behaviour_logp, self.cfg.is_cap))
         return keep, metrics
 
-    def _after_boundary(self) -> tuple[float, float, int]:
-        """After an optimizer boundary: (gradient norm, learning rate, 1 if the update was refused)."""
-        return float(self.engine.get_global_grad_norm() or 0.0), self._lr(), self._count_update()
+    def _after_boundary(self, lr: float) -> tuple[float, float, int]:
+        """After an optimizer boundary: (gradient norm, the rate `lr` it used, 1 if the update was refused)."""
+        return float(self.engine.get_global_grad_norm() or 0.0), lr, self._count_update()
 
     def _finish(self, metrics: dict, sums: dict[str, float], boundaries: list[tuple[float, float, int]],
                 t0: float) -> dict[str, float]:
@@ -235,6 +238,7 @@ class PolicyTrainer:
         return metrics
 
     def _lr(self) -> float:
+        """The rate the next update will use."""
         return self.scheduler.get_last_lr()[0] if self.scheduler else self.cfg.lr
 
     def _micro_rows(self, shard: TrainShard) -> list[torch.Tensor]:

@@ -82,7 +82,7 @@ def update_metrics(sums: dict[str, float], passes: int, grad_norms: list[float],
         "losses/grad_norm": sum(grad_norms) / len(grad_norms),
         "losses/ref_kl": sums["ref_kl"] / max(sums["kl_weight"], 1e-12),
         "losses/kept_entropy": sums["entropy"] / weight,
-        "charts/lr": lr,
+        "charts/lr": lr,  # the rate the step's (last) update used
         "charts/optimizer_updates": updates,
         "train/skipped_no_signal": 0,
         # updates refused for a NaN / inf gradient norm (the weights did not change)

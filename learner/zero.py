@@ -2,6 +2,7 @@
 its checkpoints and its weight slices. Nothing here knows about the RL objective."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -31,12 +32,6 @@ def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf
         # resuming on another number of ranks reads DeepSpeed's universal (rank-free) checkpoint
         "checkpoint": {"load_universal": load_universal},
     }
-    if cfg.warmup_steps > 0:  # DeepSpeed's WarmupLR refuses 0 warm-up steps
-        ds["scheduler"] = {
-            "type": "WarmupLR",
-            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": cfg.warmup_steps,
-                       "warmup_type": "linear"},
-        }
     return ds
 
 
@@ -48,9 +43,18 @@ class Engines:
     hf_ds: object  # transformers' HfDeepSpeedConfig: kept alive, it makes from_pretrained build under zero.Init
 
 
-def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: bool) -> Engines:
+def warmup_factor(update: int, warmup_steps: int) -> float:
+    """The share of the learning rate that update `update` (0-based) uses: linear warm-up whose
+    first update is already non-zero and whose update number `warmup_steps` (1-based) is the
+    first at the full rate. (DeepSpeed's WarmupLR gave 0, 0, ...: two updates that moved nothing
+    but still fed Adam's moments.)"""
+    return min(1.0, (update + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: bool, warmup_steps: int = 0) -> Engines:
     """The policy under ZeRO-3 (each rank materialises only its shard of the weights) and, with
-    `with_reference`, the frozen initial policy sharded the same way. torch.distributed must be up."""
+    `with_reference`, the frozen initial policy sharded the same way. torch.distributed must be up.
+    DeepSpeed steps the warm-up schedule after each applied update (a refused one does not count)."""
     import deepspeed
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
@@ -58,10 +62,15 @@ def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: boo
     hf_ds = HfDeepSpeedConfig(ds_cfg)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     model.config.use_cache = False
-    engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_cfg, model_parameters=model.parameters())
+    schedule = None
+    if warmup_steps > 0:
+        factor = functools.partial(warmup_factor, warmup_steps=warmup_steps)
+        schedule = lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)  # noqa: E731
+    engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_cfg, model_parameters=model.parameters(),
+                                                   lr_scheduler=schedule)
     reference = None
     if with_reference:
-        ref_cfg = {k: v for k, v in ds_cfg.items() if k not in ("optimizer", "scheduler")}
+        ref_cfg = {k: v for k, v in ds_cfg.items() if k != "optimizer"}
         ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=model.dtype)
         reference, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
         reference.eval()

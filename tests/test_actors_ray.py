@@ -236,3 +236,28 @@ def test_zero_advantage_rows_are_left_out_without_changing_the_update(ray_local,
         assert m2[0][key] == m2[1][key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
     assert_same_update(tiny_model, s1, s2)
     assert_same_update(tiny_model, s1, s3)
+
+
+def test_warm_up_moves_the_weights_from_the_first_update_and_logs_the_rate_used(ray_local, tiny_model):
+    """warmup_steps=4: updates 1..5 use lr/4, lr/2, 3lr/4, lr, lr, as the weights themselves show
+    (Adam's first step moves each weight by about its rate), and charts/lr says so."""
+    import ray
+
+    lr = 1e-2
+    cfg = tiny_cfg(tiny_model, "learner.num_ranks=1", "learner.micro_batch_size=8", "prompts_per_step=2",
+                   "generation.group_size=4", f"learner.lr={lr}", "learner.warmup_steps=4", "learner.weight_decay=0")
+    (w,) = launch_learners(cfg, str(tiny_model))
+    prompts, resp, behaviour_logp, adv = make_batch()
+    shard = collate(prompts, resp, behaviour_logp, adv, 0)
+    before = assemble_weights(ray.get([w.weight_shard.remote()]))
+    rates, moves = [], []
+    for _ in range(5):
+        m = ray.get(w.train_step.remote(shard))
+        after = assemble_weights(ray.get([w.weight_shard.remote()]))
+        rates.append(m["charts/lr"])
+        moves.append(max(float((after[k] - before[k]).abs().max()) for k in after))
+        before = after
+    ray.kill(w)
+    assert rates == pytest.approx([lr / 4, lr / 2, 3 * lr / 4, lr, lr])
+    assert moves[0] == pytest.approx(lr / 4, rel=0.05)  # the first update is not wasted at rate 0
+    assert all(mv > 0 for mv in moves)
