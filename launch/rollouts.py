@@ -110,7 +110,7 @@ def train_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambd
     per = len(order) // ranks
     return [
         collate([prompt_ids[i] for i in idx], [resp[i] for i in idx], [behaviour_logp[i] for i in idx],
-                [float(adv[i]) for i in idx], pad_id, trained=[trained[i] for i in idx])
+                [float(adv[i]) for i in idx], pad_id, trained=[trained[i] for i in idx], sample_ids=idx)
         for idx in (order[r * per:(r + 1) * per] for r in range(ranks))
     ]
 

@@ -15,6 +15,7 @@ class TrainShard:
     valid: torch.Tensor  # (n, L-1) bool: the target token is a response token
     behaviour_logp: torch.Tensor  # (n, L-1) float: log-prob under the sampling policy (0 off valid)
     advantages: torch.Tensor  # (n,) float: one advantage per sequence
+    sample_ids: torch.Tensor  # (n,) int64: each response's id in the whole batch, whatever rank or order holds it
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -26,7 +27,7 @@ class TrainShard:
     def take(self, order: torch.Tensor) -> "TrainShard":
         """The same sequences in `order` ((n,) row indices)."""
         return TrainShard(self.input_ids[order], self.attention_mask[order], self.valid[order],
-                          self.behaviour_logp[order], self.advantages[order])
+                          self.behaviour_logp[order], self.advantages[order], self.sample_ids[order])
 
     def rows(self, start: int, stop: int) -> "TrainShard":
         """Sequences start..stop, trimmed to their longest real length (less padding to score)."""
@@ -37,6 +38,7 @@ class TrainShard:
             self.valid[start:stop, : length - 1],
             self.behaviour_logp[start:stop, : length - 1],
             self.advantages[start:stop],
+            self.sample_ids[start:stop],
         )
 
 
@@ -47,6 +49,7 @@ def collate(
     advantages: list[float],
     pad_id: int,
     trained: list[bool] | None = None,  # False: the response takes part in no loss term (no valid tokens)
+    sample_ids: list[int] | None = None,  # ids in the whole batch (default 0..n-1: one shard is the batch)
 ) -> TrainShard:
     n = len(prompt_ids)
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
@@ -63,4 +66,5 @@ def collate(
         # Response token j sits at position len(p)+j and is predicted from column len(p)+j-1.
         valid[i, len(p) - 1 : lengths[i] - 1] = trained is None or trained[i]
         behaviour[i, len(p) - 1 : lengths[i] - 1] = torch.tensor(lp, dtype=torch.float32)
-    return TrainShard(ids, attn, valid, behaviour, torch.tensor(advantages, dtype=torch.float32))
+    ids_t = torch.tensor(sample_ids if sample_ids is not None else range(n), dtype=torch.int64)
+    return TrainShard(ids, attn, valid, behaviour, torch.tensor(advantages, dtype=torch.float32), ids_t)

@@ -32,7 +32,7 @@ from learner.batch import TrainShard
 from learner.collectives import all_reduce_max, all_reduce_sum, global_count
 from learner.logprobs import logprobs_and_entropy
 from learner.losses import BatchCounts, clipped_pg_loss, kl_penalty, kl_sample_weights, token_weights
-from learner.masking import scope_tokens, select_tokens
+from learner.masking import random_scores, scope_tokens, select_tokens
 from learner.step_metrics import (mask_metrics, off_policy_metrics, peak_memory_gb, skipped_metrics,
                                   update_metrics)
 from learner.weights import WeightShard
@@ -78,8 +78,9 @@ class PolicyTrainer:
                                       warmup_steps=cfg.warmup_steps)
         self.engine, self.scheduler = self._engines.engine, self._engines.scheduler
         self.ref_engine = self._engines.reference  # the frozen initial policy, sharded like the policy
-        self.generator = torch.Generator().manual_seed(seed + 1000 * self.rank)
+        self.seed = seed  # the same on every rank: the random arm's mask is the batch's, not the rank's
         self.updates = 0
+        self.batches = 0  # rollout batches seen (trained or skipped): the random arm's draw follows it
 
     # -- scoring ---------------------------------------------------------------------------------
 
@@ -135,6 +136,7 @@ class PolicyTrainer:
         """One optimizer batch (this rank's shard); returns metrics reduced over all ranks."""
         c = self.cfg
         t0 = time.perf_counter()
+        self.batches += 1
         # From here on `valid` means "in scope": the tokens the mask chooses among and every
         # denominator counts (all response tokens, or only those with a non-zero advantage).
         all_valid = shard.valid
@@ -220,7 +222,8 @@ class PolicyTrainer:
         for all of the batch's updates, and the metrics of the mask and of the off-policy gap.
         entropy, prox_logp: (n, L-1), zero off the in-scope tokens (both paths score only those)."""
         m = self.cfg.mask
-        keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, self.generator)
+        scores = random_scores(self.seed, self.batches, shard.sample_ids, entropy.shape[1]) if m.mode == "random" else None
+        keep, tau = select_tokens(entropy, shard.valid, m.mode, m.rho, all_reduce_sum, scores=scores)
         metrics = mask_metrics(shard.valid, all_valid, keep, entropy, tau)
         metrics.update(off_policy_metrics(shard.valid, prox_logp, shard.behaviour_logp, self.cfg.is_cap))
         return keep, metrics
@@ -322,15 +325,15 @@ class PolicyTrainer:
     # -- checkpoints -----------------------------------------------------------------------------
 
     def save_checkpoint(self, path: str) -> None:
-        """Every rank writes its shards under `path`/zero (collective), with the mask's RNG."""
-        save_zero(self.engine, path, {"updates": self.updates, "mask_rng": self.generator.get_state()})
+        """Every rank writes its shards under `path`/zero (collective), with the update and batch counts."""
+        save_zero(self.engine, path, {"updates": self.updates, "batches": self.batches})
 
     def load_checkpoint(self, path: str) -> None:
         """Restores what `save_checkpoint` wrote: from its own shards when the ranks are as many as
         when it was saved, else from its universal conversion (launch/resume.py, to_universal)."""
         state = load_zero(self.engine, path, self.load_universal, self.rank)
         self.updates = state["updates"]
-        self.generator.set_state(state["mask_rng"])
+        self.batches = state.get("batches", self.updates)  # checkpoints before it counted updates only
 
     # -- weights ---------------------------------------------------------------------------------
 

@@ -65,6 +65,28 @@ def kth_largest(values: torch.Tensor, k: int, reduce: Reduce = _identity) -> flo
     return _from_key(prefix)
 
 
+_MOD = 2**31 - 1  # a prime; every product below stays under 2**62, so int64 never overflows
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A nonlinear scramble of int64 values in [0, _MOD): multiplications mod the prime, with
+    xor-shifts between them so that neighbouring inputs do not give related outputs."""
+    for a, shift in ((48271, 13), (69621, 17), (16807, 11), (39373, 15)):
+        x = (x * a) % _MOD
+        x = x ^ (x >> shift)
+    return x % _MOD
+
+
+def random_scores(seed: int, batch: int, sample_ids: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, width) uniform scores in (0, 1) for the `random` control arm, a function of (seed,
+    batch number, sample id, position) only: the same mask whatever the ranks, the micro-batches,
+    the row order or the training path. sample_ids: (N,) int64."""
+    h = _mix(torch.full((1, 1), (seed * 1_000_003 + batch) % _MOD, dtype=torch.int64))
+    h = _mix((h + sample_ids.reshape(-1, 1) % _MOD) % _MOD)  # (N, 1)
+    h = _mix((h * 31 + torch.arange(width, dtype=torch.int64)[None, :]) % _MOD)  # (N, width)
+    return (h.double() + 1.0) / (_MOD + 1.0)
+
+
 def select_tokens(
     entropy: torch.Tensor,  # (N, T) float, this rank's tokens
     valid: torch.Tensor,  # (N, T) bool, response tokens that are not padding
@@ -72,12 +94,14 @@ def select_tokens(
     rho: float,
     reduce: Reduce = _identity,
     generator: torch.Generator | None = None,
+    scores: torch.Tensor | None = None,  # (N, T) the random arm's scores (random_scores); else drawn
 ) -> tuple[torch.Tensor, float]:
     """Tokens that receive gradient, and the threshold used: ((N, T) bool, float).
 
     top: entropy >= k-th largest, k = ceil(rho N). bottom: entropy <= the ceil((1-rho) N)-th
-    smallest. random: a uniformly random ceil(rho N) tokens (threshold on the random scores).
-    none: every valid token. N counts valid tokens over all ranks (via `reduce`).
+    smallest. random: a uniformly random ceil(rho N) tokens (threshold on `scores`, or on
+    torch.rand with `generator` when none are given). none: every valid token. N counts valid
+    tokens over all ranks (via `reduce`).
     """
     if mode not in typing.get_args(MaskMode):
         raise ValueError(f"mask mode {mode!r} not in {typing.get_args(MaskMode)}")
@@ -87,7 +111,7 @@ def select_tokens(
     if mode == "none" or n_total == 0:
         return valid.clone(), float("nan")
     if mode == "random":
-        scores = torch.rand(entropy.shape, generator=generator)
+        scores = scores.float() if scores is not None else torch.rand(entropy.shape, generator=generator)
     elif mode == "bottom":
         scores = -entropy.float()  # the lowest (1 - rho) entropies are the highest scores of -H
     else:

@@ -90,7 +90,7 @@ def run_learners(ray, tiny_model, ranks, micro, batch, *extra):
     prompts, resp, behaviour_logp, adv = batch
     per = len(prompts) // ranks
     shards = [collate(prompts[r * per:(r + 1) * per], resp[r * per:(r + 1) * per], behaviour_logp[r * per:(r + 1) * per],
-                      adv[r * per:(r + 1) * per], 0) for r in range(ranks)]
+                      adv[r * per:(r + 1) * per], 0, sample_ids=list(range(r * per, (r + 1) * per))) for r in range(ranks)]
     metrics = ray.get([w.train_step.remote(s) for w, s in zip(learners, shards)])
     state = assemble_weights(ray.get([w.weight_shard.remote() for w in learners]))
     [ray.kill(w) for w in learners]
@@ -261,3 +261,21 @@ def test_warm_up_moves_the_weights_from_the_first_update_and_logs_the_rate_used(
     assert rates == pytest.approx([lr / 4, lr / 2, 3 * lr / 4, lr, lr])
     assert moves[0] == pytest.approx(lr / 4, rel=0.05)  # the first update is not wasted at rate 0
     assert all(mv > 0 for mv in moves)
+
+
+def test_the_random_control_is_the_same_mask_on_every_path(ray_local, tiny_model):
+    """mask.mode=random draws each token's score from (seed, batch, sample id, position): the whole
+    batch at once, micro-batches, two ranks and the two-pass path keep the same tokens."""
+    import ray
+
+    batch, arm = make_batch(n=8, seed=4), ("learner.mask.mode=random", "learner.mask.rho=0.3")
+    (whole,), s0 = run_learners(ray, tiny_model, 1, 8, batch, *arm)
+    (micro,), s1 = run_learners(ray, tiny_model, 1, 2, batch, *arm)
+    (two_pass,), s2 = run_learners(ray, tiny_model, 1, 2, batch, *arm, "learner.single_pass_max_tokens=0")
+    ranks, s3 = run_learners(ray, tiny_model, 2, 2, batch, *arm)
+    for m in (micro, two_pass, ranks[0], ranks[1]):
+        assert m["mask/threshold"] == whole["mask/threshold"] and m["mask/kept_tokens"] == whole["mask/kept_tokens"]
+        assert m["losses/loss"] == pytest.approx(whole["losses/loss"], rel=1e-5, abs=1e-7)
+    assert whole["losses/grad_norm"] > 0
+    for s in (s1, s2, s3):
+        assert_same_update(tiny_model, s0, s)

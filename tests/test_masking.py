@@ -119,3 +119,20 @@ def test_more_than_16m_tokens():
     k = math.ceil(0.2 * (n - 1000) - 1e-9)
     assert tau == torch.topk(ent[1000:], k).values[-1].item()
     assert mask.sum().item() >= k and not mask[:1000].any()
+
+
+def test_random_scores_depend_on_seed_batch_sample_and_position_only():
+    from learner.masking import random_scores
+
+    ids = torch.tensor([7, 3, 11, 0, 5])
+    a = random_scores(0, 4, ids, 50)
+    perm = torch.tensor([2, 0, 4, 1, 3])
+    assert torch.equal(random_scores(0, 4, ids[perm], 50), a[perm])  # row order does not matter
+    assert torch.equal(random_scores(0, 4, ids, 20), a[:, :20])  # nor the padded width
+    assert not torch.equal(random_scores(0, 5, ids, 50), a) and not torch.equal(random_scores(1, 4, ids, 50), a)
+    big = random_scores(0, 1, torch.arange(400), 500)  # (400, 500)
+    assert 0 < float(big.min()) and float(big.max()) < 1
+    assert abs(float(big.mean()) - 0.5) < 0.01 and abs(float(big.std()) - (1 / 12) ** 0.5) < 0.01
+    x, y = big[:, :-1].flatten(), big[:, 1:].flatten()  # neighbouring positions are unrelated
+    assert abs(float(torch.corrcoef(torch.stack([x, y]))[0, 1])) < 0.01
+    assert big.flatten().unique().numel() > 0.999 * big.numel()
