@@ -51,16 +51,18 @@ def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
     from tests.test_network import assert_loopback_only, run_watching_sockets
 
     run_dir = tmp_path / "run"
-    # Overlong shaping on (L_cache 4 of 8 tokens) also checks the reward actor's shaping wiring.
+    # Overlong shaping on (L_cache 4 of 8 tokens) also checks the reward actor's shaping wiring;
+    # with the reward rule its length differences train (the random model never earns the reward).
     # While it runs, every listening socket of its processes is sampled (tests/test_network.py).
     returncode, stderr, seen = run_watching_sockets(
         [*tiny_args(tiny_model, yes_data, run_dir), "steps=4", "max_staleness=1", "learner.num_ranks=2",
-         "reward.overlong_weight=1.0", "reward.overlong_cache=4"])
+         "reward.overlong_weight=1.0", "reward.overlong_cache=4", "learner.signal=reward"])
     assert returncode == 0, stderr[-3000:]
     assert_loopback_only(seen)
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [r["policy_version"] for r in rows] == [1, 2, 3, 4]
+    assert any(r["mask/scope_fraction"] > 0 for r in rows)  # something trained, so the mask checks below bite
     logged = set().union(*rows)
     names = readme_metric_names()
     assert len(names) > 30

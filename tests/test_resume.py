@@ -92,10 +92,11 @@ def rollout_rows(run_dir: Path) -> dict[int, list[dict]]:
     return out
 
 
-# Overlong shaping scores responses by length, so every step has signal (a reward the random
-# model never earns would make every step a skipped one and the comparison empty).
+# Overlong shaping scores responses by length and the reward rule lets that difference train, so
+# every step has signal (a reward the random model never earns would make every step a skipped
+# one and the comparison empty; under the default verdict rule shaping alone trains nothing).
 SYNC = ["max_staleness=0", "learner.num_ranks=2", "tracking.wandb_mode=disabled", "reward.overlong_weight=1.0",
-        "reward.overlong_cache=4"]
+        "reward.overlong_cache=4", "learner.signal=reward"]
 
 
 @pytest.fixture(scope="module")
