@@ -16,6 +16,7 @@ import yaml
 
 from launch.data import KINDS
 from learner.advantages import Estimator, Signal
+from rewards.sandbox import Isolation
 from learner.losses import Aggregation, KLEstimator, Normalize
 from learner.masking import MaskMode, MaskScope
 
@@ -98,7 +99,7 @@ class RewardConfig:
     """code reward: wall-clock limit per test run (reward.timeout_s bounds the whole response)."""
     code_memory_mb: int = 512
     """code reward: address-space limit per process of a test run."""
-    code_isolation: Literal["bwrap", "none"] = "bwrap"
+    code_isolation: Isolation = "bwrap"
     """code reward: 'bwrap' runs each solution in its own bubblewrap namespaces (README, "The code
     sandbox"); 'none' runs it as this user with network, warned about at every start."""
     format_weight: float = 0.0

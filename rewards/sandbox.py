@@ -28,11 +28,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 logger = logging.getLogger(__name__)
 
 HARNESS = Path(__file__).with_name("_sandbox_harness.py")
-Isolation = str  # "bwrap" | "none"
+Isolation = Literal["bwrap", "none"]  # reward.code_isolation
 
 
 class IsolationError(RuntimeError):
