@@ -18,7 +18,7 @@ test: install lint
 	$(BIN)/python -m pytest tests
 
 lint: install  # unused imports, undefined names: cheap, and they hide real mistakes
-	$(BIN)/python -m pyflakes actors learner rewards launch tests bench
+	$(BIN)/python -m pyflakes actors learner rewards envs launch tests bench
 
 test-unit: install
 	$(BIN)/python -m pytest tests -m unit

@@ -9,8 +9,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
+from actors.episodes import ObservationEncoder, Sampled, Trajectory, run_episodes
 from actors.types import EvalBatch, Prompt, RolloutBatch
+from envs.base import ToolLimits
+from envs.registry import load_env
 from learner.weights import WeightShard, assemble_weights
 
 logger = logging.getLogger(__name__)
@@ -27,11 +31,13 @@ def _repack_tied_lm_head(worker) -> None:
 
 
 class GenerationWorker:
-    def __init__(self, cfg, model_path: str, seed: int):
+    def __init__(self, cfg, model_path: str, seed: int, env_cfg=None, chat_template: bool = True):
+        """cfg: the generation config; env_cfg: the env config (None or env.name=single_turn: one
+        response per sample, as before multi-turn existed)."""
         import torch
         from vllm import LLM
 
-        self.cfg = cfg
+        self.cfg, self.env_cfg = cfg, env_cfg
         dtype = cfg.dtype
         if dtype == "auto":  # float32 ran faster than bf16 on the CPU backend
             dtype = "bfloat16" if torch.cuda.is_available() else "float32"
@@ -49,6 +55,12 @@ class GenerationWorker:
             # single-GPU mode: the learner uses this GPU while the engine sleeps
             enable_sleep_mode=cfg.sleep_mode,
         )
+        self.env_cls = load_env(env_cfg.name) if env_cfg is not None else None
+        if self.env_cls is not None:
+            self.encode = ObservationEncoder(self.llm.get_tokenizer(), chat_template)
+            self.tool_pool = ThreadPoolExecutor(max_workers=env_cfg.tool_workers)
+            self.limits = ToolLimits(env_cfg.tool_timeout_s, env_cfg.max_output_chars, env_cfg.tool_memory_mb,
+                                     env_cfg.isolation)
         self.version = 0
         # A restarted actor that received the latest weights before it sampled loses no batch,
         # but the driver must still count the restart: a new id per incarnation tells it.
@@ -66,6 +78,13 @@ class GenerationWorker:
         if seed is not None:
             torch.manual_seed(seed)
         c = self.cfg
+        if self.env_cls is not None:
+            t0 = time.perf_counter()
+            trajs = self._episodes(prompts, c.group_size, c.temperature, c.max_new_tokens)
+            return RolloutBatch(prompts, c.group_size, [t.ids for t in trajs], [t.logp for t in trajs],
+                                [t.model_text for t in trajs], [t.end != "budget" for t in trajs], self.version,
+                                time.perf_counter() - t0, self.instance, model_mask=[t.model for t in trajs],
+                                turns=[tuple(t.turns) for t in trajs])
         params = SamplingParams(n=c.group_size, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens, logprobs=0)
         t0 = time.perf_counter()
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
@@ -91,9 +110,35 @@ class GenerationWorker:
             torch.manual_seed(seed)
 
         temperature = 0.0 if samples == 1 else self.cfg.temperature
+        if self.env_cls is not None:
+            trajs = self._episodes(prompts, samples, temperature, max_tokens)
+            return EvalBatch(prompts, samples, [t.model_text for t in trajs], self.version,
+                             tuple(sum(bool(turn.tool) for turn in t.turns) for t in trajs))
         params = SamplingParams(n=samples, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
         return EvalBatch(prompts, samples, [o.text for out in outs for o in out.outputs], self.version)
+
+    def _episodes(self, prompts: list[Prompt], n: int, temperature: float, budget: int) -> list[Trajectory]:
+        """n multi-turn trajectories per prompt, grouped by prompt (rows j*n .. j*n+n-1)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        def sample(contexts, max_tokens, stop):
+            params = [SamplingParams(n=1, temperature=temperature, top_p=self.cfg.top_p, max_tokens=m, logprobs=0,
+                                     stop=list(stop), include_stop_str_in_output=True) for m in max_tokens]
+            outs = self.llm.generate([TokensPrompt(prompt_token_ids=c) for c in contexts], params, use_tqdm=False)
+            turns = []
+            for out in outs:
+                o = out.outputs[0]
+                # logprobs=0 returns the sampled token's own log-prob at each position.
+                turns.append(Sampled(list(o.token_ids), [st[tok].logprob for st, tok in zip(o.logprobs, o.token_ids)],
+                                     o.text, o.finish_reason == "stop" and not isinstance(o.stop_reason, str)))
+            return turns
+
+        trajs = [Trajectory(self.env_cls(p.text, p.answer, self.limits), p.token_ids, budget)
+                 for p in prompts for _ in range(n)]
+        return run_episodes(sample, self.encode, trajs, self.env_cfg.max_turns, self.tool_pool,
+                            tuple(getattr(self.env_cls, "stop", ())), self.env_cfg.max_turn_tokens)
 
     def sleep(self) -> None:
         """Release the GPU memory (level 1: weights to host memory, KV cache dropped) for the learner."""

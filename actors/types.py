@@ -15,6 +15,16 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One model turn of a multi-turn trajectory and what the environment answered."""
+
+    text: str  # what the model wrote in this turn (decoded for reading; its ids are the trained ones)
+    output: str = ""  # the environment's text appended after it ("" = none)
+    tool: str = ""  # the tool call's status: ok | error | timeout | output_limit | env_error; "" = no call
+    end: str = ""  # on the last turn, why the trajectory ended: done | max_turns | budget | env_error
+
+
+@dataclass(frozen=True)
 class RolloutBatch:
     """G responses for each of a batch of prompts, grouped: rows g*G .. g*G+G-1 share prompt g."""
 
@@ -27,9 +37,19 @@ class RolloutBatch:
     policy_version: int  # learner version whose weights produced every response here
     generate_s: float  # seconds the engine spent on this batch
     actor_instance: str = ""  # the generation actor's incarnation: a new one after Ray restarted it
+    # Multi-turn only (None for single-turn, where every response token is the model's):
+    model_mask: list[list[bool]] | None = None  # (B*G, ragged) True where the policy sampled the token;
+    #   False on environment tokens, whose behaviour_logp entries are 0.0 placeholders that nothing reads
+    turns: list[tuple[Turn, ...]] | None = None  # (B*G, ragged) each trajectory's turns, in order
 
     def __len__(self) -> int:
         return len(self.response_ids)
+
+    def transcript(self, i: int) -> str:
+        """Response i as it read: multi-turn, each model turn followed by the environment's answer."""
+        if self.turns is None:
+            return self.response_text[i]
+        return "".join(t.text + t.output for t in self.turns[i])
 
 
 @dataclass(frozen=True)
@@ -38,5 +58,6 @@ class EvalBatch:
 
     prompts: list[Prompt]  # (B,)
     samples: int
-    response_text: list[str]  # (B*samples,)
+    response_text: list[str]  # (B*samples,) what the model wrote (multi-turn: its turns joined)
     policy_version: int  # learner version whose weights wrote them
+    tool_calls: tuple[int, ...] = ()  # (B*samples,) tool calls per response (multi-turn; () for single-turn)

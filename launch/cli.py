@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from launch.data import DataError
     from launch.errors import ActorFailures, NetworkError, NonFiniteSteps, ResourceError, RewardFailure, RunStopped
     from launch.tracking import RunExists
+    from envs.base import EnvSpecError
     from rewards.registry import RewardSpecError
     from rewards.sandbox import IsolationError
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             from launch.models import build_tiny_model
 
             print(build_tiny_model(Path(args.out)))
-    except (ConfigError, DataError, RewardSpecError, IsolationError, RunExists, ResourceError, NetworkError,
+    except (ConfigError, DataError, RewardSpecError, EnvSpecError, IsolationError, RunExists, ResourceError, NetworkError,
             FileNotFoundError) as e:
         print(f"forkrl: error: {e}", file=sys.stderr)
         return 2

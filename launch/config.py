@@ -45,6 +45,8 @@ class DataConfig:
     """Rows the built-in generator makes when train_files is empty."""
     synthetic_max_operand: int = 20
     """Largest operand of generated arithmetic problems (small keeps the demo learnable)."""
+    synthetic_min_operand: int = 1
+    """Smallest operand of generated arithmetic problems (10 with max 9999: 2-4 digit numbers)."""
     synthetic_kinds: list[str] = field(default_factory=lambda: ["add", "sub", "mul", "word"])
     """Problem kinds the generator mixes: add, sub, mul, word (word problems, + and -)."""
     instruction: str = "Put the final answer in \\boxed{}."
@@ -81,6 +83,30 @@ class GenerationConfig:
     sleep_mode: bool = False
     """Single-GPU mode: vLLM releases its GPU memory (sleep) while the learner steps and takes it back
     (wake_up) before it samples; needs CUDA, max_staleness=0 and a GPU shared by fractions."""
+
+
+@dataclass
+class EnvConfig:
+    name: str = "single_turn"
+    """Rollout environment: 'single_turn' (one response per sample), 'python' (the model may run fenced
+    ```python blocks in the code sandbox and read their output; envs/python_tool.py) or
+    'package.module:Class' (envs/base.py says what the class provides). Multi-turn:
+    generation.max_new_tokens is each trajectory's whole token budget, model and environment tokens."""
+    max_turns: int = 4
+    """Model turns per trajectory at most (the last is never answered)."""
+    max_turn_tokens: int = 0
+    """Tokens per model turn at most (a turn cut there is still answered); 0 = the budget left."""
+    tool_timeout_s: float = 2.0
+    """Wall-clock limit per tool call; a call over it ends with status timeout and the model is told so."""
+    max_output_chars: int = 512
+    """A tool call's output shown to the model is cut to this many characters."""
+    tool_memory_mb: int = 512
+    """Address-space limit per process of a tool call."""
+    tool_workers: int = 8
+    """Tool calls run at once per generation actor (each its own sandbox process)."""
+    isolation: Isolation = "bwrap"
+    """'bwrap' runs each tool call in its own bubblewrap namespaces (README, "The code sandbox");
+    'none' runs it as this user with network, warned about at every start."""
 
 
 @dataclass
@@ -276,6 +302,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -313,6 +340,13 @@ def validate(c: TrainConfig) -> None:
     _check(0 < g.gpu_memory_utilization < 1, "generation.gpu_memory_utilization", "must be in (0, 1)")
     _check(g.max_model_len > c.data.max_prompt_tokens + g.max_new_tokens - 1, "generation.max_model_len",
            f"{g.max_model_len} cannot hold data.max_prompt_tokens + generation.max_new_tokens")
+    e = c.env
+    _check(e.max_turns >= 1, "env.max_turns", f"must be >= 1, got {e.max_turns}")
+    _check(0 < e.tool_timeout_s < float("inf"), "env.tool_timeout_s", f"must be a finite number > 0, got {e.tool_timeout_s}")
+    _check(e.max_turn_tokens >= 0, "env.max_turn_tokens", f"must be >= 0 (0 = the budget left), got {e.max_turn_tokens}")
+    _check(e.max_output_chars >= 1, "env.max_output_chars", f"must be >= 1, got {e.max_output_chars}")
+    _check(e.tool_memory_mb >= 64, "env.tool_memory_mb", f"must be >= 64, got {e.tool_memory_mb}")
+    _check(e.tool_workers >= 1, "env.tool_workers", f"must be >= 1, got {e.tool_workers}")
     _check(c.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _check(c.reward.code_test_timeout_s > 0 and c.reward.code_memory_mb >= 64, "reward.code_test_timeout_s",
            "code_test_timeout_s must be > 0 and code_memory_mb >= 64")
@@ -321,6 +355,8 @@ def validate(c: TrainConfig) -> None:
     _check(c.reward.num_actors >= 1 and c.reward.workers_per_actor >= 1, "reward.num_actors", "must be >= 1")
     _check(0 < c.reward.max_error_fraction <= 1, "reward.max_error_fraction", "must be in (0, 1]")
     _check(c.reward.max_error_steps >= 1, "reward.max_error_steps", "must be >= 1")
+    _check(1 <= c.data.synthetic_min_operand <= c.data.synthetic_max_operand, "data.synthetic_min_operand",
+           f"must be in [1, data.synthetic_max_operand={c.data.synthetic_max_operand}], got {c.data.synthetic_min_operand}")
     bad = [k for k in c.data.synthetic_kinds if k not in KINDS]
     _check(not bad and bool(c.data.synthetic_kinds), "data.synthetic_kinds",
            f"unknown kind(s) {bad}; choose from {', '.join(KINDS)}")

@@ -117,7 +117,7 @@ def log_step(steps: int, step: int, m: dict, sample: tuple[float, str, str], eta
         m["memory/learner_peak_gb"], duration(eta_s))
     if step == 1 or step % 5 == 0 or step == steps:
         reward, answer, response = sample
-        logger.info("sample (reward %.2f, answer %s): %r", reward, answer, response[:300])
+        logger.info("sample (reward %.2f, answer %s): %r", reward, answer, response[:600])
 
 
 def summary_line(first: dict, last: dict) -> str:

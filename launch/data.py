@@ -52,13 +52,15 @@ def _word(rng, a, b):
 KINDS = {"add": _add, "sub": _sub, "mul": _mul, "word": _word}
 
 
-def synthetic_arithmetic(n: int, max_operand: int, seed: int, kinds: list[str] = tuple(KINDS)) -> list[dict]:
+def synthetic_arithmetic(n: int, max_operand: int, seed: int, kinds: list[str] = tuple(KINDS),
+                         min_operand: int = 1) -> list[dict]:
     """Seeded grade-school arithmetic with exact integer answers, as {prompt, answer} rows: the
-    kinds in turn at random, operands in 1..max_operand, several phrasings of each kind."""
+    kinds in turn at random, operands in min_operand..max_operand, several phrasings of each kind."""
     rng = random.Random(seed)
     rows = []
+    lo, hi = min_operand, max_operand
     for _ in range(n):
-        question, answer = KINDS[rng.choice(list(kinds))](rng, rng.randint(1, max_operand), rng.randint(1, max_operand))
+        question, answer = KINDS[rng.choice(list(kinds))](rng, rng.randint(lo, hi), rng.randint(lo, hi))
         rows.append({"prompt": question, "answer": str(answer)})
     return rows
 
@@ -210,7 +212,8 @@ def load_prompts(cfg, model_cfg, tokenizer) -> list[Prompt]:
     if cfg.train_files:
         rows, source = load_rows(cfg.train_files, cfg.prompt_key, cfg.answer_key), ",".join(cfg.train_files)
     else:
-        rows = synthetic_arithmetic(cfg.num_synthetic, cfg.synthetic_max_operand, cfg.seed, cfg.synthetic_kinds)
+        rows = synthetic_arithmetic(cfg.num_synthetic, cfg.synthetic_max_operand, cfg.seed, cfg.synthetic_kinds,
+                                    cfg.synthetic_min_operand)
         source = "synthetic data"
     return tokenize(rows, tokenizer, model_cfg.chat_template, cfg.instruction, cfg.max_prompt_tokens, source)
 
@@ -229,7 +232,7 @@ def load_eval_prompts(cfg, data_cfg, model_cfg, tokenizer, train: list[Prompt]) 
         rows, source = load_rows(cfg.files, data_cfg.prompt_key, data_cfg.answer_key, "eval.files"), ",".join(cfg.files)
     else:
         rows = synthetic_arithmetic(cfg.num_prompts * 20, data_cfg.synthetic_max_operand, data_cfg.seed + 1,
-                                    data_cfg.synthetic_kinds)
+                                    data_cfg.synthetic_kinds, data_cfg.synthetic_min_operand)
         source = "synthetic eval data"
     held_out = [r for r in rows if normalise(question_text(r["prompt"])) not in seen]
     if len(held_out) < len(rows) and cfg.files:

@@ -30,7 +30,7 @@ from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.errors import ActorFailures, LearnerLost, NonFiniteSteps, RunStopped
 from launch.evaluation import eval_max_tokens, evaluate
 from launch.groups import ActorGroups, Collected, InFlight
-from launch.models import resolve_model_path
+from launch.models import check_chat_wrap, resolve_model_path
 from launch.network import start_ray
 from launch.placement import check_resources, launch_actors
 from launch.resume import (STATE_DIR, DriverState, LearnerRestarts, Progress, latest_checkpoint, restore, save_checkpoint,
@@ -39,6 +39,7 @@ from launch.rollouts import Group, RewardHealth, choose_groups, rollout_metrics,
 from launch.signals import StopSignal
 from launch.tracking import RunTracker, check_fresh
 from learner.weights import assemble_weights
+from envs.registry import check_env
 from rewards.registry import check_reward
 
 logger = logging.getLogger("forkrl")
@@ -86,8 +87,10 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     from transformers import AutoTokenizer
 
     check_reward(cfg.reward.fn, cfg.reward.code_isolation)
+    check_env(cfg.env.name, cfg.env.isolation)
     model_path = str(resolve_model_path(cfg.model.path))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    check_chat_wrap(cfg, tokenizer)
     prompts = load_prompts(cfg.data, cfg.model, tokenizer)
     inputs = Inputs(model_path, prompts,
                     load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else [],
@@ -311,7 +314,7 @@ def record_step(run: Run, step: int, metrics: dict, batch: Rollouts, eta_s: floa
                                     + [r for g in batch.fill for r in g.records(step, True)])
     first = batch.collected.rollouts[0]
     log_step(run.cfg.steps, step, metrics, (batch.collected.results[0][0].score, first.prompts[0].answer,
-                                            first.response_text[0]), eta_s)
+                                            first.transcript(0)), eta_s)
 
 
 def checkpoint(run: Run) -> Path:

@@ -19,17 +19,22 @@ def evaluate(actors: ActorGroups, prompts, samples: int, max_tokens: int, seed: 
     per prompt at the generation temperature: avg@n (mean accuracy) and pass@k, k = 1, 2, 4 .. n.
     `chunk` > 0 scores that many prompts at a time and calls `progress(prompts done)` after each."""
     step = chunk or len(prompts)
-    greedy, sampled, versions = [], [], []
+    greedy, calls, sampled, versions = [], [], [], []
     for c, lo in enumerate(range(0, len(prompts), step)):
         part = prompts[lo:lo + step]
-        flags, version = actors.verify_eval(part, 1, max_tokens, seed + c)
-        greedy += flags
-        versions.append(version)
+        v = actors.verify_eval(part, 1, max_tokens, seed + c)
+        greedy += v.correct
+        calls += v.tool_calls
+        versions.append(v.policy_version)
         if samples > 1:
-            sampled += actors.verify_eval(part, samples, max_tokens, seed + c)[0]
+            sampled += actors.verify_eval(part, samples, max_tokens, seed + c).correct
         if progress:
             progress(len(part))
     out = {"eval/accuracy": sum(greedy) / len(greedy), "eval/policy_version": min(versions), "eval/prompts": len(prompts)}
+    if calls:  # multi-turn: how often the greedy answers used the tool, and how many right ones did
+        used = [n > 0 for n in calls]
+        out["eval/tool_call_rate"] = sum(used) / len(used)
+        out["eval/tool_share_of_correct"] = sum(u and g for u, g in zip(used, greedy)) / max(sum(greedy), 1)
     if samples > 1:
         per_prompt = [sum(sampled[i:i + samples]) for i in range(0, len(sampled), samples)]
         out[f"eval/avg@{samples}"] = sum(sampled) / len(sampled)

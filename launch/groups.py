@@ -49,6 +49,15 @@ class InFlight:
     epoch: int  # ActorGroups' recoveries at submission: a failure seen after a later one was already counted
 
 
+@dataclass(frozen=True)
+class Verified:
+    """Held-out responses, verified: `samples` per prompt, in prompt order."""
+
+    correct: list[bool]
+    policy_version: int  # the oldest version that answered
+    tool_calls: list[int]  # tool calls per response (multi-turn); empty for single-turn
+
+
 @dataclass
 class Collected:
     """A batch back from generation and scoring, per generator part."""
@@ -131,20 +140,23 @@ class ActorGroups:
 
     # -- evaluation -------------------------------------------------------------------------------
 
-    def verify_eval(self, prompts: list, samples: int, max_tokens: int, seed: int) -> tuple[list[bool], int]:
-        """`samples` responses per prompt (greedy when 1), verified: (correct flags in prompt
-        order, `samples` per prompt; the oldest policy version that answered)."""
+    def verify_eval(self, prompts: list, samples: int, max_tokens: int, seed: int) -> Verified:
+        """`samples` responses per prompt (greedy when 1), verified, in prompt order."""
         parts = self._fan_out(prompts, samples,
                               lambda gen, mine, j: gen.evaluate.remote(mine, samples, max_tokens, sample_seed(seed, -1, j)),
                               lambda rw, ref, sl: rw.score_eval.remote(ref, sl.start, sl.stop))
         by_prompt: list[list[bool]] = [[] for _ in prompts]
+        calls: list[tuple[int, ...]] = [() for _ in prompts]
         versions = []
         for part in parts:
             flags = [r.status == Status.CORRECT for res, _ in ray.get(part.scores) for r in res]
+            batch = ray.get(part.output)
             for n, pos in enumerate(part.positions):
                 by_prompt[pos] = flags[n * samples:(n + 1) * samples]
-            versions.append(ray.get(part.output).policy_version)
-        return [f for group in by_prompt for f in group], min(versions)
+                calls[pos] = batch.tool_calls[n * samples:(n + 1) * samples]
+            versions.append(batch.policy_version)
+        return Verified([f for group in by_prompt for f in group], min(versions),
+                        [c for group in calls for c in group])
 
     def _fan_out(self, prompts: list, per_prompt: int, generate: Callable, score: Callable) -> list[Part]:
         """Prompts j, j+k, ... to generator j of k (`generate(handle, prompts, j)` -> ObjectRef),

@@ -51,12 +51,16 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     from launch.groups import ActorGroups
     from launch.placement import check_resources, launch_generators, launch_rewards
     from rewards.registry import check_reward
+    from envs.registry import check_env
+    from launch.models import check_chat_wrap
 
     check_reward(cfg.reward.fn, cfg.reward.code_isolation)
+    check_env(cfg.env.name, cfg.env.isolation)
     models = {model: str(resolve_model_path(model))}
     if compare:
         models[compare] = str(resolve_model_path(compare))
     tokenizer = AutoTokenizer.from_pretrained(models[model])
+    check_chat_wrap(cfg, tokenizer)
     rows = load_rows([data], cfg.data.prompt_key, cfg.data.answer_key, "--data")
     prompts = tokenize(rows, tokenizer, cfg.model.chat_template, cfg.data.instruction, cfg.data.max_prompt_tokens, data)
     max_tokens = eval_max_tokens(cfg)

@@ -132,3 +132,12 @@ def build_tiny_model(out: Path, *, hidden: int = 64, layers: int = 2, seed: int 
     model.save_pretrained(out, safe_serialization=True)
     fast.save_pretrained(out)
     return out
+
+
+def check_chat_wrap(cfg, tokenizer) -> None:
+    """A multi-turn run on a chat model needs a template that can append an observation message
+    (actors.episodes.chat_wrap); refuse before any actor starts when it cannot."""
+    if cfg.env.name != "single_turn" and cfg.model.chat_template:
+        from actors.episodes import chat_wrap
+
+        chat_wrap(tokenizer)

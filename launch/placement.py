@@ -41,7 +41,8 @@ def launch_generators(cfg, model_path: str) -> list:
     # current weights and samples the lost batch again (launch/groups.py, ActorGroups.collect).
     Gen = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=cfg.fault.max_actor_restarts)(GenerationWorker)
     env = dict(GEN_ENV, **actor_env(cfg))
-    return [Gen.options(runtime_env={"env_vars": env}).remote(g, model_path, cfg.seed + i) for i in range(g.num_actors)]
+    return [Gen.options(runtime_env={"env_vars": env}).remote(g, model_path, cfg.seed + i, cfg.env, cfg.model.chat_template)
+            for i in range(g.num_actors)]
 
 
 def launch_rewards(cfg) -> list:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.types import Prompt, RolloutBatch
+from actors.types import Prompt, RolloutBatch, Turn
 from learner.advantages import compute_advantages, group_is_informative
 from learner.batch import TrainShard, collate
 from launch.errors import RewardFailure
@@ -27,12 +27,18 @@ class Group:
     policy_version: int
     texts: tuple[str, ...] = ()  # (G,) decoded responses, for the run's rollout record
     statuses: tuple[Status, ...] = ()  # (G,) the verifier's status per response
+    model_mask: tuple[list[bool], ...] | None = None  # (G, ragged) multi-turn: True on the model's tokens
+    turns: tuple[tuple[Turn, ...], ...] | None = None  # (G, ragged) multi-turn: each trajectory's turns
 
     def records(self, step: int, fill: bool) -> list[dict]:
-        """One JSON-able row per response: what `runs/NAME/rollouts/step_N.jsonl` holds."""
-        return [{"step": step, "prompt_id": self.prompt.uid, "prompt": self.prompt.text, "answer": self.prompt.answer,
+        """One JSON-able row per response: what `runs/NAME/rollouts/step_N.jsonl` holds (multi-turn:
+        also each turn, with the model's text, the tool's output and its status)."""
+        rows = [{"step": step, "prompt_id": self.prompt.uid, "prompt": self.prompt.text, "answer": self.prompt.answer,
                  "response": t, "reward": r, "status": st, "policy_version": self.policy_version, "fill": fill}
                 for t, r, st in zip(self.texts, self.rewards, self.statuses)]
+        for row, turns in zip(rows, self.turns or ()):
+            row["turns"] = [{"model": t.text, "output": t.output, "tool": t.tool, "end": t.end} for t in turns]
+        return rows
 
     def informative(self, estimator: str, w_lambda: float, signal: str = "verdict") -> bool:
         """Whether `estimator` gives any response of this group a non-zero advantage (DAPO drops
@@ -78,7 +84,9 @@ def to_groups(rollouts: list[RolloutBatch], results: list[list[RewardResult]]) -
             groups.append(Group(prompt, part.response_ids[rows], part.behaviour_logp[rows],
                                 [r.score for r in res], [r.status == Status.CORRECT for r in res],
                                 [r.status not in FAILED for r in res], part.policy_version,
-                                tuple(part.response_text[rows]), tuple(r.status for r in res)))
+                                tuple(part.response_text[rows]), tuple(r.status for r in res),
+                                None if part.model_mask is None else tuple(part.model_mask[rows]),
+                                None if part.turns is None else tuple(part.turns[rows])))
     return groups
 
 
@@ -104,13 +112,15 @@ def train_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambd
     prompt_ids = [g.prompt.token_ids for g in every for _ in range(size)]
     resp = [r for g in every for r in g.response_ids]
     behaviour_logp = [lp for g in every for lp in g.behaviour_logp]
+    model_mask = [m for g in every for m in (g.model_mask or [None] * size)]
     trained = verified.flatten().tolist()  # a failed verification's tokens are out of every term
     order = list(range(len(resp)))
     rng.shuffle(order)  # mini-batches then draw from every group rather than a few prompts
     per = len(order) // ranks
     return [
         collate([prompt_ids[i] for i in idx], [resp[i] for i in idx], [behaviour_logp[i] for i in idx],
-                [float(adv[i]) for i in idx], pad_id, trained=[trained[i] for i in idx], sample_ids=idx)
+                [float(adv[i]) for i in idx], pad_id, trained=[trained[i] for i in idx], sample_ids=idx,
+                model_mask=[model_mask[i] for i in idx])
         for idx in (order[r * per:(r + 1) * per] for r in range(ranks))
     ]
 
@@ -137,4 +147,25 @@ def rollout_metrics(rollouts: list[RolloutBatch], results: list[list[RewardResul
         "staleness/mean": sum(version - g.policy_version for g in groups) / len(groups),
     }
     out.update({f"reward/status_{k}": v / len(flat) for k, v in sorted(statuses.items())})
+    out.update(env_metrics(rollouts))
     return out
+
+
+def env_metrics(rollouts: list[RolloutBatch]) -> dict:
+    """Multi-turn rollouts only: turns, tool calls and how they ended, the model's share of the
+    tokens, and how many trajectories ran out of token budget."""
+    trajs = [t for p in rollouts for t in (p.turns or ())]
+    if not trajs:
+        return {}
+    calls = [turn.tool for t in trajs for turn in t if turn.tool]
+    masks = [m for p in rollouts for m in p.model_mask]
+    tokens = sum(len(m) for m in masks)
+    return {
+        "env/turns_mean": sum(len(t) for t in trajs) / len(trajs),
+        "env/tool_calls_mean": len(calls) / len(trajs),
+        "env/tool_error_fraction": sum(c in ("error", "env_error") for c in calls) / max(len(calls), 1),
+        "env/tool_timeout_fraction": sum(c == "timeout" for c in calls) / max(len(calls), 1),
+        "env/model_token_fraction": sum(sum(m) for m in masks) / max(tokens, 1),
+        "env/budget_truncated_fraction": sum(t[-1].end == "budget" for t in trajs) / len(trajs),
+        "env/max_turns_fraction": sum(t[-1].end == "max_turns" for t in trajs) / len(trajs),
+    }

@@ -12,7 +12,8 @@ class TrainShard:
 
     input_ids: torch.Tensor  # (n, L) long: prompt + response, right-padded
     attention_mask: torch.Tensor  # (n, L) long: 1 on real tokens
-    valid: torch.Tensor  # (n, L-1) bool: the target token is a response token
+    valid: torch.Tensor  # (n, L-1) bool: the target token is a response token the policy sampled
+    #   (never a multi-turn environment token: those are out of the mask, every denominator and loss)
     behaviour_logp: torch.Tensor  # (n, L-1) float: log-prob under the sampling policy (0 off valid)
     advantages: torch.Tensor  # (n,) float: one advantage per sequence
     sample_ids: torch.Tensor  # (n,) int64: each response's id in the whole batch, whatever rank or order holds it
@@ -50,6 +51,8 @@ def collate(
     pad_id: int,
     trained: list[bool] | None = None,  # False: the response takes part in no loss term (no valid tokens)
     sample_ids: list[int] | None = None,  # ids in the whole batch (default 0..n-1: one shard is the batch)
+    model_mask: list[list[bool] | None] | None = None,  # per response, True where the policy sampled the
+    #   token (multi-turn); None: every response token is the model's
 ) -> TrainShard:
     n = len(prompt_ids)
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
@@ -65,6 +68,10 @@ def collate(
         attn[i, : lengths[i]] = 1
         # Response token j sits at position len(p)+j and is predicted from column len(p)+j-1.
         valid[i, len(p) - 1 : lengths[i] - 1] = trained is None or trained[i]
+        if model_mask is not None and model_mask[i] is not None:
+            if len(model_mask[i]) != len(r):
+                raise ValueError(f"sequence {i}: {len(r)} response tokens but {len(model_mask[i])} model-mask flags")
+            valid[i, len(p) - 1 : lengths[i] - 1] &= torch.tensor(model_mask[i], dtype=torch.bool)
         behaviour[i, len(p) - 1 : lengths[i] - 1] = torch.tensor(lp, dtype=torch.float32)
     ids_t = torch.tensor(sample_ids if sample_ids is not None else range(n), dtype=torch.int64)
     return TrainShard(ids, attn, valid, behaviour, torch.tensor(advantages, dtype=torch.float32), ids_t)

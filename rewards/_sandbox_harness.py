@@ -1,6 +1,8 @@
 """Runs inside the sandbox (python -I -S, nothing but the interpreter in view). Standard library only.
 
     harness.py script NPROC              run /sandbox/solution.py as __main__ (stdin/stdout tests)
+    harness.py tool   NPROC              the same, and an exception it raises ends stdout with its
+                                         last traceback line (what a tool call shows the model)
     harness.py probe  NPROC RESULT_FD    run it as module `solution`, then evaluate each expression of
                                          /job/exprs.json in its namespace and write each value
     harness.py judge  NPROC RESULT_FD    evaluate each test of /job/exprs.json ({"expr", "values"})
@@ -62,11 +64,25 @@ def main():
     mode, nproc = sys.argv[1], int(sys.argv[2])
     # Processes and threads of this sandbox (its own user namespace: the trainer's are not counted).
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    if mode == "script":
+    if mode in ("script", "tool"):
         os.closerange(3, 1 << 16)
         sys.argv = ["solution.py"]
         code = open("/sandbox/solution.py").read()
-        exec(compile(code, "solution.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        if mode == "script":
+            exec(compile(code, "solution.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+            return
+        try:
+            exec(compile(code, "solution.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        except SystemExit as e:
+            if e.code not in (None, 0):
+                raise
+        except BaseException as e:  # the model sees what went wrong, as a Python user would
+            import traceback
+
+            sys.stdout.flush()
+            sys.stdout.write(traceback.format_exception_only(type(e), e)[-1])
+            sys.stdout.flush()
+            os._exit(1)
         return
     out = int(sys.argv[3])
     os.closerange(3, out)

@@ -107,23 +107,22 @@ def _pids_root() -> Path | None:
     return None
 
 
-def check_isolation(isolation: Isolation) -> None:
-    """Refuse to start a code reward that cannot isolate solutions (one line naming what is missing);
-    warn at every start when isolation is turned off."""
+def check_isolation(isolation: Isolation, key: str = "reward.code_isolation") -> None:
+    """Refuse to start a run that cannot isolate model-written code (one line naming what is
+    missing); warn at every start when isolation is turned off. `key`: the config key that chose it."""
     if isolation == "none":
-        logger.warning("reward.code_isolation=none: model-written code runs unisolated, as this user, with "
+        logger.warning(f"{key}=none: model-written code runs unisolated, as this user, with "
                        "network and this machine's files in reach; use it only where nothing else is at stake")
         return
     if shutil.which("bwrap") is None:
-        raise IsolationError("the code reward runs solutions under bubblewrap, which is not installed: install it "
-                             "(Debian/Ubuntu: apt-get install bubblewrap), or set reward.code_isolation=none to run "
-                             "them unisolated")
+        raise IsolationError("model-written code runs under bubblewrap, which is not installed: install it "
+                             f"(Debian/Ubuntu: apt-get install bubblewrap), or set {key}=none to run it unisolated")
     res = run("pass", "", SandboxLimits(timeout_s=30.0), mode="script")
     if res.status != "ok":
         why = _last_bwrap_error()
         raise IsolationError(f"bubblewrap cannot create its namespaces here ({why}): allow unprivileged user "
                              "namespaces (sysctl kernel.unprivileged_userns_clone=1, or a container run with "
-                             "--security-opt seccomp=unconfined), or set reward.code_isolation=none")
+                             f"--security-opt seccomp=unconfined), or set {key}=none")
     if os.geteuid() == 0 and _pids_root() is None:
         logger.warning("code sandbox: running as root without a writable pids cgroup, so the kernel will not "
                        "bound a sandbox's processes (it never limits root's); they are bounded by time only")
@@ -139,7 +138,8 @@ def _last_bwrap_error() -> str:
 def run(code: str, stdin: str, limits: SandboxLimits, mode: str = "script", exprs: str | None = None,
         expr_count: int = 0) -> RunResult:
     """Run the harness on `code` in a fresh sandbox; never raises for anything the code does.
-    mode "script": `code` is the program, `stdin` its input. "probe"/"judge": `exprs` (JSON) is
+    mode "script": `code` is the program, `stdin` its input; "tool": the same, and an exception
+    it raises ends stdout with its last traceback line. "probe"/"judge": `exprs` (JSON) is
     what to evaluate, `expr_count` how many result lines to wait for, each within timeout_s."""
     exe, _ = interpreter()
     r_out, w_out = os.pipe()
@@ -148,7 +148,7 @@ def run(code: str, stdin: str, limits: SandboxLimits, mode: str = "script", expr
         data["/job/exprs.json"] = exprs
     fds = {path: _data_fd(text) for path, text in data.items()}
     # + bwrap's PID-1 helper and the harness itself
-    args = [mode, str(limits.max_procs + 2)] + ([str(w_out)] if mode != "script" else [])
+    args = [mode, str(limits.max_procs + 2)] + ([str(w_out)] if mode not in ("script", "tool") else [])
     if limits.isolation == "none":
         workdir = Path(tempfile.mkdtemp(prefix="forkrl-sbx-"))
         cmd, cwd = [exe, "-I", "-S", str(_unisolated_harness(workdir, data)), *args], workdir

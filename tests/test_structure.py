@@ -6,10 +6,11 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("actors", "learner", "rewards", "launch")
-# What each folder may import from the others: launch -> actors -> learner, rewards (the floors).
-ALLOWED = {"launch": {"actors", "learner", "rewards"}, "actors": {"learner", "rewards"}, "learner": set(),
-           "rewards": set()}
+PACKAGES = ("actors", "learner", "rewards", "envs", "launch")
+# What each folder may import from the others: launch -> actors -> envs -> rewards, and learner
+# (the floors; envs runs tool calls in the rewards sandbox).
+ALLOWED = {"launch": {"actors", "learner", "rewards", "envs"}, "actors": {"learner", "rewards", "envs"},
+           "envs": {"rewards"}, "learner": set(), "rewards": set()}
 
 
 def module_imports() -> dict[str, set[str]]:

@@ -1,0 +1,1 @@
+"""Environments for multi-turn rollouts: pure code that answers each model turn (envs.base)."""

@@ -1,0 +1,45 @@
+"""Environments by name or import path: 'single_turn' (one response per sample, the default),
+'python' (`envs.python_tool`), or 'package.module:Class' (the interface: `envs.base`)."""
+from __future__ import annotations
+
+import importlib
+
+from envs.base import EnvSpecError
+
+BUILTINS = ("single_turn", "python")
+
+
+def load_env(spec: str):
+    """The environment class `spec` names; single_turn has none (None)."""
+    if spec == "single_turn":
+        return None
+    if spec == "python":
+        from envs.python_tool import PythonTool
+
+        return PythonTool
+    if spec.count(":") != 1:
+        raise EnvSpecError(f"env.name={spec!r}: expected one of {', '.join(BUILTINS)} or 'package.module:Class'")
+    module_name, cls_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise EnvSpecError(f"env.name={spec!r}: cannot import {module_name} ({e})") from None
+    cls = getattr(module, cls_name, None)
+    if not isinstance(cls, type):
+        raise EnvSpecError(f"env.name={spec!r}: {module_name} has no class {cls_name}")
+    if not callable(getattr(cls, "step", None)):
+        raise EnvSpecError(f"env.name={spec!r}: {cls_name} has no step(turn, ended) method")
+    stop = getattr(cls, "stop", ())
+    if not (isinstance(stop, (tuple, list)) and all(isinstance(s, str) and s for s in stop)):
+        raise EnvSpecError(f"env.name={spec!r}: {cls_name}.stop must be a tuple of non-empty strings, got {stop!r}")
+    return cls
+
+
+def check_env(spec: str, isolation: str = "bwrap") -> None:
+    """Everything a run's environment needs, before any actor starts: the class loads and, for the
+    python tool, the code sandbox can be had here."""
+    load_env(spec)
+    if spec == "python":
+        from rewards.sandbox import check_isolation
+
+        check_isolation(isolation)
