@@ -1,4 +1,6 @@
 """Actors on a local Ray: real vLLM generation + weight sync, reward pool, ZeRO-3 learner group."""
+import math
+
 import pytest
 import torch
 
@@ -87,10 +89,11 @@ def run_learners(ray, tiny_model, ranks, micro, batch, *extra):
     cfg = tiny_cfg(tiny_model, f"learner.num_ranks={ranks}", f"learner.micro_batch_size={micro}", "prompts_per_step=2",
                    "generation.group_size=4", "learner.lr=1e-2", "learner.mask.rho=0.3", *extra)
     learners = launch_learners(cfg, str(tiny_model))
-    prompts, resp, behaviour_logp, adv = batch
+    prompts, resp, behaviour_logp, adv, *masks = batch  # a fifth item: multi-turn model masks
     per = len(prompts) // ranks
     shards = [collate(prompts[r * per:(r + 1) * per], resp[r * per:(r + 1) * per], behaviour_logp[r * per:(r + 1) * per],
-                      adv[r * per:(r + 1) * per], 0, sample_ids=list(range(r * per, (r + 1) * per))) for r in range(ranks)]
+                      adv[r * per:(r + 1) * per], 0, sample_ids=list(range(r * per, (r + 1) * per)),
+                      model_mask=masks[0][r * per:(r + 1) * per] if masks else None) for r in range(ranks)]
     metrics = ray.get([w.train_step.remote(s) for w, s in zip(learners, shards)])
     state = assemble_weights(ray.get([w.weight_shard.remote() for w in learners]))
     [ray.kill(w) for w in learners]
@@ -279,3 +282,75 @@ def test_the_random_control_is_the_same_mask_on_every_path(ray_local, tiny_model
     assert whole["losses/grad_norm"] > 0
     for s in (s1, s2, s3):
         assert_same_update(tiny_model, s0, s)
+
+
+def multi_turn_batch(n=8, seed=6, env_logp=0.0):
+    """make_batch's sequences with an environment segment of 1-6 tokens inside each response
+    (its behaviour log-probs set to `env_logp`: nothing may read them)."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, resp, behaviour_logp, adv = make_batch(n, seed)
+    out_r, out_lp, masks = [], [], []
+    for r, lp in zip(resp, behaviour_logp):
+        cut, k = 1 + int(torch.randint(0, len(r) - 1, (1,), generator=g)), int(torch.randint(1, 7, (1,), generator=g))
+        env = torch.randint(4, 40, (k,), generator=g).tolist()
+        out_r.append(r[:cut] + env + r[cut:])
+        out_lp.append(lp[:cut] + [env_logp] * k + lp[cut:])
+        masks.append([True] * cut + [False] * k + [True] * (len(r) - cut))
+    return prompts, out_r, out_lp, adv, masks
+
+
+def test_multi_turn_batches_train_the_model_tokens_alike_on_every_path(ray_local, tiny_model):
+    """Responses with environment tokens inside: the whole batch at once, micro-batches, two ranks
+    and the two-pass path choose the same mask over the model's tokens only and make the same
+    update; the environment tokens' behaviour log-probs are never read."""
+    import ray
+
+    batch = multi_turn_batch()
+    model_tokens = sum(sum(m) for m in batch[4])
+    (whole,), s0 = run_learners(ray, tiny_model, 1, 8, batch)
+    (micro,), s1 = run_learners(ray, tiny_model, 1, 2, batch)
+    (two_pass,), s2 = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass_max_tokens=0")
+    ranks, s3 = run_learners(ray, tiny_model, 2, 2, batch)
+    (garbage,), _ = run_learners(ray, tiny_model, 1, 8, multi_turn_batch(env_logp=123.0))
+    assert whole["mask/kept_tokens"] == math.ceil(0.3 * model_tokens)  # rho of the model's tokens
+    for m in (micro, two_pass, ranks[0], ranks[1], garbage):
+        assert m["mask/threshold"] == pytest.approx(whole["mask/threshold"], rel=1e-6)
+        assert m["mask/kept_tokens"] == whole["mask/kept_tokens"]
+        assert m["losses/loss"] == pytest.approx(whole["losses/loss"], rel=1e-5, abs=1e-7)
+        assert m["losses/grad_norm"] == pytest.approx(whole["losses/grad_norm"], rel=1e-4)
+    assert garbage["off_policy/log_ratio_max"] == pytest.approx(whole["off_policy/log_ratio_max"], rel=1e-5)
+    assert whole["losses/grad_norm"] > 0
+    for s in (s1, s2, s3):
+        assert_same_update(tiny_model, s0, s)
+
+
+def test_multi_turn_generation_keeps_the_sampled_ids_and_their_logprobs(ray_local, tiny_model):
+    """A scripted environment answers two turns of 3 sampled tokens: each trajectory is the sampled
+    ids with the observation ids between them, flagged, and vLLM's log-probs of the model's tokens
+    are the policy's in that whole context (so the trained tokens are the sampled ones)."""
+    import ray
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny_cfg(tiny_model, "generation.group_size=2", "generation.max_new_tokens=24",
+                   "env.name=tests.fixtures.envs:Scripted", "env.max_turn_tokens=3", "env.max_turns=4")
+    (gen,) = launch_generators(cfg, str(tiny_model))
+    prompts = [Prompt(0, [1, 5, 6], "yes", "q0"), Prompt(1, [1, 7], "no", "q1")]
+    out = ray.get(gen.generate.remote(prompts, seed=3))
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    obs = [tok.encode(f" obs{k} ", add_special_tokens=False) for k in (1, 2)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert len(out) == 4 and out.turns is not None
+    for i in range(4):
+        ids, mask = out.response_ids[i], out.model_mask[i]
+        assert mask == [True] * 3 + [False] * len(obs[0]) + [True] * 3 + [False] * len(obs[1]) + [True] * 3
+        assert ids[3:3 + len(obs[0])] == obs[0] and ids[6 + len(obs[0]):6 + len(obs[0]) + len(obs[1])] == obs[1]
+        assert [t.tool for t in out.turns[i]] == ["ok", "ok", ""] and out.turns[i][-1].end == "done"
+        ref = hf_logprobs(model, prompts[i // 2].token_ids, ids)  # (T,) every token in its full context
+        m = torch.tensor(mask)
+        assert torch.allclose(torch.tensor(out.behaviour_logp[i])[m], ref[m], atol=1e-3), i
+        assert all(lp == 0.0 for lp, f in zip(out.behaviour_logp[i], mask) if not f)
+    again = ray.get(gen.generate.remote(prompts, seed=3))
+    assert again.response_ids == out.response_ids  # seeded: a restarted actor or a resume samples the same
+    ev = ray.get(gen.evaluate.remote(prompts, 1, 24, seed=0))
+    assert ev.tool_calls == (2, 2)
+    ray.kill(gen)
