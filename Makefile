@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit lint bench clean
+.PHONY: install demo demo-tools test test-unit lint bench clean
 
 install:
 	@bash scripts/install.sh
@@ -13,6 +13,12 @@ NAME ?= demo
 demo: install
 	$(BIN)/forkrl prepare-model
 	$(BIN)/forkrl train --config configs/demo.yaml tracking.name=$(NAME)
+
+# The model learns to run Python while it reasons (configs/tools.yaml; README "Tool use").
+TOOLS_NAME ?= tools
+demo-tools: install
+	$(BIN)/forkrl prepare-model
+	$(BIN)/forkrl train --config configs/tools.yaml tracking.name=$(TOOLS_NAME)
 
 test: install lint
 	$(BIN)/python -m pytest tests

@@ -143,6 +143,9 @@ def test_a_reward_that_keeps_failing_stops_the_run_loudly(tiny_model, yes_data, 
     ("learner.nope=1", "learner.nope: unknown config key"),
     ("model.path=/nonexistent/model", "model.path='/nonexistent/model': no Hugging Face model folder"),
     ("reward.fn=not_a_module_xyz:fn", "reward.fn='not_a_module_xyz:fn': cannot import"),
+    ("env.name=not_a_module_xyz:Env", "env.name='not_a_module_xyz:Env': cannot import"),
+    ("env.name=tests.fixtures.envs:NoStep", "NoStep has no step(turn, ended) method"),
+    ("env.max_turns=0", "env.max_turns: must be >= 1"),
 ])
 def test_bad_input_fails_in_one_line_before_any_actor(tiny_model, yes_data, tmp_path, override, needle):
     run_dir = tmp_path / "bad"
