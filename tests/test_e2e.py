@@ -149,7 +149,7 @@ def test_a_reward_that_keeps_failing_stops_the_run_loudly(tiny_model, yes_data, 
 ])
 def test_bad_input_fails_in_one_line_before_any_actor(tiny_model, yes_data, tmp_path, override, needle):
     run_dir = tmp_path / "bad"
-    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), override, timeout=120)
+    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), override, timeout=120, env={"PYTHONPATH": str(REPO)})
     assert res.returncode == 2
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("forkrl: error: ") and needle in last, res.stderr[-2000:]

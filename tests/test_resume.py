@@ -327,6 +327,7 @@ def test_a_generator_restarted_between_batches_is_counted_once_and_bounded():
 MULTI_TURN = ["env.name=tests.fixtures.envs:Scripted", "env.max_turn_tokens=3", "generation.max_new_tokens=16",
               "tracking.wandb_mode=disabled", "reward.overlong_weight=1.0", "reward.overlong_cache=8",
               "learner.signal=reward"]
+USER_CODE = {"PYTHONPATH": str(REPO)}  # the environment is user code from this checkout
 
 
 @pytest.mark.e2e
@@ -340,12 +341,12 @@ def test_a_multi_turn_run_survives_a_killed_generator_and_resumes_the_same_promp
 
     straight_dir = tmp_path / "straight"
     ref = forkrl(*tiny_args(tiny_model, yes_data, straight_dir), "steps=4", "max_staleness=1", *MULTI_TURN,
-                 "eval.every=4", f"eval.files={yes_eval}", "eval.num_prompts=4")
+                 "eval.every=4", f"eval.files={yes_eval}", "eval.num_prompts=4", env=USER_CODE)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    m = read_metrics(straight_dir)
+    m = [r for r in read_metrics(straight_dir) if "reward/mean" in r]  # the step rows (not step 0's evaluation)
     assert m[0]["env/turns_mean"] == 3 and m[0]["env/tool_calls_mean"] == 2 and m[0]["env/tool_error_fraction"] == 0
     assert 0 < m[0]["env/model_token_fraction"] < 1
-    assert m[-1]["eval/tool_call_rate"] == 1.0 and "eval/accuracy" in m[-1]
+    assert m[-1]["eval/tool_call_rate"] == 1.0 and "eval/accuracy" in m[-1]  # the last step's evaluation
     assert any(r["losses/loss"] is not None for r in m)
     row = rollout_rows(straight_dir)[1][0]
     assert [t["output"] for t in row["turns"]] == [" obs1 ", " obs2 ", ""] and row["turns"][-1]["end"] == "done"
@@ -356,7 +357,7 @@ def test_a_multi_turn_run_survives_a_killed_generator_and_resumes_the_same_promp
     with open(stderr_path, "w") as err_file:
         proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
                                  "steps=12", "max_staleness=1", *MULTI_TURN], cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=err_file, text=True, env={**os.environ, "WANDB_SILENT": "true"})
+                                stderr=err_file, text=True, env={**os.environ, "WANDB_SILENT": "true", **USER_CODE})
         wait_for_steps(proc, run_dir, 1)
         gens = [p for p in psutil.Process(proc.pid).children(recursive=True) if "GenerationWorker" in p.name()]
         assert len(gens) == 1
@@ -367,7 +368,7 @@ def test_a_multi_turn_run_survives_a_killed_generator_and_resumes_the_same_promp
     err = stderr_path.read_text()
     assert proc.returncode == 1 and "stopped by SIGTERM" in err, err[-3000:]
     res = subprocess.run([str(BIN / "forkrl"), "train", "--resume", str(run_dir)], cwd=REPO, capture_output=True,
-                         text=True, timeout=900, env={**os.environ, "WANDB_SILENT": "true"})
+                         text=True, timeout=900, env={**os.environ, "WANDB_SILENT": "true", **USER_CODE})
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 13))
     assert read_metrics(run_dir)[-1]["fault/actor_restarts"] == 1
