@@ -279,9 +279,9 @@ class PolicyTrainer:
 
     def _global_counts(self, valid: torch.Tensor, keep: torch.Tensor) -> BatchCounts:
         local = torch.tensor([valid.sum().item(), keep.sum().item(), valid.any(dim=1).sum().item(),
-                              keep.any(dim=1).sum().item()], dtype=torch.int64)
-        v, k, s, ks = all_reduce_sum(local).tolist()
-        return BatchCounts(valid_tokens=v, kept_tokens=k, sequences=s, kept_sequences=ks)
+                              keep.any(dim=1).sum().item(), valid.shape[0]], dtype=torch.int64)
+        v, k, s, ks, rows = all_reduce_sum(local).tolist()
+        return BatchCounts(valid_tokens=v, kept_tokens=k, sequences=s, kept_sequences=ks, rows=rows)
 
     def _backward(self, loss: torch.Tensor) -> None:
         """Back-propagate one accumulation step's loss; DeepSpeed steps at the boundary."""

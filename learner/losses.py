@@ -39,6 +39,7 @@ class BatchCounts:
     kept_tokens: int  # of those, selected by the entropy mask
     sequences: int  # sequences with at least one token in scope
     kept_sequences: int  # sequences with at least one kept token
+    rows: int = 0  # every sequence of the optimizer batch, in scope or not (Dr. GRPO's constant G x B)
 
 
 def token_weights(
@@ -66,7 +67,9 @@ def token_weights(
     if aggregation == "seq_mean_token_sum_norm":
         if normalize != "all":
             raise ValueError("seq_mean_token_sum_norm divides by a constant length; normalize must be 'all'")
-        return keep_f / (max_len * max(counts.sequences, 1))
+        # Dr. GRPO's point is a constant normaliser: dividing by the in-scope sequences instead would
+        # double every gradient when half the groups carry no signal.
+        return keep_f / (max_len * max(counts.rows or counts.sequences, 1))
     raise ValueError(f"unknown aggregation {aggregation!r}; one of {typing.get_args(Aggregation)}")
 
 

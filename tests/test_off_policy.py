@@ -244,6 +244,21 @@ def test_scope_sets_the_denominators():
     assert token_weights(scope, keep, "seq_mean_token_mean", "all", counts, 4)[1, 0] == pytest.approx(1 / 2 / 1)
 
 
+def test_dr_grpo_divides_by_a_constant_whatever_share_of_the_groups_carries_signal():
+    """seq_mean_token_sum_norm: 1 / (max_len x every sequence of the batch). With half the groups
+    out of scope (zero advantage) a kept token's weight is what it is with all of them in scope."""
+    valid = torch.ones(4, 3, dtype=torch.bool)
+    keep = torch.zeros(4, 3, dtype=torch.bool)
+    keep[0, 0] = True
+    weights = []
+    for adv in (torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.tensor([1.0, -1.0, 0.0, 0.0])):
+        scope = scope_tokens(valid, adv, "informative")
+        counts = BatchCounts(int(scope.sum()), int(keep.sum()), int(scope.any(1).sum()), int(keep.any(1).sum()),
+                             rows=4)
+        weights.append(token_weights(scope, keep, "seq_mean_token_sum_norm", "all", counts, 8)[0, 0].item())
+    assert weights[0] == weights[1] == pytest.approx(1 / (8 * 4))
+
+
 # -- config refusals -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, needle", [
