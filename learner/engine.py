@@ -310,9 +310,13 @@ class PolicyTrainer:
             # kept ones (as the peers do); its weights are the aggregation's with nothing masked.
             kl_w = token_weights(mb.valid, mb.valid, c.aggregation, "all", counts, self.max_new_tokens).to(dev)
             ref = ref_logp.to(dev)
-            kl = kl_penalty(logp, ref, c.kl_estimator) * kl_sample_weights(logp, behaviour, c.is_cap)
+            is_w = kl_sample_weights(logp, behaviour, c.is_cap)
+            kl = kl_penalty(logp, ref, c.kl_estimator) * is_w
             loss = loss + c.kl_coef * (kl * kl_w).sum()
-            out.update(ref_kl=(kl_penalty(logp.detach(), ref, "k3") * kl_w).sum().item(), kl_weight=kl_w.sum().item())
+            # The logged value is weighted like the loss term: k3 is unbiased for KL(pi || ref) only
+            # on tokens drawn from pi, and a stale rollout's tokens were drawn from the behaviour policy.
+            out.update(ref_kl=(kl_penalty(logp.detach(), ref, "k3") * is_w * kl_w).sum().item(),
+                       kl_weight=kl_w.sum().item())
         if ent is not None:
             # The entropy bonus stays on the kept (forking) tokens: exploration is wanted where the
             # reasoning branches, and the paper finds RLVR mainly moves those tokens' entropy.
