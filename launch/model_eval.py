@@ -37,14 +37,29 @@ def _ks(n: int) -> list[int]:
     return ks + [n]
 
 
+def prompts_per_model(cfg, models: dict[str, str], rows: list[dict], source: str) -> dict[str, list]:
+    """Each model's prompts through its own tokenizer and chat template (the same rows, in the
+    same order): two models' ids for one text need not agree."""
+    from transformers import AutoTokenizer
+
+    from launch.data import tokenize
+    from launch.models import check_chat_wrap
+
+    out = {}
+    for name, path in models.items():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        check_chat_wrap(cfg, tokenizer)
+        out[name] = tokenize(rows, tokenizer, cfg.model.chat_template, cfg.data.instruction, cfg.data.max_prompt_tokens,
+                             source)
+    return out
+
+
 def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | None, compare: str | None) -> dict:
     """Evaluate `model` (and `compare`, on the same prompts); print the table, write JSON to `out`."""
     prepare_local_ray(cfg)
     import ray
     from tqdm import tqdm
-    from transformers import AutoTokenizer
-
-    from launch.data import load_rows, tokenize
+    from launch.data import load_rows
     from launch.evaluation import eval_max_tokens, evaluate
     from launch.models import resolve_model_path
     from launch.network import start_ray
@@ -52,17 +67,15 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     from launch.placement import check_resources, launch_generators, launch_rewards
     from rewards.registry import check_reward
     from envs.registry import check_env
-    from launch.models import check_chat_wrap
 
     check_reward(cfg.reward.fn, cfg.reward.code_isolation)
     check_env(cfg.env.name, cfg.env.isolation)
     models = {model: str(resolve_model_path(model))}
     if compare:
         models[compare] = str(resolve_model_path(compare))
-    tokenizer = AutoTokenizer.from_pretrained(models[model])
-    check_chat_wrap(cfg, tokenizer)
     rows = load_rows([data], cfg.data.prompt_key, cfg.data.answer_key, "--data")
-    prompts = tokenize(rows, tokenizer, cfg.model.chat_template, cfg.data.instruction, cfg.data.max_prompt_tokens, data)
+    prompts_of = prompts_per_model(cfg, models, rows, data)
+    prompts = prompts_of[model]
     max_tokens = eval_max_tokens(cfg)
 
     start_ray(cfg, log_to_driver=False)
@@ -72,8 +85,8 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     for name, path in models.items():
         gens = launch_generators(cfg, path)
         with tqdm(total=len(prompts), desc=f"eval {Path(name).name}", unit="prompt") as bar:
-            results[name] = evaluate(ActorGroups(cfg, gens, scorers, []), prompts, samples, max_tokens, cfg.seed,
-                                     chunk=32, progress=bar.update)
+            results[name] = evaluate(ActorGroups(cfg, gens, scorers, []), prompts_of[name], samples, max_tokens,
+                                     cfg.seed, chunk=32, progress=bar.update)
         for g in gens:  # free the engine before the next model's
             ray.kill(g)
     if compare:

@@ -68,6 +68,10 @@ def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: boo
         schedule = lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)  # noqa: E731
     engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_cfg, model_parameters=model.parameters(),
                                                    lr_scheduler=schedule)
+    # Every forward in eval mode: dropout would add noise to the proximal log-probs, the entropies
+    # that choose the mask and the importance ratios. from_pretrained happens to leave the model in
+    # eval mode; this says so rather than relying on it. Gradients flow the same in eval mode.
+    engine.eval()
     reference = None
     if with_reference:
         ref_cfg = {k: v for k, v in ds_cfg.items() if k != "optimizer"}

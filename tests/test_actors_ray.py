@@ -353,3 +353,23 @@ def test_multi_turn_generation_keeps_the_sampled_ids_and_their_logprobs(ray_loca
     ev = ray.get(gen.evaluate.remote(prompts, 1, 24, seed=0))
     assert ev.tool_calls == (2, 2)
     ray.kill(gen)
+
+
+def test_the_learner_runs_dropout_models_in_eval_mode(ray_local, tiny_model, tmp_path):
+    """A model with dropout 0.5: the learner's proximal log-probs equal transformers' in eval mode
+    (with dropout on they would be noise, and so would the mask's entropies)."""
+    import json
+    import shutil
+
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tmp_path / "dropout"
+    shutil.copytree(tiny_model, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompts, resp, _, adv = make_batch()
+    exact = [hf_logprobs(model, p, r).tolist() for p, r in zip(prompts, resp)]
+    (m,), _ = run_learners(ray, model_dir, 1, 8, (prompts, resp, exact, adv))
+    assert m["off_policy/log_ratio_max"] < 1e-3
