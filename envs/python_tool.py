@@ -8,7 +8,8 @@ code reward uses: its own namespaces, no network, no trainer files) and its stdo
     <stdout, or the exception's last line; cut to env.max_output_chars>
     ```
 
-A turn that stopped at an opening fence goes on (nothing appended). A turn without a code block at
+A turn that stopped at an opening fence, or was cut inside a block, goes on (nothing appended),
+and the block is read across those turns. A turn without a code block at
 its end is the model's answer: the trajectory is done. Each call is a fresh interpreter: nothing
 carries over between calls (a model that wants a variable again writes it again).
 """
@@ -41,11 +42,17 @@ class PythonTool:
         self.limits = SandboxLimits(timeout_s=limits.timeout_s, memory_mb=limits.memory_mb,
                                     output_bytes=max(4 * limits.max_output_chars, 4096), isolation=limits.isolation)
         self.max_chars = limits.max_output_chars
+        # What the model wrote since the last observation: a block can span turns (a turn cut at
+        # env.max_turn_tokens, or stopped at an opening fence, goes on in the next one).
+        self.written = ""
 
     def step(self, turn: str, ended: bool) -> Observation | None:
-        block = _TRAILING_BLOCK.search(turn)
+        self.written += turn
+        block = _TRAILING_BLOCK.search(self.written)
         if block is None:
-            # An odd number of fences: the stop string matched an opening fence; let the model write the code.
-            return Observation("") if not ended and turn.count("```") % 2 == 1 else None
+            # An odd number of fences: a block is open (the stop string matched an opening fence, or
+            # the turn was cut inside the code); let the model finish it.
+            return Observation("") if not ended and self.written.count("```") % 2 == 1 else None
+        self.written = ""
         res = run(block.group(1), "", self.limits, mode="tool")
         return Observation(output_block(res.stdout, res.status, self.max_chars), tool=res.status)

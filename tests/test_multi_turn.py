@@ -116,6 +116,16 @@ def test_python_tool_runs_the_block_in_the_sandbox_and_shows_its_output():
 
 
 @pytest.mark.unit
+def test_a_block_cut_across_turns_still_runs():
+    """A turn cut at env.max_turn_tokens inside the code goes on, and the block, written over two
+    turns, runs when it closes (seen in a demo run, where such blocks were never run)."""
+    tool = PythonTool("q", "a", ToolLimits())
+    assert tool.step("Here:\n```python\nx = 40", False) == Observation("")
+    assert tool.step(" + 2\nprint(x)\n```\n", False) == Observation("```output\n42\n```\n", "ok")
+    assert tool.step("\nSo the answer is 42.", True) is None
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("code, statuses", [
     ("while True: pass", ("timeout",)),
     ("import time; time.sleep(60)", ("timeout",)),
