@@ -15,7 +15,7 @@ from actors.episodes import ObservationEncoder, Sampled, Trajectory, run_episode
 from actors.types import EvalBatch, Prompt, RolloutBatch
 from envs.base import ToolLimits
 from envs.registry import load_env
-from learner.weights import WeightShard, assemble_weights
+from learner.weights import WeightShard, assemble_weights, load_base_weights, merge_lora
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class GenerationWorker:
         import torch
         from vllm import LLM
 
-        self.cfg, self.env_cfg = cfg, env_cfg
+        self.cfg, self.env_cfg, self.model_path = cfg, env_cfg, model_path
+        self._base = None  # the base weights LoRA adapters are merged into, read at the first adapter load
         dtype = cfg.dtype
         if dtype == "auto":  # float32 ran faster than bf16 on the CPU backend
             dtype = "bfloat16" if torch.cuda.is_available() else "float32"
@@ -153,10 +154,14 @@ class GenerationWorker:
         return self.version
 
     def load_weights(self, version: int, *shards: WeightShard) -> float:
-        """Assemble every learner rank's shard into full HF-named weights and load them in place
-        (vLLM repacks them for its kernels); returns seconds."""
+        """Assemble every learner rank's shard into full HF-named weights (under LoRA: the adapters,
+        merged into the base) and load them in place (vLLM repacks them for its kernels); returns seconds."""
         t0 = time.perf_counter()
         state = assemble_weights(shards)
+        if shards and shards[0].lora is not None:  # adapters only: merged into this actor's copy of the base
+            if self._base is None:
+                self._base = load_base_weights(self.model_path)
+            state = merge_lora(self._base, state, shards[0].lora)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
         self.llm.collective_rpc(_repack_tied_lm_head)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights

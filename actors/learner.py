@@ -47,6 +47,12 @@ class LearnerWorker:
     def weight_shard(self):
         return self.trainer.weight_shard()
 
+    def publish_weights(self) -> tuple:
+        """(this rank's WeightShard, its bytes): called with num_returns=2, so the driver reads the
+        size without fetching the shard, which goes to the generators by reference."""
+        shard = self.trainer.weight_shard()
+        return shard, shard.nbytes
+
     def save_checkpoint(self, path: str) -> None:
         self.trainer.save_checkpoint(path)
 

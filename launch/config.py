@@ -153,6 +153,23 @@ class MaskConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank r of each adapter (peft): the base weights are frozen, the optimizer holds only the
+    adapters and only they travel to the generators. 0 = full fine-tuning, every weight trained."""
+    alpha: float = 32.0
+    """Adapter scale numerator: each targeted weight W acts as W + (alpha / rank) * B A."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input; must be 0: every forward of the learner runs in eval mode so
+    that the proximal log-probs, the mask's entropies and the importance ratios come from one
+    function, and dropout would make them noisy."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Names of the modules that get adapters (a name matches a module whose path ends in it);
+    'all-linear' = every linear projection but the output head. Checked against the model before Ray
+    starts."""
+
+
+@dataclass
 class LearnerConfig:
     num_ranks: int = 1
     """DeepSpeed ZeRO-3 ranks (Ray actors in one torch.distributed group)."""
@@ -222,6 +239,8 @@ class LearnerConfig:
     """Training dtype: 'auto' is float32 on CPU and bfloat16 on GPU."""
     mask: MaskConfig = field(default_factory=MaskConfig)
     """Entropy-percentile gradient mask."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters instead of full fine-tuning (rank > 0)."""
 
 
 @dataclass
@@ -400,6 +419,13 @@ def validate(c: TrainConfig) -> None:
                f"generation.num_actors x num_gpus ({g.num_actors} x {g.num_gpus:g}) + learner.num_ranks x num_gpus "
                f"({l.num_ranks} x {l.num_gpus:g}) must add up to at most 1: sleep mode shares one GPU")
     _check(l.max_skipped_steps >= 1, "learner.max_skipped_steps", "must be >= 1")
+    lo = l.lora
+    _check(lo.rank >= 0, "learner.lora.rank", f"must be >= 0 (0 = full fine-tuning), got {lo.rank}")
+    _check(lo.alpha > 0, "learner.lora.alpha", f"must be > 0, got {lo.alpha}")
+    _check(lo.dropout == 0, "learner.lora.dropout", f"must be 0, got {lo.dropout}: the learner runs every forward "
+           "in eval mode so that log-probs, entropies and importance ratios come from one function")
+    _check(bool(lo.target_modules) and all(lo.target_modules), "learner.lora.target_modules",
+           "must name at least one module (or 'all-linear')")
 
 
 # ---- building the tree from YAML and overrides -------------------------------------------------

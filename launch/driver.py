@@ -23,14 +23,14 @@ from pathlib import Path
 
 import ray
 
-from launch.checkpoint import export_hf
+from launch.checkpoint import export_weights
 from launch.config import TrainConfig, to_dict
 from launch.console import Console, duration, log_step, summary_line
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.errors import ActorFailures, LearnerLost, NonFiniteSteps, RunStopped
 from launch.evaluation import eval_max_tokens, evaluate
 from launch.groups import ActorGroups, Collected, InFlight
-from launch.models import check_chat_wrap, resolve_model_path
+from launch.models import check_chat_wrap, check_lora_targets, resolve_model_path
 from launch.network import start_ray
 from launch.placement import check_resources, launch_actors
 from launch.resume import (STATE_DIR, DriverState, LearnerRestarts, Progress, latest_checkpoint, restore, save_checkpoint,
@@ -38,7 +38,6 @@ from launch.resume import (STATE_DIR, DriverState, LearnerRestarts, Progress, la
 from launch.rollouts import Group, RewardHealth, choose_groups, rollout_metrics, to_groups, train_shards
 from launch.signals import StopSignal
 from launch.tracking import RunTracker, check_fresh
-from learner.weights import assemble_weights
 from envs.registry import check_env
 from rewards.registry import check_reward
 
@@ -91,6 +90,7 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     model_path = str(resolve_model_path(cfg.model.path))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     check_chat_wrap(cfg, tokenizer)
+    check_lora_targets(cfg.learner.lora, model_path)
     prompts = load_prompts(cfg.data, cfg.model, tokenizer)
     inputs = Inputs(model_path, prompts,
                     load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else [],
@@ -195,6 +195,7 @@ def train_steps(run: Run, bar) -> dict:
                         "timing/generate_s": max(r.generate_s for r in batch.collected.rollouts),
                         "timing/reward_s": batch.collected.reward_s, "timing/wait_rollout_s": t_wait,
                         "timing/learn_s": t_learn, "timing/weight_sync_s": time.perf_counter() - t2 + load_s,
+                        "weights/published_mb": actors.published_mb,
                         "timing/step_s": time.perf_counter() - t0})
         if run.inputs.eval_prompts and due(step, cfg.eval.every, cfg.steps):
             metrics.update(evaluate_policy(run, step))
@@ -304,7 +305,7 @@ def evaluate_policy(run: Run, step: int) -> dict:
 def export_policy(run: Run, step: int) -> None:
     """checkpoints/step_N: the published weights as a plain HF folder."""
     out = run.tracker.run_dir / "checkpoints" / f"step_{step}"
-    logger.info("saved %s", export_hf(assemble_weights(ray.get(run.actors.shards)), run.inputs.model_path, out))
+    logger.info("saved %s", export_weights(ray.get(run.actors.shards), run.inputs.model_path, out))
 
 
 def record_step(run: Run, step: int, metrics: dict, batch: Rollouts, eta_s: float) -> None:

@@ -99,6 +99,7 @@ class ActorGroups:
         self.faults = FaultCounts()
         self.version = 0  # the latest published policy version
         self.shards: list = []  # its weight shards (ObjectRefs, one per learner rank)
+        self.published_mb = 0.0  # the size of that publish, every rank together (adapters only under LoRA)
         self._loads: list = []  # generators' loads of those weights, not yet waited for
         self._epoch = 0  # recoveries so far
         self._instances: dict[int, str] = {}  # generator index -> the incarnation that last answered
@@ -195,8 +196,13 @@ class ActorGroups:
         Returns the seconds the *previous* loads took: they are done by now, while waiting on the
         new ones would stall behind in-flight generation. `wait`: wait for the new loads too, and
         raise if one fails."""
-        shards = [w.weight_shard.remote() for w in self.learners]
+        shards, sizes = zip(*[w.publish_weights.options(num_returns=2).remote() for w in self.learners])
+        shards = list(shards)
         ray.wait(shards, num_returns=len(shards))
+        try:
+            self.published_mb = sum(ray.get(list(sizes))) / 2**20
+        except RayActorError as e:  # a rank died before it published: its shards went with it
+            raise self._learner_lost(e) or e from None
         load_s = self.wait_loads()
         self.version, self.shards = version, shards
         self._loads = [gen.load_weights.remote(version, *shards) for gen in self.generators]

@@ -141,3 +141,25 @@ def check_chat_wrap(cfg, tokenizer) -> None:
         from actors.episodes import chat_wrap
 
         chat_wrap(tokenizer)
+
+
+def check_lora_targets(lora, model_path: str) -> None:
+    """learner.lora.target_modules must each name a linear module of the model (matched as peft
+    matches: the module's path is the name or ends in '.name'); refuse before Ray starts, naming
+    the module names the model has. Builds the model on the meta device: no weights are read."""
+    if lora.rank == 0 or lora.target_modules == ["all-linear"]:
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from launch.config import ConfigError
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear) and name})
+    paths = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    bad = [t for t in lora.target_modules if not any(p == t or p.endswith("." + t) for p in paths)]
+    if bad:
+        raise ConfigError(f"learner.lora.target_modules: {', '.join(map(repr, bad))} matches no linear module of "
+                          f"{model_path}; it has {', '.join(linear)} (or use all-linear)")

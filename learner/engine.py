@@ -75,9 +75,12 @@ class PolicyTrainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self._engines = build_engines(model_path, ds_cfg, bf16, with_reference=cfg.kl_coef > 0,
-                                      warmup_steps=cfg.warmup_steps)
+                                      warmup_steps=cfg.warmup_steps, lora=cfg.lora)
         self.engine, self.scheduler = self._engines.engine, self._engines.scheduler
-        self.ref_engine = self._engines.reference  # the frozen initial policy, sharded like the policy
+        # The frozen initial policy, sharded like the policy; under LoRA none is built (the base with
+        # the adapters off is that policy).
+        self.ref_engine = self._engines.reference
+        self.has_reference = cfg.kl_coef > 0
         self.seed = seed  # the same on every rank: the random arm's mask is the batch's, not the rank's
         self.updates = 0
         self.batches = 0  # rollout batches seen (trained or skipped): the random arm's draw follows it
@@ -113,7 +116,7 @@ class PolicyTrainer:
             lp, h = self._forward(mb, with_entropy=True)
             logp[s : s + len(mb), : lp.shape[1]] = lp.float().cpu()
             ent[s : s + len(mb), : h.shape[1]] = h.float().cpu()
-        return logp, ent, (self.reference_logp(shard) if self.ref_engine is not None else None)
+        return logp, ent, (self.reference_logp(shard) if self.has_reference else None)
 
     @torch.no_grad()
     def reference_logp(self, shard: TrainShard) -> torch.Tensor:
@@ -122,9 +125,18 @@ class PolicyTrainer:
         out = torch.zeros(n, width)
         for s in range(0, n, self.cfg.micro_batch_size):
             mb = shard.rows(s, s + self.cfg.micro_batch_size)
-            lp = self._forward(mb, False, self.ref_engine)[0]
+            lp = self._reference_forward(mb)
             out[s : s + len(mb), : lp.shape[1]] = lp.float().cpu()
         return out
+
+    @torch.no_grad()
+    def _reference_forward(self, mb: TrainShard) -> torch.Tensor:
+        """(m, l-1) log-probs of the frozen initial policy: its own engine, or the base with the
+        adapters off under LoRA (B starts at zero, so that is exactly the initial policy)."""
+        if self.ref_engine is not None:
+            return self._forward(mb, False, self.ref_engine)[0]
+        with self.engine.module.disable_adapter():
+            return self._forward(mb, False)[0]
 
     # -- training --------------------------------------------------------------------------------
 
@@ -197,7 +209,7 @@ class PolicyTrainer:
                 w = lp.shape[1]
                 logp_all[idx, :w] = lp.detach().float().cpu()
                 entropy[idx, :w] = h.detach().float().cpu()
-            ref = self._forward(mb, False, self.ref_engine)[0].detach() if self.ref_engine is not None else None
+            ref = self._reference_forward(mb) if self.has_reference else None
             outs.append((mb, lp, h, ref))
         keep, metrics = self._choose_mask(shard, all_valid, entropy, logp_all)
         metrics["timing/score_s"] = 0.0

@@ -9,29 +9,48 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """What turns published adapter tensors into weights: W + (alpha / r) * B A on each target."""
+
+    r: int
+    alpha: float
+    target_modules: tuple[str, ...]  # the module names peft resolved (for the exported adapter_config.json)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+
+@dataclass(frozen=True)
 class WeightShard:
-    """One learner rank's slice of every weight, under Hugging Face parameter names."""
+    """One learner rank's slice of every weight, under Hugging Face parameter names; with `lora`, of
+    the adapters only, under peft's saved names (`base_model.model.<module>.lora_A.weight`)."""
 
     rank: int
     world: int
     parts: dict[str, torch.Tensor]  # name -> (ceil(numel / world),) flat slice rank*size .. (rank+1)*size
     shapes: dict[str, tuple[int, ...]]  # name -> the full tensor's shape
+    lora: LoraSpec | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.parts.values())
 
 
-def shard_weights(state: dict[str, torch.Tensor], rank: int, world: int) -> WeightShard:
+def shard_weights(state: dict[str, torch.Tensor], rank: int, world: int, lora: LoraSpec | None = None) -> WeightShard:
     """Rank `rank`'s slice of full weights, laid out as ZeRO-3 partitions them."""
     parts = {}
     for name, t in state.items():
         size = math.ceil(t.numel() / world)
         flat = torch.nn.functional.pad(t.detach().flatten(), (0, size * world - t.numel()))
         parts[name] = flat[rank * size:(rank + 1) * size].clone()
-    return WeightShard(rank, world, parts, {k: tuple(v.shape) for k, v in state.items()})
+    return WeightShard(rank, world, parts, {k: tuple(v.shape) for k, v in state.items()}, lora)
 
 
 def assemble_weights(shards: Sequence[WeightShard]) -> dict[str, torch.Tensor]:
@@ -45,3 +64,36 @@ def assemble_weights(shards: Sequence[WeightShard]) -> dict[str, torch.Tensor]:
         flat = torch.cat([s.parts[name] for s in shards])  # (world * size,)
         out[name] = flat[: math.prod(shape)].view(shape)
     return out
+
+
+PEFT_PREFIX = "base_model.model."
+
+
+def merge_lora(base: Mapping[str, torch.Tensor], adapters: Mapping[str, torch.Tensor],
+               spec: LoraSpec) -> dict[str, torch.Tensor]:
+    """Full weights: `base` with W + scale * B A on every adapted module. `adapters` holds peft's
+    saved names, `<PEFT_PREFIX><module>.lora_A.weight` (r, in) and `...lora_B.weight` (out, r).
+    Computed in float32 from the base each time (never onto the previous merge), so a restarted
+    generator and a running one get the same weights from the same adapters."""
+    out = dict(base)
+    for key, a in adapters.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[len(PEFT_PREFIX):-len(".lora_A.weight")]
+        b = adapters[f"{PEFT_PREFIX}{module}.lora_B.weight"]
+        w = base[f"{module}.weight"]  # (out, in)
+        # In the wider of the two dtypes: a bf16 base stays exact and small deltas are not rounded away.
+        out[f"{module}.weight"] = (w.float() + spec.scale * (b.float() @ a.float())).to(torch.promote_types(w.dtype, a.dtype))
+    return out
+
+
+def load_base_weights(model_path: str) -> dict[str, torch.Tensor]:
+    """The HF folder's own weights (every *.safetensors file), as merge_lora's base."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_path}: no *.safetensors weights to apply LoRA adapters to")
+    return {k: v for f in files for k, v in load_file(str(f)).items()}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from learner.weights import WeightShard
+from learner.weights import LoraSpec, WeightShard
 
 
 def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf16: bool,
@@ -51,10 +51,13 @@ def warmup_factor(update: int, warmup_steps: int) -> float:
     return min(1.0, (update + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: bool, warmup_steps: int = 0) -> Engines:
+def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: bool, warmup_steps: int = 0,
+                  lora=None) -> Engines:
     """The policy under ZeRO-3 (each rank materialises only its shard of the weights) and, with
     `with_reference`, the frozen initial policy sharded the same way. torch.distributed must be up.
-    DeepSpeed steps the warm-up schedule after each applied update (a refused one does not count)."""
+    DeepSpeed steps the warm-up schedule after each applied update (a refused one does not count).
+    With `lora` (learner.lora, rank > 0) peft wraps the policy: the base is frozen and the optimizer
+    holds the adapters only; the reference is then the base with adapters off, not a second copy."""
     import deepspeed
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
@@ -62,11 +65,16 @@ def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: boo
     hf_ds = HfDeepSpeedConfig(ds_cfg)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     model.config.use_cache = False
+    if lora is not None and lora.rank > 0:
+        model = wrap_lora(model, lora)
+        with_reference = False
     schedule = None
     if warmup_steps > 0:
         factor = functools.partial(warmup_factor, warmup_steps=warmup_steps)
         schedule = lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)  # noqa: E731
-    engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_cfg, model_parameters=model.parameters(),
+    # Under LoRA only the adapters require grad: the optimizer (and its Adam state) holds them alone.
+    trained = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_cfg, model_parameters=trained,
                                                    lr_scheduler=schedule)
     # Every forward in eval mode: dropout would add noise to the proximal log-probs, the entropies
     # that choose the mask and the importance ratios. from_pretrained happens to leave the model in
@@ -79,6 +87,24 @@ def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: boo
         reference, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
         reference.eval()
     return Engines(engine, scheduler, reference, hf_ds)
+
+
+def wrap_lora(model, lora):
+    """peft's LoRA on `model` (already partitioned by zero.Init: the adapters are created whole and
+    deepspeed.initialize partitions them). B starts at zero, so the wrapped policy is the base."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+    return get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0,
+                                            target_modules=targets, bias="none"))
+
+
+def lora_spec(engine) -> LoraSpec | None:
+    """The published adapters' scale and targets; None for a fully fine-tuned policy."""
+    config = getattr(engine.module, "peft_config", {}).get("default")
+    if config is None:
+        return None
+    return LoraSpec(config.r, float(config.lora_alpha), tuple(sorted(config.target_modules)))
 
 
 def save_zero(engine, path: str, client_state: dict) -> None:
@@ -98,12 +124,18 @@ def load_zero(engine, path: str, universal: bool, rank: int) -> dict:
 
 
 def weight_shard(engine, rank: int, world: int, publish_dtype: str) -> WeightShard:
-    """This rank's ZeRO-3 partition of every parameter, copied to CPU in the publish dtype:
+    """This rank's ZeRO-3 partition of every parameter (of the adapters only, under LoRA: the
+    frozen base never changes and every generator has it), copied to CPU in the publish dtype:
     no collective and no gathering, so publishing scales with the ranks."""
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[publish_dtype]
+    spec = lora_spec(engine)
     parts, shapes = {}, {}
     for name, p in engine.module.named_parameters():
+        if spec is not None:
+            if not p.requires_grad:
+                continue
+            name = name.replace(".default.", ".")  # peft's saved (adapter_model.safetensors) names
         part = p.ds_tensor.detach().flatten()[: p.ds_tensor.ds_numel]  # (ceil(numel / world),)
         parts[name] = part.to("cpu", dtype or part.dtype, copy=True)
         shapes[name] = tuple(p.ds_shape)
-    return WeightShard(rank, world, parts, shapes)
+    return WeightShard(rank, world, parts, shapes, spec)
