@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo demo-tools test test-unit lint bench clean
+.PHONY: install demo demo-lora demo-tools test test-unit lint bench clean
 
 install:
 	@bash scripts/install.sh
@@ -13,6 +13,13 @@ NAME ?= demo
 demo: install
 	$(BIN)/forkrl prepare-model
 	$(BIN)/forkrl train --config configs/demo.yaml tracking.name=$(NAME)
+
+# The demo's task and settings with a rank-16 LoRA policy (README "LoRA"; bench/README.md "LoRA demo").
+LORA_NAME ?= demo-lora
+LORA_ARGS ?= learner.lora.rank=16 learner.lora.alpha=32 learner.lr=3e-4
+demo-lora: install
+	$(BIN)/forkrl prepare-model
+	$(BIN)/forkrl train --config configs/demo.yaml tracking.name=$(LORA_NAME) $(LORA_ARGS)
 
 # The model learns to run Python while it reasons (configs/tools.yaml; README "Tool use").
 TOOLS_NAME ?= tools

@@ -159,3 +159,50 @@ def test_generation_loads_adapters_and_samples_from_the_merged_policy(ray_local,
         ref = hf_logprobs(model, prompts[i // 3].token_ids, out.response_ids[i])
         assert torch.allclose(torch.tensor(out.behaviour_logp[i]), ref, atol=1e-3), i
     ray.kill(gen)
+
+
+@pytest.mark.e2e
+def test_a_lora_run_resumes_exactly_publishes_adapters_and_its_checkpoint_evaluates(tiny_model, yes_data, tmp_path):
+    """Through the CLI on 2 ZeRO-3 ranks: 2 LoRA steps, then --resume to 3, train what 3 straight
+    steps train (same prompts, responses, rewards, losses). Every publish is the adapters' size;
+    the exported step holds the merged model and the peft adapter, and `forkrl eval` scores it."""
+    import json
+    import os
+    import subprocess
+
+    from tests.test_e2e import BIN, REPO, forkrl, read_metrics, tiny_args
+    from tests.test_resume import SYNC, rollout_rows
+
+    args = [*SYNC, *LORA, "learner.lr=1e-2", "tracking.save_every=3"]
+    straight = tmp_path / "straight"
+    res = forkrl(*tiny_args(tiny_model, yes_data, straight), "steps=3", *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=2", *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([str(BIN / "forkrl"), "train", "--resume", str(run_dir), "steps=3"], cwd=REPO,
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "WANDB_SILENT": "true"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = read_metrics(straight), read_metrics(run_dir)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    ra, rb = rollout_rows(straight), rollout_rows(run_dir)
+    for step in (1, 2, 3):
+        assert [(r["prompt_id"], r["response"]) for r in ra[step]] == [(r["prompt_id"], r["response"]) for r in rb[step]]
+    for x, y in zip(a, b):
+        assert x["reward/mean"] == pytest.approx(y["reward/mean"])
+        assert (x["losses/loss"] is None) == (y["losses/loss"] is None)
+        if x["losses/loss"] is not None:
+            assert x["losses/loss"] == pytest.approx(y["losses/loss"], rel=1e-4, abs=1e-6)
+    assert any(r["losses/loss"] is not None for r in b[1:]), "nothing trained after the resume: a weak check"
+    # rank 4 on 2 layers of q, k, v, o (64 -> 64) and gate, up (64 -> 128), down (128 -> 64), float32
+    adapter_mb = 2 * 4 * (4 * (64 + 64) + 3 * (64 + 128)) * 4 / 2**20
+    assert all(r["weights/published_mb"] == pytest.approx(adapter_mb) for r in b)
+    ckpt = straight / "checkpoints" / "step_3"
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "adapter" / "adapter_model.safetensors").is_file()
+    out = tmp_path / "eval.json"
+    res = subprocess.run([str(BIN / "forkrl"), "eval", "--config", str(REPO / "configs/tiny.yaml"), "--model",
+                          str(ckpt), "--data", str(yes_data), "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (scored,) = [v for v in json.loads(out.read_text()).values() if isinstance(v, dict) and str(ckpt) in v]
+    assert scored[str(ckpt)]["eval/prompts"] == 64 and 0 <= scored[str(ckpt)]["eval/accuracy"] <= 1

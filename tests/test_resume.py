@@ -267,10 +267,13 @@ def test_learner_restarts_need_periodic_checkpoints():
 
 
 @pytest.mark.ray
-def test_a_two_rank_checkpoint_resumes_on_one_rank_through_the_universal_format(ray_local, tiny_model, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("learner.lora.rank=4", "learner.lora.alpha=8")], ids=["full", "lora"])
+def test_a_two_rank_checkpoint_resumes_on_one_rank_through_the_universal_format(ray_local, tiny_model, tmp_path,
+                                                                                 extra):
     """2 ZeRO-3 ranks train a step and checkpoint. Converted to DeepSpeed's universal format, it
     loads on 1 rank with the same weights, and the next step (which reads Adam's moments) moves the
-    weights as the 2 ranks do when they go on."""
+    weights as the 2 ranks do when they go on. Under LoRA the weights are the adapters (the frozen
+    base is not in the optimizer and comes from the model folder)."""
     import ray
 
     from launch.placement import launch_learners
@@ -291,7 +294,7 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_through_the_universal_format(
         return assemble_weights(ray.get([w.weight_shard.remote() for w in learners]))
 
     common = ["prompts_per_step=2", "generation.group_size=4", "learner.lr=1e-2", "learner.mask.mode=none",
-              "learner.micro_batch_size=2"]
+              "learner.micro_batch_size=2", *extra]
     two = launch_learners(tiny_cfg(tiny_model, "learner.num_ranks=2", *common), str(tiny_model))
     ray.get([w.train_step.remote(s) for w, s in zip(two, shards(2))])
     ckpt = tmp_path / "ckpt"
