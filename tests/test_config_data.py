@@ -190,3 +190,20 @@ def test_single_gpu_config_loads_and_its_placement_adds_up():
         load_config(REPO / "configs/single_gpu.yaml", ["max_staleness=1"])
     with pytest.raises(ConfigError, match=r"^generation.num_gpus: generation.sleep_mode shares a GPU"):
         load_config(None, ["generation.sleep_mode=true", "max_staleness=0"])
+
+
+def test_the_single_gpu_lora_config_loads_and_targets_a_qwen2_model(tmp_path):
+    """configs/single_gpu_lora.yaml validates, and its target modules exist in a model of
+    Qwen2.5-1.5B's architecture (built from its config on the meta device; no weights needed)."""
+    from transformers import Qwen2Config
+
+    from launch.models import check_lora_targets
+
+    cfg = load_config(REPO / "configs/single_gpu_lora.yaml")
+    assert cfg.learner.lora.rank == 32 and cfg.generation.sleep_mode
+    Qwen2Config(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True).save_pretrained(tmp_path)
+    check_lora_targets(cfg.learner.lora, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^learner.lora.target_modules: 'c_attn' matches no linear module"):
+        check_lora_targets(load_config(REPO / "configs/single_gpu_lora.yaml",
+                                       ["learner.lora.target_modules=[c_attn]"]).learner.lora, str(tmp_path))
