@@ -117,6 +117,26 @@ def test_lora_learners_publish_adapters_only_and_two_ranks_update_as_one(ray_loc
 
 
 @pytest.mark.ray
+@pytest.mark.parametrize("mode", ["top", "random"])
+def test_lora_single_pass_equals_the_scoring_pass(ray_local, tiny_model, mode):
+    """Under LoRA, with the entropy bonus and the KL to the base (adapters off) on: the single pass
+    is the update of scoring first, then forward + backward, for the mask and its control arm."""
+    import ray
+
+    batch = make_batch(n=8, seed=3)
+    extra = (*LORA, "learner.entropy_coef=0.01", "learner.kl_coef=0.05", f"learner.mask.mode={mode}")
+    (one,), s_one = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass_max_tokens=100000", *extra)
+    (two,), s_two = run_learners(ray, tiny_model, 1, 2, batch, "learner.single_pass_max_tokens=0", *extra)
+    assert one["timing/score_s"] == 0.0 and two["timing/score_s"] > 0
+    assert one["mask/kept_tokens"] == two["mask/kept_tokens"]
+    for key in ("losses/loss", "losses/grad_norm", "losses/kept_entropy"):
+        assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-7), key
+    assert one["losses/grad_norm"] > 0
+    for k in s_one:
+        assert torch.allclose(s_one[k], s_two[k], atol=1e-6), k
+
+
+@pytest.mark.ray
 def test_the_lora_reference_is_the_base_with_adapters_off(ray_local, tiny_model):
     """learner.kl_coef > 0 under LoRA builds no second model. At the first step the policy is the
     base (B = 0), so the KL to the reference is exactly 0; at the second the adapters have moved
