@@ -112,15 +112,17 @@ def test_lora_learners_publish_adapters_only_and_two_ranks_update_as_one(ray_loc
     d1 = torch.cat([s1[k].flatten() for k in sorted(b)])
     d2 = torch.cat([s2[k].flatten() for k in sorted(b)])
     assert torch.nn.functional.cosine_similarity(d1, d2, dim=0) > 0.999
-    full = sum(v.numel() for v in run_learners(ray, tiny_model, 1, 4, batch)[1].values())
+    from safetensors.torch import load_file
+
+    full = sum(v.numel() for v in load_file(str(tiny_model / "model.safetensors")).values())
     assert sum(v.numel() for v in s1.values()) < 0.5 * full
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("mode", ["top", "random"])
-def test_lora_single_pass_equals_the_scoring_pass(ray_local, tiny_model, mode):
+def test_lora_single_pass_equals_the_scoring_pass(ray_local, tiny_model, mode="random"):
     """Under LoRA, with the entropy bonus and the KL to the base (adapters off) on: the single pass
-    is the update of scoring first, then forward + backward, for the mask and its control arm."""
+    is the update of scoring first, then forward + backward (under the random control arm, whose
+    mask must not depend on the path either)."""
     import ray
 
     batch = make_batch(n=8, seed=3)
