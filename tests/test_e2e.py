@@ -291,3 +291,18 @@ def test_single_gpu_mode_is_refused_without_cuda_in_one_line(tiny_model, tmp_pat
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("forkrl: error: generation.sleep_mode needs a CUDA GPU"), res.stderr[-2000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_forkrl_eval_runs_multi_turn_environments(tiny_model, yes_eval, tmp_path):
+    """`forkrl eval` with env.name set: every greedy answer is a multi-turn trajectory (the scripted
+    environment answers two turns with a tool observation), and the tool figures are reported."""
+    out = tmp_path / "eval.json"
+    res = subprocess.run([str(BIN / "forkrl"), "eval", "--config", str(REPO / "configs/tiny.yaml"), "--model",
+                          str(tiny_model), "--data", str(yes_eval), "--out", str(out),
+                          "env.name=tests.fixtures.envs:Scripted", "env.max_turns=3", "env.max_turn_tokens=6",
+                          "eval.max_new_tokens=24"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads(out.read_text())["models"][str(tiny_model)]
+    assert m["eval/tool_call_rate"] == 1.0  # each trajectory got the scripted tool observations
+    assert 0 <= m["eval/accuracy"] <= 1
