@@ -50,6 +50,17 @@ def length_order(lengths: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.cat([g * per + torch.argsort(lengths[g * per:(g + 1) * per], stable=True) for g in range(groups)])
 
 
+def epoch_order(lengths: torch.Tensor, groups: int, epoch: int, seed: int) -> torch.Tensor:
+    """(n,) row order for epoch `epoch`: epoch 0 keeps the rows' own mini-batch slices
+    (length_order); every later epoch draws the mini-batches afresh from the whole batch (a
+    seeded permutation), so several epochs do not repeat the same mini-batch updates in the same
+    order, as PPO's reshuffle does. Inside each mini-batch rows are sorted by length (padding)."""
+    if epoch == 0:
+        return length_order(lengths, groups)
+    perm = torch.randperm(lengths.shape[0], generator=torch.Generator().manual_seed(seed))
+    return perm[length_order(lengths[perm], groups)]
+
+
 class PolicyTrainer:
     """A ZeRO-3 sharded causal LM plus the masked clipped-PG update. torch.distributed must be up."""
 
@@ -169,7 +180,13 @@ class PolicyTrainer:
         rows_per_mini = len(shard) // self.minis_per_batch
         sums: dict[str, float] = {}
         boundaries = []
-        for _ in range(c.epochs):
+        scored = (shard, keep, prox_logp, ref_logp)  # rows in the order they were scored
+        for epoch in range(c.epochs):
+            if epoch:  # a fresh draw of mini-batches; the mask and log-probs travel with their rows
+                order = epoch_order(scored[0].attention_mask.sum(dim=1), self.minis_per_batch, epoch,
+                                    self.seed * 1_000_003 + self.batches * 1009 + epoch * 31 + self.rank)
+                shard, keep, prox_logp = scored[0].take(order), scored[1][order], scored[2][order]
+                ref_logp = scored[3][order] if scored[3] is not None else None
             for mi in range(self.minis_per_batch):
                 lr = self._lr()  # the rate this mini-batch's update will use (it changes at updates only)
                 lo, hi = mi * rows_per_mini, (mi + 1) * rows_per_mini

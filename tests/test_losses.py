@@ -209,3 +209,23 @@ def test_a_skipped_step_reports_the_keys_of_a_trained_one():
     skipped = skipped_metrics(3, 3, 1e-5, 0.1, 1.0)
     assert set(skipped) == set(STEP_KEYS) and skipped["train/skipped_no_signal"] == 1
     assert math.isnan(skipped["losses/loss"]) and skipped["mask/kept_tokens"] == 0
+
+
+def test_each_epoch_after_the_first_draws_new_mini_batches():
+    """epoch_order: epoch 0 keeps each mini-batch's rows; a later epoch permutes the whole batch
+    (seeded: the same seed, the same draw), and each mini-batch is sorted by length."""
+    from learner.engine import epoch_order, length_order
+
+    lengths = torch.tensor([5, 3, 9, 1, 7, 2, 8, 4])
+    assert torch.equal(epoch_order(lengths, 2, 0, seed=1), length_order(lengths, 2))
+    first = [set(length_order(lengths, 2)[i * 4:(i + 1) * 4].tolist()) for i in range(2)]
+    again = epoch_order(lengths, 2, 1, seed=1)
+    assert sorted(again.tolist()) == list(range(8))  # every row once
+    assert torch.equal(again, epoch_order(lengths, 2, 1, seed=1))
+    draws = [[set(epoch_order(lengths, 2, 1, seed=s)[i * 4:(i + 1) * 4].tolist()) for i in range(2)] for s in range(8)]
+    assert any(d != first for d in draws)  # the mini-batches change between epochs
+    for s in range(8):
+        o = epoch_order(lengths, 2, 1, seed=s)
+        for i in range(2):
+            part = lengths[o[i * 4:(i + 1) * 4]]
+            assert torch.equal(part, part.sort().values)
