@@ -10,10 +10,37 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename."""
+    """Replace `path` with `text` in one rename, the bytes on disk before the name points at them
+    (a rename is ordered before the data it names only after an fsync: a power cut could otherwise
+    leave the new name on an empty file)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under `root` and every folder, deepest first (before `root` is renamed)."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -27,5 +54,7 @@ def atomic_dir(out: Path, tmp: Path | None = None) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync_tree(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    fsync_dir(out.parent)

@@ -37,7 +37,7 @@ from launch.resume import (STATE_DIR, DriverState, LearnerRestarts, Progress, la
                            to_universal)
 from launch.rollouts import Group, RewardHealth, choose_groups, rollout_metrics, to_groups, train_shards
 from launch.signals import StopSignal
-from launch.tracking import RunTracker, check_fresh
+from launch.tracking import RunLock, RunTracker, check_fresh
 from envs.registry import check_env
 from rewards.registry import check_reward
 
@@ -96,10 +96,11 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
                     load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else [],
                     tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     run_dir = resume or Path(cfg.tracking.run_dir.format(name=cfg.tracking.name))
-    ckpt, saved = latest_checkpoint(run_dir) if resume else (None, None)
     if not resume:
         check_fresh(run_dir)
-    with Console(run_dir / "train.log", verbose) as console:
+    # Locked before the checkpoint is read: another driver may be writing it.
+    with RunLock(run_dir), Console(run_dir / "train.log", verbose) as console:
+        ckpt, saved = latest_checkpoint(run_dir) if resume else (None, None)
         restarts = LearnerRestarts(run_dir)  # fault.learner_restarts bounds the whole run
         while True:
             try:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from launch.atomic import atomic_dir, write_atomic
+from launch.atomic import atomic_dir, fsync_dir, fsync_tree, write_atomic
 from launch.config import ConfigError, TrainConfig, load_config, to_dict
 from launch.rng_state import rng_from_json, rng_to_json
 
@@ -136,15 +136,23 @@ def restore(ckpt: Path, saved: DriverState, actors: "ActorGroups", stream: "Prom
 
 
 def commit_checkpoint(run_dir: Path, tmp: Path, step: int, keep: int) -> Path:
-    """Rename a fully written checkpoint into place, point `latest` at it, drop the oldest."""
+    """Rename a fully written (and fsynced) checkpoint into place, point `latest` at it, then drop
+    the oldest: of the checkpoints up to the one `latest` names, all but the newest `keep`. One
+    newer than `latest` (left by a run whose pointer write failed) is never deleted, nor is the one
+    `latest` names, whatever happened to the pointer."""
     root = run_dir / STATE_DIR
     final = root / f"step_{step}"
+    fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)  # a step trained again after a resume
     tmp.rename(final)
+    fsync_dir(root)
     write_atomic(root / "latest", final.name)
+    pointed = (root / "latest").read_text().strip()
     done = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name.split("_")[1].isdigit()),
                   key=lambda p: int(p.name.split("_")[1]))
-    for old in done[:-keep]:
+    names = [p.name for p in done]
+    upto = done[: names.index(pointed) + 1] if pointed in names else []
+    for old in upto[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

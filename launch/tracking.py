@@ -25,6 +25,44 @@ class RunExists(ValueError):
     """A new run was pointed at a directory that holds one; nothing in it is touched."""
 
 
+class RunLocked(RunExists):
+    """Another driver is writing the run directory; nothing in it is touched."""
+
+
+class RunLock:
+    """Held for as long as a driver writes a run directory: an exclusive flock on run_dir/.lock, so
+    a second driver (a resume started twice, a new run under the same name) is refused with one line
+    instead of interleaving two runs' files. The kernel drops the lock when the holder dies, so a
+    crashed run never leaves it stuck."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLocked(f"{self.path.parent} is being written by another forkrl driver ({holder}); wait for it "
+                            "to finish or stop it, then resume") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+
+
 # Files whose presence means a run directory already holds a run.
 RUN_MARKERS = ("metrics.jsonl", "config.yaml", "state")
 
@@ -35,6 +73,28 @@ def check_fresh(run_dir: Path) -> None:
     if found:
         raise RunExists(f"{run_dir} already holds a run ({', '.join(found)}): continue it with "
                         f"`forkrl train --resume {run_dir}`, or choose another tracking.name")
+
+
+def read_metrics_rows(path: Path) -> list[dict]:
+    """metrics.jsonl's rows, without a torn tail (see RunTracker._truncate)."""
+    from launch.config import ConfigError
+
+    lines = path.read_bytes().split(b"\n")
+    rows: list[dict] = []
+    for i, line in enumerate(lines):
+        if not line.strip(b"\0 \t\r"):
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            rest = [x for x in lines[i + 1:] if x.strip(b"\0 \t\r")]
+            if rest:
+                raise ConfigError(f"--resume: {path} line {i + 1} is not JSON and {len(rest)} line(s) follow it: "
+                                  "the file was changed by hand, not torn by a crash") from None
+            logger.warning("%s: line %d is torn (%d bytes, a crash or a full disk); cut back to the %d complete "
+                           "row(s) before it", path, i + 1, len(line), len(rows))
+            break
+    return rows
 
 
 class RunTracker:
@@ -67,8 +127,10 @@ class RunTracker:
 
     @staticmethod
     def _truncate(path: Path, last_step: int) -> list[dict]:
-        """Keep the rows up to `last_step` (atomically); return them."""
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        """Keep the rows up to `last_step` (atomically); return them. A torn tail (a disk that
+        filled up mid-line, or the NUL bytes a crash can leave) is cut back to the last complete
+        line, with a warning; a bad line with good ones after it is not a tail and is refused."""
+        rows = read_metrics_rows(path) if path.is_file() else []
         rows = [r for r in rows if r["step"] <= last_step]
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
