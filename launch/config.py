@@ -21,6 +21,9 @@ from learner.losses import Aggregation, KLEstimator, Normalize
 from learner.masking import MaskMode, MaskScope
 
 
+Placement = Literal["pack", "spread", "strict_spread", "strict_pack"]
+
+
 class ConfigError(ValueError):
     """A config value a user must change; the message names the key."""
 
@@ -299,6 +302,24 @@ class ClusterConfig:
     """A local run (no `address`) listens on 127.0.0.1 only; true opens Ray and the actors to every interface."""
     dashboard: bool = False
     """Start Ray's dashboard with a local run (it listens on 127.0.0.1:8265 unless bind_all)."""
+    learner_placement: Placement = "pack"
+    """How the learner ranks' resources are reserved (one Ray placement group, before any actor
+    starts): 'pack' on as few nodes as fit, 'spread' over nodes where possible, 'strict_spread' one
+    per node, 'strict_pack' all on one node."""
+    generation_placement: Placement = "spread"
+    """The same for the generation actors (spread: each node's engine serves its own share)."""
+    reward_placement: Placement = "pack"
+    """The same for the reward actors."""
+    learner_node_resource: str = ""
+    """Pin the learner ranks to nodes that offer this custom resource (`ray start --resources
+    '{"learner": 1}'`); each rank asks for 0.001 of it. Empty: any node."""
+    generation_node_resource: str = ""
+    """Pin the generation actors to nodes with this custom resource (as learner_node_resource)."""
+    reward_node_resource: str = ""
+    """Pin the reward actors to nodes with this custom resource (as learner_node_resource)."""
+    placement_timeout_s: float = 120.0
+    """A group whose resources are not reserved within this many seconds stops the run, naming its
+    demand and what each node has free (Ray would otherwise wait forever)."""
 
 
 @dataclass
@@ -419,6 +440,7 @@ def validate(c: TrainConfig) -> None:
                f"generation.num_actors x num_gpus ({g.num_actors} x {g.num_gpus:g}) + learner.num_ranks x num_gpus "
                f"({l.num_ranks} x {l.num_gpus:g}) must add up to at most 1: sleep mode shares one GPU")
     _check(l.max_skipped_steps >= 1, "learner.max_skipped_steps", "must be >= 1")
+    _check(c.cluster.placement_timeout_s > 0, "cluster.placement_timeout_s", "must be > 0")
     lo = l.lora
     _check(lo.rank >= 0, "learner.lora.rank", f"must be >= 0 (0 = full fine-tuning), got {lo.rank}")
     _check(lo.alpha > 0, "learner.lora.alpha", f"must be > 0, got {lo.alpha}")

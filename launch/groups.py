@@ -142,21 +142,34 @@ class ActorGroups:
     # -- evaluation -------------------------------------------------------------------------------
 
     def verify_eval(self, prompts: list, samples: int, max_tokens: int, seed: int) -> Verified:
-        """`samples` responses per prompt (greedy when 1), verified, in prompt order."""
-        parts = self._fan_out(prompts, samples,
-                              lambda gen, mine, j: gen.evaluate.remote(mine, samples, max_tokens, sample_seed(seed, -1, j)),
-                              lambda rw, ref, sl: rw.score_eval.remote(ref, sl.start, sl.stop))
+        """`samples` responses per prompt (greedy when 1), verified, in prompt order. An actor
+        that dies meanwhile (Ray restarts it) costs a restart, as in training: the generators get
+        the current weights back and the evaluation runs again with the same seeds."""
+        while True:
+            parts = self._fan_out(prompts, samples,
+                                  lambda gen, mine, j: gen.evaluate.remote(mine, samples, max_tokens,
+                                                                           sample_seed(seed, -1, j)),
+                                  lambda rw, ref, sl: rw.score_eval.remote(ref, sl.start, sl.stop))
+            try:
+                scored = [ray.get(part.scores) for part in parts]
+                batches = ray.get([part.output for part in parts])
+                if all(b.policy_version >= self.version for b in batches):
+                    break
+                cause = "a generator answered with its initial weights: it was restarted"
+            except (RayActorError, ActorUnavailableError) as e:
+                cause = str(e).strip().splitlines()[0]
+            self._count_restart(cause)
+            logger.warning("actor failure during evaluation (%s): restoring weights, evaluating again", cause)
+            self._refresh_generators()
+            self._instances.clear()
         by_prompt: list[list[bool]] = [[] for _ in prompts]
         calls: list[tuple[int, ...]] = [() for _ in prompts]
-        versions = []
-        for part in parts:
-            flags = [r.status == Status.CORRECT for res, _ in ray.get(part.scores) for r in res]
-            batch = ray.get(part.output)
+        for part, results, batch in zip(parts, scored, batches):
+            flags = [r.status == Status.CORRECT for res, _ in results for r in res]
             for n, pos in enumerate(part.positions):
                 by_prompt[pos] = flags[n * samples:(n + 1) * samples]
                 calls[pos] = batch.tool_calls[n * samples:(n + 1) * samples]
-            versions.append(batch.policy_version)
-        return Verified([f for group in by_prompt for f in group], min(versions),
+        return Verified([f for group in by_prompt for f in group], min(b.policy_version for b in batches),
                         [c for group in calls for c in group])
 
     def _fan_out(self, prompts: list, per_prompt: int, generate: Callable, score: Callable) -> list[Part]:

@@ -1,6 +1,9 @@
 """The only place that knows about Ray resources: wraps the plain worker classes as actors."""
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import ray
 
 from actors.generation import GenerationWorker
@@ -9,6 +12,8 @@ from actors.reward import RewardWorker
 from launch.errors import ResourceError
 from launch.groups import ActorGroups
 from launch.network import actor_env, file_rendezvous, loopback_only
+
+logger = logging.getLogger("forkrl")
 
 # vLLM's engine must live in the actor's own process (collective_rpc then reaches the model that
 # generates); its INFO logs would drown the driver's progress lines.
@@ -35,28 +40,105 @@ def check_resources(cfg) -> None:
             "generation.num_gpus / learner.num_gpus to 0 for CPU, or add GPU nodes")
 
 
-def launch_generators(cfg, model_path: str) -> list:
+def reserve(group: str, bundle: dict[str, float], count: int, strategy: str, node_resource: str,
+            timeout_s: float):
+    """One placement group of `count` bundles for an actor group: its resources are reserved
+    together, so small actors scheduled first can never fragment the nodes that a larger group
+    needs. Fails after `timeout_s` with one line naming the demand and each node's free resources."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    one = {k: v for k, v in bundle.items() if v > 0}
+    if node_resource:
+        one[node_resource] = 0.001
+    pg = placement_group([dict(one) for _ in range(count)], strategy=strategy.upper(), name=f"forkrl-{group}")
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(pg)
+        raise ResourceError(f"cluster.{group}_placement: {count} x {one} ({strategy}) could not be reserved within "
+                            f"cluster.placement_timeout_s={timeout_s:g} s; free per node: {free_per_node()}")
+    return pg
+
+
+def free_per_node() -> str:
+    from ray._private.state import available_resources_per_node  # the only per-node view of free resources
+
+    nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    parts = []
+    for node, free in available_resources_per_node().items():
+        shown = {k: round(v, 3) for k, v in free.items() if k in ("CPU", "GPU") or not k.startswith(("node:", "memory",
+                                                                                                    "object_store"))}
+        parts.append(f"{nodes.get(node, node[:8])} {shown}")
+    return "; ".join(parts) or "no live node"
+
+
+@dataclass
+class Reservations:
+    """The run's placement groups, one per actor group (None: plain scheduling, as in unit tests)."""
+
+    learner: object = None
+    generation: object = None
+    reward: object = None
+
+
+def reserve_all(cfg) -> Reservations:
+    """The learner ranks first (the largest bundles), then the generators, then the reward actors."""
+    c, g, r, l = cfg.cluster, cfg.generation, cfg.reward, cfg.learner
+    t = c.placement_timeout_s
+    return Reservations(
+        learner=reserve("learner", {"CPU": l.num_cpus, "GPU": l.num_gpus}, l.num_ranks, c.learner_placement,
+                        c.learner_node_resource, t),
+        generation=reserve("generation", {"CPU": g.num_cpus, "GPU": g.num_gpus}, g.num_actors, c.generation_placement,
+                           c.generation_node_resource, t),
+        reward=reserve("reward", {"CPU": r.num_cpus}, r.num_actors, c.reward_placement, c.reward_node_resource, t))
+
+
+def describe(pgs: Reservations) -> str:
+    """Which node holds each bundle, for the log: 'learner: n1, n2 | generation: n3 | reward: n3'."""
+    from ray.util.placement_group import placement_group_table
+
+    nodes = {n["NodeID"]: n["NodeManagerAddress"] + ":" + n["NodeID"][:6] for n in ray.nodes()}
+    parts = []
+    for group in ("learner", "generation", "reward"):
+        pg = getattr(pgs, group)
+        placed = placement_group_table(pg)["bundles_to_node_id"]
+        parts.append(f"{group}: " + ", ".join(nodes.get(placed[i], placed[i][:6]) for i in sorted(placed)))
+    return " | ".join(parts)
+
+
+def _in(pg, i: int) -> dict:
+    """Actor options that put it in bundle `i` of `pg` (a restarted actor goes back there)."""
+    if pg is None:
+        return {}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)}
+
+
+def launch_generators(cfg, model_path: str, pg=None) -> list:
     g = cfg.generation
     # Ray restarts a dead generator or reward actor (same arguments); the driver gives it the
     # current weights and samples the lost batch again (launch/groups.py, ActorGroups.collect).
     Gen = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=cfg.fault.max_actor_restarts)(GenerationWorker)
     env = dict(GEN_ENV, **actor_env(cfg))
-    return [Gen.options(runtime_env={"env_vars": env}).remote(g, model_path, cfg.seed + i, cfg.env, cfg.model.chat_template)
+    return [Gen.options(runtime_env={"env_vars": env}, **_in(pg, i)).remote(g, model_path, cfg.seed + i, cfg.env,
+                                                                           cfg.model.chat_template)
             for i in range(g.num_actors)]
 
 
-def launch_rewards(cfg) -> list:
+def launch_rewards(cfg, pg=None) -> list:
     Rew = ray.remote(num_cpus=cfg.reward.num_cpus, max_restarts=cfg.fault.max_actor_restarts)(RewardWorker)
-    return [Rew.remote(cfg.reward, cfg.generation.max_new_tokens) for _ in range(cfg.reward.num_actors)]
+    return [Rew.options(**_in(pg, i)).remote(cfg.reward, cfg.generation.max_new_tokens)
+            for i in range(cfg.reward.num_actors)]
 
 
-def launch_learners(cfg, model_path: str, load_universal: bool = False) -> list:
+def launch_learners(cfg, model_path: str, load_universal: bool = False, pg=None) -> list:
     """Start the ranks and form their torch.distributed group (rank 0 hosts the rendezvous).
     `load_universal`: they will load a universal checkpoint (a resume on another number of ranks)."""
     l, g = cfg.learner, cfg.generation
     Lrn = ray.remote(num_cpus=l.num_cpus, num_gpus=l.num_gpus)(LearnerWorker)
     env = dict(LEARNER_ENV, **actor_env(cfg), **({"OMP_NUM_THREADS": str(l.torch_threads)} if l.torch_threads else {}))
-    ranks = [Lrn.options(runtime_env={"env_vars": env}).remote(l, rank, l.num_ranks) for rank in range(l.num_ranks)]
+    ranks = [Lrn.options(runtime_env={"env_vars": env}, **_in(pg, rank)).remote(l, rank, l.num_ranks)
+             for rank in range(l.num_ranks)]
     # torch's TCP store listens on every interface whatever its host, so a loopback-only run meets
     # through a file instead: all its ranks are on this node.
     rendezvous = file_rendezvous() if loopback_only(cfg) else ray.get(ranks[0].address.remote())
@@ -68,6 +150,8 @@ def launch_learners(cfg, model_path: str, load_universal: bool = False) -> list:
 
 
 def launch_actors(cfg, model_path: str, load_universal: bool = False) -> ActorGroups:
+    pgs = reserve_all(cfg)
+    logger.info("placement (node address:id per rank / actor): %s", describe(pgs))
     # Generation and reward actors start loading while the learner group forms.
-    gens, scorers = launch_generators(cfg, model_path), launch_rewards(cfg)
-    return ActorGroups(cfg, gens, scorers, launch_learners(cfg, model_path, load_universal))
+    gens, scorers = launch_generators(cfg, model_path, pgs.generation), launch_rewards(cfg, pgs.reward)
+    return ActorGroups(cfg, gens, scorers, launch_learners(cfg, model_path, load_universal, pgs.learner))

@@ -475,3 +475,30 @@ def test_a_multi_turn_run_survives_a_killed_generator_and_resumes_the_same_promp
     ra, rb = rollout_rows(straight_dir), rollout_rows(run_dir)
     assert [[r["prompt_id"] for r in ra[s]] for s in (1, 2, 3, 4)] == [[r["prompt_id"] for r in rb[s]] for s in (1, 2, 3, 4)]
     assert all(len(r["turns"]) == 3 for s in rb for r in rb[s])
+
+
+@pytest.mark.ray
+def test_an_evaluation_after_a_generator_restart_scores_the_current_weights(ray_local, tiny_model):
+    """A generator killed after it loaded policy version 1 comes back with the initial weights:
+    the evaluation notices (its answer is version 0), counts the restart, gives it version 1 again
+    and evaluates again, instead of scoring the initial policy as the current one."""
+    import ray
+    from safetensors.torch import load_file
+
+    from actors.types import Prompt
+    from launch.groups import ActorGroups
+    from launch.placement import launch_generators, launch_rewards
+    from learner.weights import shard_weights
+    from tests.test_actors_ray import tiny_cfg
+
+    cfg = tiny_cfg(tiny_model, "reward.fn=starts_with", "fault.max_actor_restarts=2")
+    actors = ActorGroups(cfg, launch_generators(cfg, str(tiny_model)), launch_rewards(cfg), [])
+    actors.version, actors.shards = 1, [ray.put(shard_weights(load_file(str(tiny_model / "model.safetensors")), 0, 1))]
+    ray.get(actors.generators[0].load_weights.remote(1, *actors.shards))
+    prompts = [Prompt(i, [1, 5 + i, 6], "yes") for i in range(3)]
+    assert actors.verify_eval(prompts, 1, 4, seed=0).policy_version == 1 and actors.faults.restarts == 0
+    pid = ray.get(actors.generators[0].__ray_call__.remote(lambda self: __import__("os").getpid()))
+    os.kill(pid, signal.SIGKILL)
+    out = actors.verify_eval(prompts, 1, 4, seed=0)
+    assert out.policy_version == 1 and actors.faults.restarts == 1
+    assert len(out.correct) == 3
