@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 from learner.batch import TrainShard
 
@@ -40,6 +41,21 @@ class LearnerWorker:
         self.trainer = PolicyTrainer(self.cfg, model_path, temperature=temperature, max_new_tokens=max_new_tokens,
                                      max_prompt_tokens=max_prompt_tokens, batch_size=batch_size, seed=seed,
                                      load_universal=load_universal)
+
+    def probe_storage(self, folder: str, token: str) -> dict:
+        """Write this rank's mark into `folder` and read the driver's: checkpoints are written by
+        every rank into the run directory, which therefore must be storage all nodes share."""
+        import ray
+
+        out = {"node": ray.util.get_node_ip_address(), "error": "", "saw_driver": False}
+        try:
+            path = Path(folder)
+            path.mkdir(parents=True, exist_ok=True)
+            (path / f"rank{self.rank}").write_text(token)
+            out["saw_driver"] = (path / "driver").is_file() and (path / "driver").read_text() == token
+        except OSError as e:
+            out["error"] = f"{type(e).__name__}: {e}"
+        return out
 
     def train_step(self, shard: TrainShard) -> dict:
         return self.trainer.train_step(shard)

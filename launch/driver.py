@@ -33,8 +33,8 @@ from launch.groups import ActorGroups, Collected, InFlight
 from launch.models import check_chat_wrap, check_lora_targets, resolve_model_path
 from launch.network import start_ray
 from launch.placement import check_resources, launch_actors
-from launch.resume import (STATE_DIR, DriverState, LearnerRestarts, Progress, latest_checkpoint, restore, save_checkpoint,
-                           to_universal)
+from launch.resume import (STATE_DIR, DriverState, LearnerRestarts, Progress, check_shared_storage,
+                           latest_checkpoint, restore, save_checkpoint, to_universal)
 from launch.rollouts import Group, RewardHealth, choose_groups, rollout_metrics, to_groups, train_shards
 from launch.signals import StopSignal
 from launch.tracking import RunLock, RunTracker, check_fresh
@@ -138,6 +138,7 @@ def train_run(cfg: TrainConfig, run_dir: Path, inputs: Inputs, ckpt: Path | None
                     cfg.learner.num_ranks, ckpt)
         to_universal(ckpt)
     actors = launch_actors(cfg, inputs.model_path, load_universal=reshard)
+    check_shared_storage(run_dir, actors)  # every run checkpoints, at its end at least
     logger.info("actors ready in %.1fs", time.perf_counter() - t_start)
     tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode,
                          log_rollouts=cfg.tracking.log_rollouts, resume_step=saved.step if saved else None,

@@ -231,6 +231,10 @@ class ActorGroups:
         except (RayActorError, ActorUnavailableError):
             return 0.0
 
+    def probe_storage(self, folder: str, token: str) -> list[dict]:
+        """Every learner rank's view of `folder` (LearnerWorker.probe_storage), by rank."""
+        return self._on_learners([w.probe_storage.remote(folder, token) for w in self.learners])
+
     def save(self, path: str) -> None:
         """Every learner rank writes its ZeRO-3 shards of model, optimizer and scheduler under `path`."""
         self._on_learners([w.save_checkpoint.remote(path) for w in self.learners])

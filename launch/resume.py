@@ -164,6 +164,42 @@ def checkpoint_tmp(run_dir: Path, step: int) -> Path:
     return tmp
 
 
+def check_shared_storage(run_dir: Path, actors: "ActorGroups") -> None:
+    """Before the first step: the driver and every learner rank write a mark into the run
+    directory and read each other's. A cluster without storage shared by every node fails here in
+    one line naming the rank and its node, not at the first checkpoint (or with a resume that
+    finds only some ranks' shards)."""
+    import uuid
+
+    from launch.errors import ResourceError
+
+    folder = run_dir / ".storage_check"  # not under state/, which marks a directory holding a run
+    folder.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    write_atomic(folder / "driver", token)
+    reports = actors.probe_storage(str(folder), token)
+    problem = storage_problem(run_dir, folder, token, reports)
+    shutil.rmtree(folder, ignore_errors=True)
+    if problem:
+        raise ResourceError(problem)
+
+
+def storage_problem(run_dir: Path, folder: Path, token: str, reports: list[dict]) -> str | None:
+    """The first rank whose view of the run directory differs from the driver's, in one line."""
+    need = ("checkpoints need a run directory every node shares: put tracking.run_dir on shared storage "
+            "(README: On a cluster)")
+    for rank, r in enumerate(reports):
+        where = f"learner rank {rank} on node {r['node']}"
+        if r["error"]:
+            return f"{where} cannot write the run directory {run_dir} ({r['error']}); {need}"
+        if not r["saw_driver"]:
+            return f"{where} does not see the files the driver writes in {run_dir}; {need}"
+        mark = folder / f"rank{rank}"
+        if not (mark.is_file() and mark.read_text() == token):
+            return f"the driver does not see what {where} wrote in {run_dir}; {need}"
+    return None
+
+
 class LearnerRestarts:
     """The run's learner restarts (a rank died; every actor restarted from the latest checkpoint),
     kept in run_dir/state/learner_restarts, its only home: a restart rewinds to a checkpoint

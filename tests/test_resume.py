@@ -502,3 +502,24 @@ def test_an_evaluation_after_a_generator_restart_scores_the_current_weights(ray_
     out = actors.verify_eval(prompts, 1, 4, seed=0)
     assert out.policy_version == 1 and actors.faults.restarts == 1
     assert len(out.correct) == 3
+
+
+def test_a_run_directory_not_shared_by_every_node_is_named_by_rank_and_node(tmp_path):
+    """storage_problem: a rank that cannot write, one that does not see the driver's mark, and one
+    whose mark the driver does not see each give one line naming the rank, its node and the fix."""
+    from launch.resume import storage_problem
+
+    folder = tmp_path / ".storage_check"
+    folder.mkdir()
+    (folder / "rank0").write_text("t")
+    ok = {"node": "10.0.0.1", "error": "", "saw_driver": True}
+    assert storage_problem(tmp_path, folder, "t", [ok]) is None
+    bad_write = {"node": "10.0.0.2", "error": "PermissionError: [Errno 13]", "saw_driver": False}
+    msg = storage_problem(tmp_path, folder, "t", [ok, bad_write])
+    assert msg.startswith(f"learner rank 1 on node 10.0.0.2 cannot write the run directory {tmp_path} (PermissionError")
+    assert "shared storage" in msg
+    blind = {"node": "10.0.0.3", "error": "", "saw_driver": False}
+    assert storage_problem(tmp_path, folder, "t", [ok, blind]).startswith(
+        "learner rank 1 on node 10.0.0.3 does not see the files the driver writes")
+    assert storage_problem(tmp_path, folder, "t", [ok, ok]).startswith(
+        "the driver does not see what learner rank 1 on node 10.0.0.1 wrote")  # its own disk: no rank1 mark here
