@@ -1,4 +1,4 @@
-"""`forkrl` command line (also `python -m launch.cli`): train, eval, prepare-model, make-tiny-model.
+"""`forkrl` command line (also `python -m launch.cli`): train, eval, config, prepare-model, make-tiny-model.
 
 Bad input (config, data, model path, reward, run directory, cluster) ends with one line naming the
 problem, exit 2. A run that started and stopped (reward failures, actor failures, a signal) ends
@@ -38,7 +38,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="show library warnings and Ray worker logs on the console too (always in runs/NAME/train.log)")
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its latest checkpoint (overrides may change steps, eval.*, ...)")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.mask.rho=0.5")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (YAML, after --config and overrides) and exit")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.mask.rho=0.5 "
+                   "(every key, its type, default and meaning: forkrl config)")
     e = sub.add_parser("eval", help="score a model on a dataset with the configured reward (greedy, avg@n, pass@k)")
     e.add_argument("--model", required=True, help="HF model folder (a run's checkpoints/step_N) or the packaged default")
     e.add_argument("--data", required=True, help="jsonl / json / parquet / save_to_disk folder (data.prompt_key / answer_key)")
@@ -48,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--compare", metavar="BASE_PATH", help="also score this model on the same prompts and print the difference")
     e.add_argument("--out", help="write the figures as JSON here")
     e.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.max_new_tokens=128")
+    c = sub.add_parser("config", help="list every config key with its type, default and meaning")
+    c.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. learner.lora")
     m = sub.add_parser("prepare-model", help="convert the packaged SmolLM2 GGUF to a HF folder (cached)")
     m.add_argument("--cache-dir", help="where to write it (default $FORKRL_CACHE or ~/.cache/forkrl)")
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random Llama + word tokenizer, for debugging")
@@ -73,9 +78,25 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError("--resume takes the run's own config.yaml; leave out --config")
                 from launch.resume import resume_config
 
-                train(resume_config(Path(args.resume), overrides), resume=Path(args.resume), verbose=args.verbose)
+                cfg = resume_config(Path(args.resume), overrides)
             else:
-                train(load_config(args.config, overrides), verbose=args.verbose)
+                cfg = load_config(args.config, overrides)
+            if args.print_config:
+                import yaml
+
+                from launch.config import to_dict
+
+                print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            else:
+                train(cfg, resume=Path(args.resume) if args.resume else None, verbose=args.verbose)
+        elif args.command == "config":
+            from launch.config import config_keys
+
+            rows = [r for r in config_keys() if r[0].startswith(args.prefix)]
+            if not rows:
+                raise ConfigError(f"forkrl config {args.prefix}: no key starts with {args.prefix!r}")
+            for key, kind, default, doc in rows:
+                print(f"{key} ({kind}, default {default!r})\n    {doc}")
         elif args.command == "eval":
             if args.samples < 1:
                 raise ConfigError(f"--samples: must be >= 1, got {args.samples}")

@@ -6,7 +6,9 @@ any actor starts. Each actor receives only its own sub-config.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,7 +364,25 @@ def _check(ok: bool, key: str, msg: str) -> None:
 def validate(c: TrainConfig) -> None:
     """Cross-field checks; each names the key to change."""
     g, l, m = c.generation, c.learner, c.learner.mask
+    _finite = lambda x: x == x and abs(x) != float("inf")  # noqa: E731  (not NaN, not inf)
     _check(c.steps >= 1, "steps", f"must be >= 1, got {c.steps}")
+    _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", c.tracking.name)), "tracking.name",
+           f"must be a plain name (letters, digits, '.', '_', '-'; no '/'), got {c.tracking.name!r}")
+    _check(g.temperature == g.temperature and g.temperature < float("inf"), "generation.temperature",
+           f"must be finite, got {g.temperature}")
+    _check(_finite(c.learner.lr), "learner.lr", f"must be finite, got {c.learner.lr}")
+    _check(c.learner.grad_clip > 0 and _finite(c.learner.grad_clip), "learner.grad_clip",
+           f"must be a finite number > 0, got {c.learner.grad_clip} (at <= 0 clipping would silently turn off)")
+    for key, value in (("learner.w_lambda", c.learner.w_lambda), ("learner.weight_decay", c.learner.weight_decay),
+                       ("reward.overlong_weight", c.reward.overlong_weight),
+                       ("reward.format_weight", c.reward.format_weight)):
+        _check(value >= 0 and _finite(value), key, f"must be a finite number >= 0, got {value}")
+    _check(_finite(c.reward.timeout_s), "reward.timeout_s", f"must be finite, got {c.reward.timeout_s}")
+    _check(c.learner.logprob_chunk >= 1, "learner.logprob_chunk", f"must be >= 1, got {c.learner.logprob_chunk}")
+    _check(c.data.num_synthetic >= 1, "data.num_synthetic", f"must be >= 1, got {c.data.num_synthetic}")
+    _check(c.learner.micro_batch_size >= 1, "learner.micro_batch_size",
+           f"must be >= 1, got {c.learner.micro_batch_size}")
+    _check(c.learner.mini_batch_size >= 0, "learner.mini_batch_size", "must be >= 0 (0 = the whole batch)")
     _check(c.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {c.prompts_per_step}")
     _check(c.dynamic_sampling_max_rounds >= 1, "dynamic_sampling_max_rounds", "must be >= 1")
     _check(c.eval.every >= 0 and c.eval.num_prompts >= 1, "eval.every", "eval.every must be >= 0, eval.num_prompts >= 1")
@@ -507,6 +527,9 @@ def _coerce(tp, value, key):
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if value is None or isinstance(value, bool):  # YAML reads on/off/yes/no/null as these
+            raise ConfigError(f"{key}: expected a string, got {value!r} (YAML reads on, off, yes, no and null "
+                              "that way: quote the value)")
         return str(value)
     raise ConfigError(f"{key}: unsupported type {tp}")
 
@@ -542,3 +565,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def _field_docs() -> dict[tuple[str, str], str]:
+    """(class name, field) -> the docstring written under the field in this file's source."""
+    docs = {}
+    for node in ast.parse(Path(__file__).read_text()).body:
+        if isinstance(node, ast.ClassDef):
+            body = node.body
+            for a, b in zip(body, body[1:]):
+                if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                        and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+                    docs[node.name, a.target.id] = " ".join(b.value.value.split())
+    return docs
+
+
+def config_keys(cls=None, prefix: str = "") -> list[tuple[str, str, object, str]]:
+    """Every key of the tree: (dotted key, type, default, docstring), generated from the dataclasses."""
+    cls = cls or TrainConfig
+    docs, hints, out = _field_docs(), typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += config_keys(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        origin = typing.get_origin(tp)
+        kind = ("|".join(map(str, typing.get_args(tp))) if origin is Literal
+                else "list" if origin is list else getattr(tp, "__name__", str(tp)))
+        out.append((f"{prefix}{f.name}", kind, default, docs.get((cls.__name__, f.name), "")))
+    return out

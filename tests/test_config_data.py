@@ -30,6 +30,22 @@ def test_defaults_validate_and_overrides_apply(tmp_path):
     (["learner.micro_batch_size=3"], "learner.micro_batch_size"),
     (["learner.aggregation=sum"], "learner.aggregation"),
     (["steps"], "expected key=value"),
+    # values that used to be accepted and produce garbage (issue 25)
+    (["tracking.name=on"], "tracking.name: expected a string, got True"),
+    (["tracking.name=null"], "tracking.name: expected a string, got None"),
+    (["tracking.name=../../x"], "tracking.name: must be a plain name"),
+    (["learner.grad_clip=0"], "learner.grad_clip: must be a finite number > 0"),
+    (["learner.grad_clip=.nan"], "learner.grad_clip: must be a finite number > 0"),
+    (["learner.w_lambda=-1"], "learner.w_lambda: must be a finite number >= 0"),
+    (["reward.overlong_weight=-1"], "reward.overlong_weight: must be a finite number >= 0"),
+    (["reward.format_weight=-0.5"], "reward.format_weight: must be a finite number >= 0"),
+    (["learner.weight_decay=-0.1"], "learner.weight_decay: must be a finite number >= 0"),
+    (["generation.temperature=.inf"], "generation.temperature: must be finite"),
+    (["learner.lr=.inf"], "learner.lr: must be finite"),
+    (["learner.logprob_chunk=0"], "learner.logprob_chunk: must be >= 1"),
+    (["data.num_synthetic=0"], "data.num_synthetic: must be >= 1"),
+    (["reward.timeout_s=.inf"], "reward.timeout_s: must be finite"),
+    (["learner.micro_batch_size=0"], "learner.micro_batch_size: must be >= 1"),
 ])
 def test_bad_config_names_the_key(override, needle):
     with pytest.raises(ConfigError) as e:
@@ -207,3 +223,43 @@ def test_the_single_gpu_lora_config_loads_and_targets_a_qwen2_model(tmp_path):
     with pytest.raises(ConfigError, match=r"^learner.lora.target_modules: 'c_attn' matches no linear module"):
         check_lora_targets(load_config(REPO / "configs/single_gpu_lora.yaml",
                                        ["learner.lora.target_modules=[c_attn]"]).learner.lora, str(tmp_path))
+
+
+def test_every_config_key_is_listed_with_its_type_default_and_docstring():
+    """forkrl config reads the tree itself: every leaf key, none without a docstring."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from launch.config import config_keys
+
+    rows = config_keys()
+    keys = [k for k, *_ in rows]
+    assert len(keys) == len(set(keys)) > 100
+    assert all(doc for *_, doc in rows), [k for k, *_, doc in rows if not doc]
+    cfg = TrainConfig()
+    for key, _, default, _ in rows:  # the listed default is the tree's own
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == default, key
+    assert ("learner.mask.rho", "float", 0.2) == next(r[:3] for r in rows if r[0] == "learner.mask.rho")
+    out = subprocess.run([sys.executable, "-m", "launch.cli", "config", "learner.lora"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and "learner.lora.rank (int, default 0)" in out.stdout
+    assert not dataclasses.is_dataclass(rows[0][2])
+
+
+def test_print_config_shows_the_resolved_tree_and_starts_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "launch.cli", "train", "--config", "configs/tiny.yaml", "--print-config",
+                          "learner.lr=0.002", f"tracking.run_dir={tmp_path}/run"], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    tree = yaml.safe_load(out.stdout)
+    assert tree["learner"]["lr"] == 0.002 and tree["steps"] == 4 and tree["learner"]["mask"]["rho"] == 0.2
+    assert not (tmp_path / "run").exists()
