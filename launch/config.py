@@ -271,7 +271,7 @@ class TrackingConfig:
     wandb_project: str = "forkrl"
     """wandb project."""
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-    """'online', 'offline', 'disabled', or 'auto' (online only when WANDB_API_KEY is set)."""
+    """'online', 'offline', 'disabled', or 'auto' (online when wandb has credentials: WANDB_API_KEY or a `wandb login`)."""
     save_every: int = 0
     """Export the policy as a HF folder under run_dir/checkpoints every this many steps (0 = only at the end)."""
     log_rollouts: bool = True

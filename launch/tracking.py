@@ -11,14 +11,37 @@ import yaml
 
 from launch.atomic import write_atomic
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("forkrl")
 
 
 def wandb_mode(setting: str) -> str:
-    """'auto' means online when an API key is configured, else offline (never a login prompt)."""
+    """'auto' means online when wandb has credentials (WANDB_API_KEY, or the netrc entry that
+    `wandb login` writes for WANDB_BASE_URL's host), else offline, saying why (never a prompt)."""
     if setting != "auto":
         return setting
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if wandb_credentials():
+        return "online"
+    logger.warning("wandb: offline (no WANDB_API_KEY and no `wandb login` entry in %s); the run syncs later with "
+                   "`wandb sync`", netrc_path())
+    return "offline"
+
+
+def netrc_path() -> Path:
+    return Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+
+
+def wandb_credentials() -> bool:
+    import netrc
+    from urllib.parse import urlsplit
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        entry = netrc.netrc(str(netrc_path())).authenticators(host)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(entry and entry[2])
 
 
 class RunExists(ValueError):
@@ -120,6 +143,8 @@ class RunTracker:
 
             self.wandb = wandb.init(project=project, name=name, config=config, dir=str(run_dir), mode=mode,
                                     id=wandb_id, resume="allow" if wandb_id else None)
+            if mode == "online" and getattr(self.wandb, "url", None):
+                logger.info("wandb: %s", self.wandb.url)
 
     @property
     def wandb_id(self) -> str | None:

@@ -523,3 +523,21 @@ def test_a_run_directory_not_shared_by_every_node_is_named_by_rank_and_node(tmp_
         "learner rank 1 on node 10.0.0.3 does not see the files the driver writes")
     assert storage_problem(tmp_path, folder, "t", [ok, ok]).startswith(
         "the driver does not see what learner rank 1 on node 10.0.0.1 wrote")  # its own disk: no rank1 mark here
+
+
+def test_wandb_auto_goes_online_with_any_wandb_login_and_says_why_when_not(tmp_path, monkeypatch, caplog):
+    from launch.tracking import wandb_mode
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    with caplog.at_level("WARNING"):
+        assert wandb_mode("auto") == "offline"
+    assert "no WANDB_API_KEY and no `wandb login` entry" in caplog.text
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "a" * 40 + "\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert wandb_mode("auto") == "online"  # what `wandb login` leaves behind
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert wandb_mode("auto") == "offline"  # credentials for another host
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert wandb_mode("auto") == "online" and wandb_mode("disabled") == "disabled"
