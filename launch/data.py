@@ -86,34 +86,46 @@ def _read_file(path: Path, setting: str = "data.train_files") -> list[dict]:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".parquet"):
         raise DataError(f"{setting}: {path} is not .jsonl, .json, .parquet or a save_to_disk folder")
+    if suffix in (".jsonl", ".json"):
+        return _read_json_exact(path)
     quiet = logging.getLogger("datasets")
     level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # its parser logs an ERROR before raising; ours names the line
+    quiet.setLevel(logging.CRITICAL)  # its parser logs an ERROR before raising
     try:
-        if suffix == ".parquet":
-            ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
-        else:
-            ds = datasets.Dataset.from_json(str(path), keep_in_memory=True)
-    except Exception as e:  # datasets wraps parser errors in several types; find the line ourselves
-        if suffix == ".jsonl":
-            _first_bad_line(path)
+        ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+    except Exception as e:  # datasets wraps parser errors in several types
         raise DataError(f"{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     finally:
         quiet.setLevel(level)
     return ds.to_list()
 
 
-def _first_bad_line(path: Path) -> None:
-    """Raise DataError naming the first line of a jsonl file that is not a JSON object."""
+def _read_json_exact(path: Path) -> list[dict]:
+    """Rows of a jsonl file (one object a line) or a json file (a list of objects), numbers kept as
+    the text the file has: Arrow's type inference (what datasets' JSON reader uses) turns a column
+    mixing 9007199254740993 and 2.5 into float64, so a right answer would score wrong. A bad line
+    is named by its number."""
+    exact = {"parse_int": str, "parse_float": str, "parse_constant": str}
+    if path.suffix.lower() == ".json":
+        try:
+            rows = json.loads(path.read_text(), **exact)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise DataError(f"{path}: expected a JSON list of objects (one per row), got {type(rows).__name__}")
+        return rows
+    rows = []
     for i, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, **exact)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 _MISSING = object()

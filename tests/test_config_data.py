@@ -263,3 +263,17 @@ def test_print_config_shows_the_resolved_tree_and_starts_nothing(tmp_path):
     tree = yaml.safe_load(out.stdout)
     assert tree["learner"]["lr"] == 0.002 and tree["steps"] == 4 and tree["learner"]["mask"]["rho"] == 0.2
     assert not (tmp_path / "run").exists()
+
+
+def test_numeric_answers_keep_the_text_the_file_has(tmp_path):
+    """A column mixing big integers and floats is not turned into float64 (Arrow's inference did:
+    9007199254740993 became '9007199254740992.0', so the right answer scored wrong)."""
+    answers = ["9007199254740993", "2.5", "12345678901234567891", "1e20", "-0", "72"]
+    lines = "".join(f'{{"prompt": "q{i}", "answer": {a}}}\n' for i, a in enumerate(answers))
+    (tmp_path / "rows.jsonl").write_text(lines)
+    assert [r["answer"] for r in load_rows([str(tmp_path / "rows.jsonl")], "prompt", "answer")] == answers
+    (tmp_path / "rows.json").write_text("[" + ",".join(lines.splitlines()) + "]")
+    assert [r["answer"] for r in load_rows([str(tmp_path / "rows.json")], "prompt", "answer")] == answers
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "q", "answer": 1}\n{"prompt": "q", \n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+        load_rows([str(tmp_path / "bad.jsonl")], "prompt", "answer")
