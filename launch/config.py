@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     path: str = "smollm2-135m-instruct"
-    """HF model folder, or 'smollm2-135m-instruct' for the packaged default (converted once)."""
+    """HF model folder, a Hub id ('org/name', through the Hub cache), or 'smollm2-135m-instruct' for the packaged default (converted once)."""
     chat_template: bool = True
     """Wrap prompts in the tokenizer's chat template (off for raw-text tiny models)."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 from launch.atomic import atomic_dir
@@ -26,17 +27,43 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FORKRL_CACHE", Path.home() / ".cache" / "forkrl"))
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def resolve_model_path(name_or_path: str, cache_dir: Path | None = None) -> Path:
-    """Turn the config's `model.path` into a folder that transformers and vLLM can load."""
+    """Turn the config's `model.path` into a folder that transformers and vLLM can load: the
+    packaged default, a local folder, or a Hub id (`org/name`) fetched once into the Hub cache by
+    huggingface_hub (HF_HUB_OFFLINE=1 uses the cache alone). Every process then reads one folder."""
     if name_or_path == DEFAULT_MODEL:
         return prepare_default_model(cache_dir or default_cache_dir())
     path = Path(name_or_path).expanduser()
-    if not (path / "config.json").is_file():
+    if (path / "config.json").is_file():
+        return path.resolve()
+    if not path.exists() and HUB_ID.fullmatch(name_or_path):
+        return _from_hub(name_or_path)
+    raise FileNotFoundError(
+        f"model.path={name_or_path!r}: no Hugging Face model folder there (config.json missing); "
+        f"use {DEFAULT_MODEL!r} for the packaged default, a local folder or a Hub id (org/name)"
+    )
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        # Weights, config and tokenizer only: no other formats' copies of the weights.
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                                 "*.jinja", "*.tiktoken"]))
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         raise FileNotFoundError(
-            f"model.path={name_or_path!r}: no Hugging Face model folder there (config.json missing); "
-            f"use {DEFAULT_MODEL!r} for the packaged default or a local folder"
-        )
-    return path.resolve()
+            f"model.path={repo_id!r}: not in the Hub cache ({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'})"
+            + (" and HF_HUB_OFFLINE is set" if offline else f" and the Hub could not be reached ({type(e).__name__})")
+            + "; download it once where the Hub is reachable, or give a local folder") from None
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model.path={repo_id!r}: the Hub snapshot {folder} has no config.json")
+    return folder
 
 
 def _find_gguf() -> Path:
