@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 train(cfg, resume=Path(args.resume) if args.resume else None, verbose=args.verbose)
         elif args.command == "config":
-            from launch.config import config_keys
+            from launch.config_docs import config_keys
 
             rows = [r for r in config_keys() if r[0].startswith(args.prefix)]
             if not rows:

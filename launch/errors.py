@@ -2,6 +2,10 @@
 command line can catch them before Ray is loaded (see launch/network.py)."""
 
 
+class ConfigError(ValueError):
+    """A config value a user must change; the message names the key."""
+
+
 class ResourceError(RuntimeError):
     """The cluster cannot hold the actors the config asks for."""
 

@@ -231,7 +231,7 @@ def test_every_config_key_is_listed_with_its_type_default_and_docstring():
     import subprocess
     import sys
 
-    from launch.config import config_keys
+    from launch.config_docs import config_keys
 
     rows = config_keys()
     keys = [k for k, *_ in rows]
