@@ -13,6 +13,9 @@ warm-up, and the medians of the rest are reported with their ratio.
     python bench/learner_speed.py --config configs/demo.yaml --repeats 4
     python bench/learner_speed.py --config configs/demo.yaml learner.micro_batch_size=4
 
+`--variant KEY=VALUE ...` adds a third side to the alternation: the learner under those overrides
+(for example `--variant learner.project_kept_only=false`, the path before), reported beside the
+default learner with its own ratio and peak memory.
 `--publish-ranks 1 2` also times the weight publish through Ray (learner ranks as actors).
 Results are appended to bench/results/learner_speed.jsonl.
 """
@@ -82,7 +85,8 @@ def run_learner(cfg, model_path: str, shard, repeats: int) -> dict:
     t0 = time.perf_counter()
     trainer.weight_shard()
     return {"times": times, "shard_s": time.perf_counter() - t0, "peak_gb": metrics["memory/learner_peak_gb"],
-            "score_s": metrics.get("timing/score_s"), "kept_tokens": metrics.get("mask/kept_tokens")}
+            "score_s": metrics.get("timing/score_s"), "kept_tokens": metrics.get("mask/kept_tokens"),
+            "projected": metrics.get("train/projected_tokens")}
 
 
 def run_reference(cfg, model_path: str, shard, repeats: int) -> dict:
@@ -148,10 +152,10 @@ def child(args) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def run_child(side: str, args) -> dict:
+def run_child(side: str, args, extra: list[str] = ()) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--config", args.config, "--repeats", str(args.repeats),
            "--resp-min", str(args.resp_min), "--resp-max", str(args.resp_max), "--informative", str(args.informative),
-           *args.overrides]
+           *args.overrides, *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     for line in proc.stdout.splitlines():
@@ -198,6 +202,7 @@ def main() -> None:
                     help="fraction of groups with non-zero advantages (the demo averages about half)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--publish-ranks", type=int, nargs="*", default=[])
+    ap.add_argument("--variant", nargs="*", default=[], help="overrides of a second learner side, run alongside")
     ap.add_argument("--child", choices=["learner", "reference"], help=argparse.SUPPRESS)
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "learner_speed.jsonl"))
     ap.add_argument("--label", default="", help="a note stored with the result row")
@@ -206,11 +211,15 @@ def main() -> None:
     if args.child:
         return child(args)
     args.overrides = [*args.overrides, f"learner.torch_threads={args.threads}"]
-    ref, lrn = {"times": []}, {"times": []}
+    ref, lrn, var = {"times": []}, {"times": []}, {"times": []}
     for _ in range(args.rounds):  # alternate the sides so that machine noise hits both alike
         r, l = run_child("reference", args), run_child("learner", args)
         r["times"], l["times"] = ref["times"] + r["times"][1:], lrn["times"] + l["times"][1:]  # drop warm-ups
         ref, lrn = r, l
+        if args.variant:
+            v = run_child("learner", args, args.variant)
+            v["times"] = var["times"] + v["times"][1:]
+            var = v
     med = statistics.median
     row = {"date": time.strftime("%Y-%m-%d %H:%M"), "label": args.label, "config": args.config,
            "informative": args.informative,
@@ -222,6 +231,11 @@ def main() -> None:
            "learner_peak_gpu_gb": lrn["peak_gb"] if lrn["device"] != "cpu" else None,
            "reference_peak_gpu_gb": ref["peak_gb"],
            "reference_peak_rss_gb": ref["peak_rss_gb"], "reference_times": ref["times"], "learner_times": lrn["times"]}
+    if args.variant:
+        row.update(variant=args.variant, variant_s=med(var["times"]), variant_ratio=med(var["times"]) / med(ref["times"]),
+                   variant_peak_rss_gb=var["peak_rss_gb"], variant_peak_gpu_gb=var["peak_gb"] if var["device"] != "cpu" else None,
+                   variant_times=var["times"], learner_projected_tokens=lrn["projected"],
+                   variant_projected_tokens=var["projected"])
     for r in args.publish_ranks:
         pub = time_publish(args, r)
         row[f"publish_{r}_ranks_s"], row["publish_megabytes"] = med(pub["publish_s"]), pub["megabytes"]
@@ -231,6 +245,11 @@ def main() -> None:
           f"ratio {row['ratio']:.2f}x   learner peak RSS {row['learner_peak_rss_gb']:.2f} GB"
           + (f", GPU {row['learner_peak_gpu_gb']:.2f} GB (reference {row['reference_peak_gpu_gb']:.2f} GB)"
              if row["learner_peak_gpu_gb"] is not None else ""))
+    if args.variant:
+        print(f"variant {' '.join(args.variant)}: {row['variant_s']:.2f} s   ratio {row['variant_ratio']:.2f}x   "
+              f"peak RSS {row['variant_peak_rss_gb']:.2f} GB"
+              + (f", GPU {row['variant_peak_gpu_gb']:.2f} GB" if row["variant_peak_gpu_gb"] is not None else "")
+              + f"   (learner / variant: {row['learner_s'] / row['variant_s']:.2f}x time)")
     for r in args.publish_ranks:
         print(f"weight publish, {r} rank(s): {row[f'publish_{r}_ranks_s']:.2f} s ({row['publish_megabytes']:.0f} MB)")
     with Path(args.results).open("a") as f:

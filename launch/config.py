@@ -237,6 +237,12 @@ class LearnerConfig:
     each micro-batch is forwarded and back-propagated in turn (memory of one micro-batch)."""
     logprob_chunk: int = 1024
     """Tokens per chunk when computing log-softmax/entropy over the vocabulary."""
+    project_kept_only: bool = True
+    """Run the vocabulary projection with grad only on the tokens a loss term weighs (the kept
+    ones; every in-scope token when kl_coef > 0), the rest without grad: the same update, without
+    the other tokens' logits in memory or the projection's backward for them. false projects every
+    response token with grad (the path before; for comparison). Models whose logits are not their
+    output layer applied to the last hidden state (soft-capped ones) always take that path."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Training dtype: 'auto' is float32 on CPU and bfloat16 on GPU."""
     mask: MaskConfig = field(default_factory=MaskConfig)

@@ -15,6 +15,13 @@ With one update per batch and a shard small enough (`learner.single_pass_max_tok
 and 3 are one pass: the training forwards themselves give the entropies, their graphs are held
 until the mask is chosen, and one backward follows. Same update, a third less compute.
 
+The vocabulary projection is run apart from the model: the forwards keep the final hidden
+states (a 576-float row per token for SmolLM2, against 49,152 logits), the entropies and
+log-probs that choose the mask are projected without grad, and only the tokens that a loss term
+weighs (the kept ones, or every in-scope token when the KL penalty is on) are projected again
+with grad. Their values are the same; the other tokens' weights are zero, so leaving them out of
+the graph changes no gradient and spares their logits' memory and the projection's backward.
+
 DeepSpeed divides the loss by the accumulation steps and averages gradients over ranks; the
 loss is multiplied back by both so that the update is exactly the gradient of the documented
 objective, whatever the split into micro-batches and ranks.
@@ -30,7 +37,7 @@ import torch.distributed as dist
 
 from learner.batch import TrainShard
 from learner.collectives import all_reduce_max, all_reduce_sum, global_count
-from learner.logprobs import logprobs_and_entropy
+from learner.logprobs import projected_logprobs_and_entropy
 from learner.losses import BatchCounts, clipped_pg_loss, kl_penalty, kl_sample_weights, token_weights
 from learner.masking import random_scores, scope_tokens, select_tokens
 from learner.step_metrics import (mask_metrics, off_policy_metrics, peak_memory_gb, skipped_metrics,
@@ -95,26 +102,90 @@ class PolicyTrainer:
         self.seed = seed  # the same on every rank: the random arm's mask is the batch's, not the rank's
         self.updates = 0
         self.batches = 0  # rollout batches seen (trained or skipped): the random arm's draw follows it
+        # The vocabulary projection runs apart from the model, with grad only where a loss term
+        # weighs the token (`_trained`): under the top-20% mask that spares the other 80% of the
+        # response tokens' logits in memory and the projection's backward for them.
+        self.split_head = cfg.project_kept_only
+        self.split_head = self.split_head and self._head_is_projection()
+        if cfg.project_kept_only and not self.split_head:
+            logger.warning("the model's logits are not its output projection of its last hidden state; the "
+                           "projection is trained at every response position")
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    def _forward(self, mb: TrainShard, with_entropy: bool, engine=None, entropy_grad: bool = False):
-        """((m, l-1) log-probs, (m, l-1) entropies or None); zero off the valid response tokens."""
+    def _features(self, mb: TrainShard, engine=None) -> torch.Tensor:
+        """(k, d) the final hidden states that predict mb's valid tokens, in row-major order of
+        mb.valid, carrying the graph when grad is on; the engine's own output projection runs on no
+        position. For a model whose logits are not its head applied to the last hidden state (soft
+        capping, say), (k, V) logits instead, and the projection is the identity (`_project`)."""
         dev = self.device
         valid = mb.valid.to(dev)
-        # Logits only from the first column any row scores: the vocabulary projection is about a
-        # fifth of this model's compute, and prompt positions would spend it for nothing.
+        if self.split_head:
+            out = (engine or self.engine)(input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev),
+                                          logits_to_keep=torch.zeros(0, dtype=torch.long, device=dev),
+                                          output_hidden_states=True)
+            return out.hidden_states[-1][:, : valid.shape[1]][valid]  # (k, d)
+        # Logits only from the first column any row scores: prompt positions would spend the
+        # vocabulary projection for nothing.
         cols = valid.any(dim=0).nonzero()
         start = int(cols[0]) if len(cols) else valid.shape[1] - 1
         logits = (engine or self.engine)(
             input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev),
             logits_to_keep=torch.arange(start, valid.shape[1], device=dev),
         ).logits  # (m, l-1-start, V): column j predicts token start+j+1
-        part = valid[:, start:]
-        lp, h = logprobs_and_entropy(logits[part][None], mb.targets.to(dev)[:, start:][part][None], self.temperature,
-                                     self.cfg.logprob_chunk, with_entropy, entropy_grad)  # (1, k) each
-        scatter = lambda x: torch.zeros(valid.shape, dtype=x.dtype, device=dev).masked_scatter(valid, x[0])  # noqa: E731
-        return scatter(lp), (scatter(h) if h is not None else None)
+        return logits[valid[:, start:]]  # (k, V)
+
+    def _project(self, feats: torch.Tensor, targets: torch.Tensor, engine=None, with_entropy: bool = True,
+                 entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """((k,) log-probs, (k,) entropies or None) of `targets` from `_features` rows."""
+        head = (engine or self.engine).module.get_output_embeddings() if self.split_head else (lambda x: x)
+        return projected_logprobs_and_entropy(head, feats, targets, self.temperature, self.cfg.logprob_chunk,
+                                              with_entropy, entropy_grad)
+
+    def _forward(self, mb: TrainShard, with_entropy: bool, engine=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """((m, l-1) log-probs, (m, l-1) entropies or None) of every valid token, zero elsewhere.
+        Meant for no_grad scoring: with grad, every token's logits would enter the graph."""
+        valid = mb.valid.to(self.device)
+        lp, h = self._project(self._features(mb, engine), mb.targets.to(self.device)[valid], engine, with_entropy)
+        return self._scatter(valid, lp), (self._scatter(valid, h) if h is not None else None)
+
+    @staticmethod
+    def _scatter(valid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(m, l-1) from (k,) values at `valid`'s positions, zero elsewhere; differentiable in x."""
+        return torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_scatter(valid, x)
+
+    def _trained(self, mb: TrainShard, feats: torch.Tensor, grad_at: torch.Tensor, lp_base: torch.Tensor,
+                 with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """((m, l-1) log-probs, entropies or None, tokens whose logits are in the graph) whose graph runs through the vocabulary
+        projection only at `grad_at` ((m, l-1) bool, within mb.valid): the tokens some loss term
+        weighs. Everywhere else a weight of zero multiplies them, so their values come from
+        `lp_base` ((k,) detached, the same weights' log-probs) and they cost no projection
+        backward, no logits in memory. feats: (k, d) from `_features`, with grad."""
+        dev = self.device
+        valid = mb.valid.to(dev)
+        sel = grad_at.to(dev)[valid]  # (k,) bool
+        lp_sel, h_sel = self._project(feats[sel], mb.targets.to(dev)[valid][sel], None, with_entropy, entropy_grad=True)
+        lp = lp_base.to(dev, lp_sel.dtype).masked_scatter(sel, lp_sel)  # (k,)
+        h = torch.zeros(sel.shape, dtype=h_sel.dtype, device=dev).masked_scatter(sel, h_sel) if with_entropy else None
+        projected = int(sel.sum()) if self.split_head else len(sel)  # else every (k, V) logit row has grad
+        return self._scatter(valid, lp), (self._scatter(valid, h) if h is not None else None), projected
+
+    def _grad_positions(self, valid: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(m, l-1) bool: the tokens a loss term weighs. The policy loss and the entropy bonus
+        weigh the kept tokens only; the KL penalty weighs every in-scope token."""
+        return valid if self.has_reference else keep & valid
+
+    def _head_is_projection(self) -> bool:
+        """Whether the model's logits are its output projection applied to its last hidden
+        state (so the projection can run apart, on chosen positions only). One tiny no-grad
+        forward, the same on every rank."""
+        ids = torch.arange(1, 9, device=self.device)[None]  # (1, 8)
+        with torch.no_grad():
+            out = self.engine(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+            head = self.engine.module.get_output_embeddings()
+            if head is None or not out.hidden_states:
+                return False
+            return torch.allclose(head(out.hidden_states[-1]).float(), out.logits.float(), rtol=1e-4, atol=1e-4)
 
     @torch.no_grad()
     def score(self, shard: TrainShard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -194,12 +265,16 @@ class PolicyTrainer:
                 for s in range(lo, hi, c.micro_batch_size):
                     mb = shard.rows(s, s + c.micro_batch_size)
                     rows, cols = slice(s, s + len(mb)), slice(0, mb.valid.shape[1])
-                    logp, ent = self._forward(mb, with_entropy=c.entropy_coef > 0, entropy_grad=True)
+                    mb_keep, mb_prox = keep[rows, cols], prox_logp[rows, cols]
+                    logp, ent, projected = self._trained(mb, self._features(mb),
+                                                         self._grad_positions(mb.valid, mb_keep), mb_prox[mb.valid],
+                                                         with_entropy=c.entropy_coef > 0)
                     # With one update per batch the proximal policy *is* the current one (the
                     # optimizer steps only after the last micro-batch): this forward's, detached.
-                    prox = logp.detach() if self.updates_per_batch == 1 else prox_logp[rows, cols]
+                    prox = logp.detach() if self.updates_per_batch == 1 else mb_prox
                     mb_ref = ref_logp[rows, cols] if ref_logp is not None else None
-                    loss, stats = self._loss(mb, logp, ent, keep[rows, cols], counts, prox, mb_ref)
+                    loss, stats = self._loss(mb, logp, ent, mb_keep, counts, prox, mb_ref)
+                    stats["projected"] = projected
                     self._backward(loss)
                     self._accumulate(sums, stats)
                 boundaries.append(self._after_boundary(lr))
@@ -221,21 +296,27 @@ class PolicyTrainer:
         outs = []
         for idx in micro_rows:
             mb = self._micro(shard, idx)
-            lp, h = self._forward(mb, with_entropy=True, entropy_grad=c.entropy_coef > 0)
+            valid = mb.valid.to(self.device)
+            feats = self._features(mb)  # (k, d) with grad, held until the mask is chosen
+            with torch.no_grad():  # the mask ranks entropies; no logits stay for the backward
+                lp, h = self._project(feats.detach(), mb.targets.to(self.device)[valid])
             if mb.valid.any():  # not a filler
-                w = lp.shape[1]
-                logp_all[idx, :w] = lp.detach().float().cpu()
-                entropy[idx, :w] = h.detach().float().cpu()
+                w = valid.shape[1]
+                logp_all[idx, :w] = self._scatter(valid, lp).float().cpu()
+                entropy[idx, :w] = self._scatter(valid, h).float().cpu()
             ref = self._reference_forward(mb) if self.has_reference else None
-            outs.append((mb, lp, h, ref))
+            outs.append((mb, feats, lp, ref))
         keep, metrics = self._choose_mask(shard, all_valid, entropy, logp_all)
         metrics["timing/score_s"] = 0.0
         counts = self._global_counts(shard.valid, keep)
         sums: dict[str, float] = {}
         total = 0.0
-        for idx, (mb, lp, h, ref) in zip(micro_rows, outs):
-            mb_keep = keep[idx, : lp.shape[1]] & mb.valid  # a filler's row -1 keeps nothing
-            loss, stats = self._loss(mb, lp, h if c.entropy_coef > 0 else None, mb_keep, counts, lp.detach(), ref)
+        for idx, (mb, feats, lp, ref) in zip(micro_rows, outs):
+            mb_keep = keep[idx, : mb.valid.shape[1]] & mb.valid  # a filler's row -1 keeps nothing
+            logp, ent, projected = self._trained(mb, feats, self._grad_positions(mb.valid, mb_keep), lp,
+                                                 with_entropy=c.entropy_coef > 0)
+            loss, stats = self._loss(mb, logp, ent, mb_keep, counts, logp.detach(), ref)
+            stats["projected"] = projected
             total = total + loss
             self._accumulate(sums, stats)
         outs.clear()

@@ -221,6 +221,41 @@ def test_single_pass_equals_the_scoring_pass(ray_local, tiny_model, extra):
     assert_same_update(tiny_model, s_one, s_two)
 
 
+@pytest.mark.parametrize("ranks, extra", [
+    (2, ()),  # single pass, top mask, two ranks
+    (1, ("learner.mini_batch_size=4", "learner.epochs=2", "learner.mask.mode=bottom",
+         "learner.aggregation=seq_mean_token_sum_norm")),  # scoring pass, four updates
+    (1, ("learner.entropy_coef=0.01", "learner.kl_coef=0.05", "learner.aggregation=seq_mean_token_mean",
+         "learner.mask.normalize=kept")),  # the KL weighs every in-scope token, the bonus the kept ones
+    (1, ("learner.mask.mode=none", "learner.single_pass_max_tokens=0")),  # scoring pass, one update
+])
+def test_projecting_only_the_weighed_tokens_is_the_same_update(ray_local, tiny_model, ranks, extra):
+    """The vocabulary projection with grad on the kept tokens only (the rest projected without
+    grad) is the same update as projecting every response token with grad: same mask, losses and
+    weights, on every path; and only the weighed tokens enter the graph."""
+    import ray
+
+    batch = make_batch(n=8, seed=7)
+    kept, s_kept = run_learners(ray, tiny_model, ranks, 2, batch, *extra)
+    full, s_full = run_learners(ray, tiny_model, ranks, 2, batch, "learner.project_kept_only=false", *extra)
+    for a, b in zip(kept, full):
+        assert a["mask/threshold"] == pytest.approx(b["mask/threshold"], rel=1e-6, nan_ok=True)  # NaN: no mask
+        assert a["mask/kept_tokens"] == b["mask/kept_tokens"]
+        for key in ("losses/loss", "losses/grad_norm", "losses/approx_kl", "losses/ref_kl", "losses/kept_entropy",
+                    "losses/clipfrac_high"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    assert kept[0]["losses/grad_norm"] > 0
+    assert_same_update(tiny_model, s_kept, s_full)
+    # per update: each of the four updates of two epochs projects one mini-batch, half the batch
+    per_update = 0.5 if "learner.epochs=2" in extra else 1.0
+    in_scope = round(full[0]["train/response_tokens"] * full[0]["mask/scope_fraction"])
+    assert full[0]["train/projected_tokens"] == in_scope * per_update
+    weighed = in_scope if "learner.kl_coef=0.05" in extra or "learner.mask.mode=none" in extra \
+        else kept[0]["mask/kept_tokens"]
+    assert kept[0]["train/projected_tokens"] == weighed * per_update
+    assert weighed < in_scope or "learner.mask.mode=none" in extra or "learner.kl_coef=0.05" in extra
+
+
 def test_zero_advantage_rows_are_left_out_without_changing_the_update(ray_local, tiny_model):
     """Zero-advantage rows are out of the default scope, so the single pass does not forward
     them; a rank left with fewer micro-batches (here rank 0, with none) runs fillers to keep
