@@ -224,6 +224,10 @@ class LearnerConfig:
     """ZeRO-3 keeps parameters with fewer elements than this gathered on every rank (DeepSpeed's
     stage3_param_persistence_threshold): no gather/release per pass for them, at their full size in
     each rank's memory."""
+    zero_reduce_bucket_size: int = 50_000_000
+    """Elements in ZeRO-3's gradient reduce bucket (DeepSpeed's reduce_bucket_size). DeepSpeed's
+    default of 5e8 is 2 GB in float32; at the demo shape 5e7 lowered the learner's peak RSS by 0.7
+    GB (bench/README.md) and still moves 50M elements per reduce."""
     publish_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Dtype of the weights each rank publishes to the generation actors: 'auto' = the training
     dtype; 'bfloat16' halves the bytes moved when training in float32 (generation then samples
@@ -237,6 +241,16 @@ class LearnerConfig:
     each micro-batch is forwarded and back-propagated in turn (memory of one micro-batch)."""
     logprob_chunk: int = 1024
     """Tokens per chunk when computing log-softmax/entropy over the vocabulary."""
+    share_prompt: bool = False
+    """Forward each group's prompt once per micro-batch: the micro-batch is packed into one row
+    without padding, where each response attends to its group's one copy of the prompt (and to its
+    own earlier tokens), at its own positions. The same update (tests); the prompt's compute once
+    instead of once per response. Micro-batches then hold a group's sequences side by side."""
+    max_tokens_per_micro_batch: int = 0
+    """When > 0, micro-batches are packed rows (no padding) of at most this many tokens, a
+    sequence longer than that alone, instead of micro_batch_size sequences each. Single pass only
+    (one update per batch and a shard within single_pass_max_tokens): the scoring-pass path needs
+    as many micro-batches on every mini-batch as DeepSpeed's accumulation steps."""
     project_kept_only: bool = True
     """Run the vocabulary projection with grad only on the tokens a loss term weighs (the kept
     ones; every in-scope token when kl_coef > 0), the rest without grad: the same update, without

@@ -89,6 +89,8 @@ def validate(c) -> None:
     _check(l.torch_threads >= 0, "learner.torch_threads", "must be >= 0")
     _check(l.clip_low >= 0 and l.clip_high >= 0, "learner.clip_low", "clip epsilons must be >= 0")
     _check(l.epochs >= 1, "learner.epochs", "must be >= 1")
+    _check(l.zero_reduce_bucket_size >= 1, "learner.zero_reduce_bucket_size",
+           f"must be >= 1, got {l.zero_reduce_bucket_size}")
     _check(l.single_pass_max_tokens >= 0, "learner.single_pass_max_tokens", "must be >= 0 (0 = always score first)")
     _check(l.zero_persistence_threshold >= 0, "learner.zero_persistence_threshold", "must be >= 0")
     batch = c.prompts_per_step * g.group_size
@@ -96,6 +98,14 @@ def validate(c) -> None:
     _check(batch % mini == 0, "learner.mini_batch_size", f"{mini} must divide the batch of {batch} responses")
     _check(mini % (l.num_ranks * l.micro_batch_size) == 0, "learner.micro_batch_size",
            f"mini-batch {mini} must split evenly into learner.num_ranks={l.num_ranks} x micro_batch_size={l.micro_batch_size}")
+    _check(l.max_tokens_per_micro_batch >= 0, "learner.max_tokens_per_micro_batch", "must be >= 0 (0 = off)")
+    # the learner's own rule (learner/engine.py, PolicyTrainer.single_pass)
+    shard_tokens = batch // l.num_ranks * (c.data.max_prompt_tokens + g.max_new_tokens)
+    single_pass = l.epochs * (batch // mini) == 1 and shard_tokens <= l.single_pass_max_tokens
+    _check(not l.max_tokens_per_micro_batch or single_pass, "learner.max_tokens_per_micro_batch",
+           f"packs by tokens in the single pass only (one update per batch and a rank's shard of at most "
+           f"learner.single_pass_max_tokens={l.single_pass_max_tokens} tokens; here {shard_tokens}, "
+           f"{l.epochs * (batch // mini)} update(s)): set it to 0 or raise learner.single_pass_max_tokens")
     _check(c.tracking.save_every >= 0, "tracking.save_every", "must be >= 0")
     _check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
     _check(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")

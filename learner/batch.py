@@ -17,6 +17,7 @@ class TrainShard:
     behaviour_logp: torch.Tensor  # (n, L-1) float: log-prob under the sampling policy (0 off valid)
     advantages: torch.Tensor  # (n,) float: one advantage per sequence
     sample_ids: torch.Tensor  # (n,) int64: each response's id in the whole batch, whatever rank or order holds it
+    prompt_lens: torch.Tensor  # (n,) int64: prompt tokens at the start of each row (the rest is the response)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -28,7 +29,8 @@ class TrainShard:
     def take(self, order: torch.Tensor) -> "TrainShard":
         """The same sequences in `order` ((n,) row indices)."""
         return TrainShard(self.input_ids[order], self.attention_mask[order], self.valid[order],
-                          self.behaviour_logp[order], self.advantages[order], self.sample_ids[order])
+                          self.behaviour_logp[order], self.advantages[order], self.sample_ids[order],
+                          self.prompt_lens[order])
 
     def rows(self, start: int, stop: int) -> "TrainShard":
         """Sequences start..stop, trimmed to their longest real length (less padding to score)."""
@@ -40,6 +42,7 @@ class TrainShard:
             self.behaviour_logp[start:stop, : length - 1],
             self.advantages[start:stop],
             self.sample_ids[start:stop],
+            self.prompt_lens[start:stop],
         )
 
 
@@ -74,4 +77,5 @@ def collate(
             valid[i, len(p) - 1 : lengths[i] - 1] &= torch.tensor(model_mask[i], dtype=torch.bool)
         behaviour[i, len(p) - 1 : lengths[i] - 1] = torch.tensor(lp, dtype=torch.float32)
     ids_t = torch.tensor(sample_ids if sample_ids is not None else range(n), dtype=torch.int64)
-    return TrainShard(ids, attn, valid, behaviour, torch.tensor(advantages, dtype=torch.float32), ids_t)
+    return TrainShard(ids, attn, valid, behaviour, torch.tensor(advantages, dtype=torch.float32), ids_t,
+                      torch.tensor([len(p) for p in prompt_ids], dtype=torch.int64))

@@ -39,6 +39,7 @@ from learner.batch import TrainShard
 from learner.collectives import all_reduce_max, all_reduce_sum, global_count
 from learner.logprobs import projected_logprobs_and_entropy
 from learner.losses import BatchCounts, clipped_pg_loss, kl_penalty, kl_sample_weights, token_weights
+from learner.packing import group_order, groups_of, pack, packed_tokens, prompt_keys, token_budget_micro_batches
 from learner.masking import random_scores, scope_tokens, select_tokens
 from learner.step_metrics import (mask_metrics, off_policy_metrics, peak_memory_gb, skipped_metrics,
                                   update_metrics)
@@ -105,6 +106,9 @@ class PolicyTrainer:
         # The vocabulary projection runs apart from the model, with grad only where a loss term
         # weighs the token (`_trained`): under the top-20% mask that spares the other 80% of the
         # response tokens' logits in memory and the projection's backward for them.
+        # Packed micro-batches (learner.packing): no padding, and each group's prompt forwarded once.
+        self.packed = cfg.share_prompt or cfg.max_tokens_per_micro_batch > 0
+        self.act_dtype = torch.bfloat16 if bf16 else torch.float32
         self.split_head = cfg.project_kept_only
         self.split_head = self.split_head and self._head_is_projection()
         if cfg.project_kept_only and not self.split_head:
@@ -120,6 +124,17 @@ class PolicyTrainer:
         capping, say), (k, V) logits instead, and the projection is the identity (`_project`)."""
         dev = self.device
         valid = mb.valid.to(dev)
+        if self.packed:
+            row = pack(mb.input_ids, mb.attention_mask.sum(dim=1), mb.prompt_lens, mb.valid, self.cfg.share_prompt,
+                       self.act_dtype)
+            inputs = dict(input_ids=row.input_ids.to(dev), attention_mask=row.attention_mask.to(dev),
+                          position_ids=row.position_ids.to(dev))
+            at = row.predictors.to(dev)
+            if self.split_head:
+                out = (engine or self.engine)(**inputs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=dev),
+                                              output_hidden_states=True)
+                return out.hidden_states[-1][0, at]  # (k, d)
+            return (engine or self.engine)(**inputs, logits_to_keep=at).logits[0]  # (k, V)
         if self.split_head:
             out = (engine or self.engine)(input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev),
                                           logits_to_keep=torch.zeros(0, dtype=torch.long, device=dev),
@@ -169,6 +184,14 @@ class PolicyTrainer:
         h = torch.zeros(sel.shape, dtype=h_sel.dtype, device=dev).masked_scatter(sel, h_sel) if with_entropy else None
         projected = int(sel.sum()) if self.split_head else len(sel)  # else every (k, V) logit row has grad
         return self._scatter(valid, lp), (self._scatter(valid, h) if h is not None else None), projected
+
+    def _forwarded_tokens(self, mb: TrainShard) -> int:
+        """Token positions the model runs for micro-batch `mb`: its padded rectangle, or packed,
+        its real tokens with each group's prompt once under share_prompt."""
+        if not self.packed:
+            return mb.input_ids.numel()
+        lengths, prompt_lens = mb.attention_mask.sum(dim=1).tolist(), mb.prompt_lens.tolist()
+        return packed_tokens(lengths, prompt_lens, groups_of(mb.input_ids, mb.prompt_lens, self.cfg.share_prompt))
 
     def _grad_positions(self, valid: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """(m, l-1) bool: the tokens a loss term weighs. The policy loss and the entropy bonus
@@ -242,7 +265,7 @@ class PolicyTrainer:
                                    peak_memory_gb(self.device))
         if self.single_pass:  # it orders its own micro-batches (in-scope rows only, by length)
             return self._train_single_pass(shard, all_valid, t0)
-        order = length_order(shard.attention_mask.sum(dim=1), self.minis_per_batch)
+        order = self._shared(shard, length_order(shard.attention_mask.sum(dim=1), self.minis_per_batch))
         shard, all_valid = shard.take(order), all_valid[order]
         prox_logp, entropy, ref_logp = self.score(shard)
         keep, metrics = self._choose_mask(shard, all_valid, entropy, prox_logp)
@@ -256,6 +279,7 @@ class PolicyTrainer:
             if epoch:  # a fresh draw of mini-batches; the mask and log-probs travel with their rows
                 order = epoch_order(scored[0].attention_mask.sum(dim=1), self.minis_per_batch, epoch,
                                     self.seed * 1_000_003 + self.batches * 1009 + epoch * 31 + self.rank)
+                order = self._shared(scored[0], order)
                 shard, keep, prox_logp = scored[0].take(order), scored[1][order], scored[2][order]
                 ref_logp = scored[3][order] if scored[3] is not None else None
             for mi in range(self.minis_per_batch):
@@ -274,7 +298,7 @@ class PolicyTrainer:
                     prox = logp.detach() if self.updates_per_batch == 1 else mb_prox
                     mb_ref = ref_logp[rows, cols] if ref_logp is not None else None
                     loss, stats = self._loss(mb, logp, ent, mb_keep, counts, prox, mb_ref)
-                    stats["projected"] = projected
+                    stats["projected"], stats["forwarded"] = projected, self._forwarded_tokens(mb)
                     self._backward(loss)
                     self._accumulate(sums, stats)
                 boundaries.append(self._after_boundary(lr))
@@ -316,7 +340,7 @@ class PolicyTrainer:
             logp, ent, projected = self._trained(mb, feats, self._grad_positions(mb.valid, mb_keep), lp,
                                                  with_entropy=c.entropy_coef > 0)
             loss, stats = self._loss(mb, logp, ent, mb_keep, counts, logp.detach(), ref)
-            stats["projected"] = projected
+            stats["projected"], stats["forwarded"] = projected, self._forwarded_tokens(mb)
             total = total + loss
             self._accumulate(sums, stats)
         outs.clear()
@@ -354,14 +378,34 @@ class PolicyTrainer:
         """The rate the next update will use."""
         return self.scheduler.get_last_lr()[0] if self.scheduler else self.cfg.lr
 
+    def _shared(self, shard: TrainShard, order: torch.Tensor) -> torch.Tensor:
+        """`order` with, under share_prompt, each mini-batch's rows of one group side by side (the
+        same rows in each mini-batch: only their split into micro-batches changes)."""
+        if not self.cfg.share_prompt:
+            return order
+        per = len(order) // self.minis_per_batch
+        parts = []
+        for g in range(self.minis_per_batch):
+            part = order[g * per : (g + 1) * per]
+            parts.append(part[group_order(shard.input_ids[part], shard.prompt_lens[part])])
+        return torch.cat(parts)
+
     def _micro_rows(self, shard: TrainShard) -> list[torch.Tensor]:
         """Row indices of each micro-batch: the in-scope sequences by length, micro_batch_size at a
         time. Every rank runs as many micro-batches as the busiest one (ZeRO-3 gathers parameters
         in every forward, collectively), the rest made of one sequence taking part in nothing."""
         rows = torch.nonzero(shard.valid.any(dim=1)).flatten()  # (k,)
         rows = rows[torch.argsort(shard.attention_mask[rows].sum(dim=1), stable=True)]
-        size = self.cfg.micro_batch_size
-        micro = [rows[i : i + size] for i in range(0, len(rows), size)]
+        if self.cfg.share_prompt:  # a group's sequences side by side, so that they share one prompt
+            rows = rows[group_order(shard.input_ids[rows], shard.prompt_lens[rows])]
+        size, budget = self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch
+        if budget:
+            keys = prompt_keys(shard.input_ids, shard.prompt_lens)
+            micro = [torch.tensor(r) for r in token_budget_micro_batches(
+                rows.tolist(), shard.attention_mask.sum(dim=1).tolist(), shard.prompt_lens.tolist(), keys, budget,
+                self.cfg.share_prompt)]
+        else:
+            micro = [rows[i : i + size] for i in range(0, len(rows), size)]
         most = int(all_reduce_max(torch.tensor([float(len(micro))], dtype=torch.float64)).item())
         return micro + [torch.tensor([-1])] * (most - len(micro))
 

@@ -18,7 +18,8 @@ OFF_POLICY_KEYS = ("off_policy/is_weight_mean", "off_policy/is_truncated_fractio
 UPDATE_KEYS = ("losses/loss", "losses/policy_loss", "losses/clipfrac_low", "losses/clipfrac_high",
                "losses/dual_clip_fraction", "losses/approx_kl", "losses/grad_norm", "losses/ref_kl",
                "losses/kept_entropy", "charts/lr", "charts/optimizer_updates", "train/skipped_no_signal",
-               "train/nonfinite_updates", "train/projected_tokens", "memory/learner_peak_gb")
+               "train/nonfinite_updates", "train/projected_tokens",
+               "train/forwarded_tokens", "memory/learner_peak_gb")
 TIMING_KEYS = ("timing/score_s", "timing/train_s")
 STEP_KEYS = MASK_KEYS + OFF_POLICY_KEYS + UPDATE_KEYS + TIMING_KEYS
 
@@ -90,6 +91,8 @@ def update_metrics(sums: dict[str, float], passes: int, grad_norms: list[float],
         # tokens whose vocabulary projection took part in the backward, per update (the kept ones
         # under learner.project_kept_only, every in-scope one otherwise)
         "train/projected_tokens": sums.get("projected", 0) / passes,
+        # token positions the model ran with grad per update, padding and repeated prompts included
+        "train/forwarded_tokens": sums.get("forwarded", 0) / passes,
         "memory/learner_peak_gb": peak_gb,
     }
 

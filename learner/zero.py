@@ -18,7 +18,8 @@ def deepspeed_config(cfg, micro_per_rank: int, accumulation: int, world: int, bf
         "train_batch_size": micro_per_rank * accumulation * world,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False,
-                              "stage3_param_persistence_threshold": cfg.zero_persistence_threshold},
+                              "stage3_param_persistence_threshold": cfg.zero_persistence_threshold,
+                              "reduce_bucket_size": cfg.zero_reduce_bucket_size},
         "optimizer": {
             "type": "AdamW",
             # torch's fused AdamW (CPU and CUDA): one kernel over the flat ZeRO partition,

@@ -256,6 +256,54 @@ def test_projecting_only_the_weighed_tokens_is_the_same_update(ray_local, tiny_m
     assert weighed < in_scope or "learner.mask.mode=none" in extra or "learner.kl_coef=0.05" in extra
 
 
+def grouped_batch(seed=8, prompts=2, group=4):
+    """make_batch's shape, but `prompts` prompts of `group` responses each (as a rollout has)."""
+    p, resp, behaviour_logp, adv = make_batch(n=prompts * group, seed=seed)
+    return [p[i // group * group] for i in range(len(p))], resp, behaviour_logp, adv
+
+
+@pytest.mark.parametrize("ranks, extra", [
+    (1, ("learner.share_prompt=true",)),
+    (2, ("learner.share_prompt=true", "learner.aggregation=seq_mean_token_mean", "learner.mask.normalize=kept")),
+    (1, ("learner.max_tokens_per_micro_batch=20",)),  # packed by tokens, each sequence its own prompt
+    (1, ("learner.share_prompt=true", "learner.max_tokens_per_micro_batch=20", "learner.kl_coef=0.05",
+         "learner.entropy_coef=0.01", "learner.aggregation=seq_mean_token_sum_norm")),
+    (1, ("learner.share_prompt=true", "learner.mini_batch_size=4", "learner.epochs=2")),  # scoring pass, 4 updates
+])
+def test_packed_and_shared_prompt_forwards_are_the_same_update(ray_local, tiny_model, ranks, extra):
+    """Packing a micro-batch into one row without padding, and forwarding each group's prompt once
+    for all its responses, give the padded path's mask, losses and weights, on every path; and
+    the model runs fewer token positions."""
+    import ray
+
+    batch = grouped_batch()
+    packed, s_packed = run_learners(ray, tiny_model, ranks, 2, batch, *extra)
+    padded, s_padded = run_learners(ray, tiny_model, ranks, 2, batch, *[e for e in extra if "epochs" in e or "mini_"
+                                                                        in e or "coef" in e or "aggregation" in e
+                                                                        or "normalize" in e])
+    for a, b in zip(packed, padded):
+        assert a["mask/threshold"] == pytest.approx(b["mask/threshold"], rel=1e-5)
+        assert a["mask/kept_tokens"] == b["mask/kept_tokens"]
+        for key in ("losses/loss", "losses/grad_norm", "losses/approx_kl", "losses/ref_kl", "losses/kept_entropy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert packed[0]["losses/grad_norm"] > 0
+    assert_same_update(tiny_model, s_packed, s_padded)
+    assert packed[0]["train/forwarded_tokens"] < padded[0]["train/forwarded_tokens"]
+
+
+def test_shared_prompts_train_multi_turn_batches_alike(ray_local, tiny_model):
+    """Multi-turn rows (environment tokens inside the response) under a shared prompt."""
+    import ray
+
+    p, resp, behaviour_logp, adv, masks = multi_turn_batch()
+    batch = ([p[i // 4 * 4] for i in range(len(p))], resp, behaviour_logp, adv, masks)
+    (shared,), s1 = run_learners(ray, tiny_model, 1, 4, batch, "learner.share_prompt=true")
+    (padded,), s2 = run_learners(ray, tiny_model, 1, 4, batch)
+    assert shared["mask/kept_tokens"] == padded["mask/kept_tokens"]
+    assert shared["losses/loss"] == pytest.approx(padded["losses/loss"], rel=1e-4, abs=1e-6)
+    assert_same_update(tiny_model, s1, s2)
+
+
 def test_zero_advantage_rows_are_left_out_without_changing_the_update(ray_local, tiny_model):
     """Zero-advantage rows are out of the default scope, so the single pass does not forward
     them; a rank left with fewer micro-batches (here rank 0, with none) runs fillers to keep

@@ -1,0 +1,62 @@
+"""Packed micro-batches (learner/packing.py) against the padded forward, on the tiny model."""
+import pytest
+import torch
+
+from learner.batch import collate
+from learner.packing import pack, packed_tokens, groups_of, prompt_keys, token_budget_micro_batches
+
+
+def grouped_shard():
+    g = torch.Generator().manual_seed(0)
+    prompts = [[1, 5, 6, 7]] * 3 + [[1, 9, 9]] * 2 + [[1, 5, 6, 7]]  # the last row's group is not adjacent
+    resp = [torch.randint(4, 40, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist() for _ in prompts]
+    return collate(prompts, resp, [[-1.0] * len(r) for r in resp], [1.0] * len(prompts), 0)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("share", [False, True])
+def test_a_packed_row_gives_every_token_its_padded_hidden_state(tiny_model, attn, share):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
+    sh = grouped_shard()
+    row = pack(sh.input_ids, sh.attention_mask.sum(1), sh.prompt_lens, sh.valid, share, torch.float32)
+    with torch.no_grad():
+        ref = model(input_ids=sh.input_ids, attention_mask=sh.attention_mask,
+                    output_hidden_states=True).hidden_states[-1][:, :-1][sh.valid]
+        out = model(input_ids=row.input_ids, attention_mask=row.attention_mask, position_ids=row.position_ids,
+                    output_hidden_states=True).hidden_states[-1][0, row.predictors]
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+    lengths = sh.attention_mask.sum(1).tolist()
+    # unshared: every real token once; shared: the two prompts once each, not six times
+    expected = sum(lengths) if not share else sum(lengths) - 4 * 3 - 3 * 1
+    assert row.input_ids.shape[1] == expected == packed_tokens(lengths, sh.prompt_lens.tolist(),
+                                                               groups_of(sh.input_ids, sh.prompt_lens, share))
+
+
+def test_responses_of_a_shared_prompt_never_see_each_other():
+    sh = grouped_shard()
+    row = pack(sh.input_ids, sh.attention_mask.sum(1), sh.prompt_lens, sh.valid, True, torch.float32)
+    allowed = row.attention_mask[0, 0] == 0  # (T, T)
+    p = 4
+    r0 = int(sh.attention_mask[0].sum()) - p  # the first response follows the prompt
+    first_of_second = p + r0
+    assert allowed[first_of_second, :p].all()  # the second response sees the whole prompt
+    assert not allowed[first_of_second, p:first_of_second].any()  # and nothing of the first response
+    assert allowed[first_of_second, first_of_second]
+    assert row.position_ids[0, first_of_second] == p  # at its own position
+    assert not allowed.triu(1).any()  # nothing attends to a later token
+
+
+def test_token_budget_runs_pay_each_prompt_once_and_never_exceed_the_budget():
+    sh = grouped_shard()
+    lengths, plens = sh.attention_mask.sum(1).tolist(), sh.prompt_lens.tolist()
+    keys = prompt_keys(sh.input_ids, sh.prompt_lens)
+    for share in (False, True):
+        runs = token_budget_micro_batches(list(range(6)), lengths, plens, keys, 14, share)
+        assert sorted(i for r in runs for i in r) == list(range(6))
+        assert len(runs) == (6 if not share else 5)  # shared, rows 3 and 4 fit together on one prompt
+        for r in runs:
+            cost = packed_tokens([lengths[i] for i in r], [plens[i] for i in r],
+                                 groups_of(sh.input_ids[r], sh.prompt_lens[r], share))
+            assert cost <= 14 or len(r) == 1
