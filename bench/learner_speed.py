@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def build_batch(cfg, model_path: str, resp_min: int, resp_max: int, seed: int, informative: float):
+def build_batch(cfg, model_path: str, resp_min: int, resp_max: int, seed: int, informative: float,
+                prompt_extra: int = 0):
     """A TrainShard like a demo step's: prompts_per_step prompts x group_size responses of random
     lengths, behaviour log-probs near the model's; the first `informative` fraction of the groups
     carries +-1 advantages, the rest all-equal rewards (advantage 0, out of the default scope)."""
@@ -53,9 +54,11 @@ def build_batch(cfg, model_path: str, resp_min: int, resp_max: int, seed: int, i
     prompt_ids, resp, behaviour_logp, adv = [], [], [], []
     for i, p in enumerate(prompts):
         signal = i < round(informative * len(prompts))
+        # a long shared context (a few-shot or system prompt) of prompt_extra tokens before the question
+        context = [rng.randrange(100, tok.vocab_size) for _ in range(prompt_extra)]
         for _ in range(g):
             n = rng.randint(resp_min, resp_max)
-            prompt_ids.append(p.token_ids)
+            prompt_ids.append(context + p.token_ids)
             resp.append([rng.randrange(100, tok.vocab_size) for _ in range(n)])
             behaviour_logp.append([-rng.random() * 2 for _ in range(n)])
             adv.append(rng.choice([-1.0, 1.0]) if signal else 0.0)
@@ -143,7 +146,7 @@ def child(args) -> None:
     threads = cfg.learner.torch_threads or 1
     torch.set_num_threads(threads)
     model_path = str(resolve_model_path(cfg.model.path))
-    shard, _ = build_batch(cfg, model_path, args.resp_min, args.resp_max, cfg.seed, args.informative)
+    shard, _ = build_batch(cfg, model_path, args.resp_min, args.resp_max, cfg.seed, args.informative, args.prompt_extra)
     side = run_learner if args.child == "learner" else run_reference
     out = side(cfg, model_path, shard, args.repeats)
     out.update(peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, threads=threads,
@@ -155,7 +158,7 @@ def child(args) -> None:
 def run_child(side: str, args, extra: list[str] = ()) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--config", args.config, "--repeats", str(args.repeats),
            "--resp-min", str(args.resp_min), "--resp-max", str(args.resp_max), "--informative", str(args.informative),
-           *args.overrides, *extra]
+           "--prompt-extra", str(args.prompt_extra), *args.overrides, *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     for line in proc.stdout.splitlines():
@@ -201,6 +204,7 @@ def main() -> None:
     ap.add_argument("--informative", type=float, default=0.5,
                     help="fraction of groups with non-zero advantages (the demo averages about half)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-extra", type=int, default=0, help="tokens of shared context added to every prompt")
     ap.add_argument("--publish-ranks", type=int, nargs="*", default=[])
     ap.add_argument("--variant", nargs="*", default=[], help="overrides of a second learner side, run alongside")
     ap.add_argument("--child", choices=["learner", "reference"], help=argparse.SUPPRESS)
@@ -222,7 +226,7 @@ def main() -> None:
             var = v
     med = statistics.median
     row = {"date": time.strftime("%Y-%m-%d %H:%M"), "label": args.label, "config": args.config,
-           "informative": args.informative,
+           "informative": args.informative, "prompt_extra": args.prompt_extra,
            "overrides": args.overrides, "sequences": lrn["sequences"], "tokens": lrn["tokens"],
            "response_tokens": lrn["response_tokens"], "threads": args.threads,
            "reference_s": med(ref["times"]), "learner_s": med(lrn["times"]),

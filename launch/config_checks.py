@@ -98,6 +98,7 @@ def validate(c) -> None:
     _check(batch % mini == 0, "learner.mini_batch_size", f"{mini} must divide the batch of {batch} responses")
     _check(mini % (l.num_ranks * l.micro_batch_size) == 0, "learner.micro_batch_size",
            f"mini-batch {mini} must split evenly into learner.num_ranks={l.num_ranks} x micro_batch_size={l.micro_batch_size}")
+    _check(l.max_packed_tokens >= 1, "learner.max_packed_tokens", f"must be >= 1, got {l.max_packed_tokens}")
     _check(l.max_tokens_per_micro_batch >= 0, "learner.max_tokens_per_micro_batch", "must be >= 0 (0 = off)")
     # the learner's own rule (learner/engine.py, PolicyTrainer.single_pass)
     shard_tokens = batch // l.num_ranks * (c.data.max_prompt_tokens + g.max_new_tokens)

@@ -94,7 +94,8 @@ class PolicyTrainer:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self._engines = build_engines(model_path, ds_cfg, bf16, with_reference=cfg.kl_coef > 0,
-                                      warmup_steps=cfg.warmup_steps, lora=cfg.lora)
+                                      warmup_steps=cfg.warmup_steps, lora=cfg.lora,
+                                      checkpointing=cfg.activation_checkpointing)
         self.engine, self.scheduler = self._engines.engine, self._engines.scheduler
         # The frozen initial policy, sharded like the policy; under LoRA none is built (the base with
         # the adapters off is that policy).
@@ -124,7 +125,7 @@ class PolicyTrainer:
         capping, say), (k, V) logits instead, and the projection is the identity (`_project`)."""
         dev = self.device
         valid = mb.valid.to(dev)
-        if self.packed:
+        if self._packs(mb):
             row = pack(mb.input_ids, mb.attention_mask.sum(dim=1), mb.prompt_lens, mb.valid, self.cfg.share_prompt,
                        self.act_dtype)
             inputs = dict(input_ids=row.input_ids.to(dev), attention_mask=row.attention_mask.to(dev),
@@ -171,9 +172,9 @@ class PolicyTrainer:
 
     def _trained(self, mb: TrainShard, feats: torch.Tensor, grad_at: torch.Tensor, lp_base: torch.Tensor,
                  with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """((m, l-1) log-probs, entropies or None, tokens whose logits are in the graph) whose graph runs through the vocabulary
-        projection only at `grad_at` ((m, l-1) bool, within mb.valid): the tokens some loss term
-        weighs. Everywhere else a weight of zero multiplies them, so their values come from
+        """((m, l-1) log-probs, entropies or None, how many tokens' logits are in the graph), whose
+        graph runs through the vocabulary projection only at `grad_at` ((m, l-1) bool, within
+        mb.valid): the tokens some loss term weighs. Everywhere else a weight of zero multiplies them, so their values come from
         `lp_base` ((k,) detached, the same weights' log-probs) and they cost no projection
         backward, no logits in memory. feats: (k, d) from `_features`, with grad."""
         dev = self.device
@@ -188,10 +189,17 @@ class PolicyTrainer:
     def _forwarded_tokens(self, mb: TrainShard) -> int:
         """Token positions the model runs for micro-batch `mb`: its padded rectangle, or packed,
         its real tokens with each group's prompt once under share_prompt."""
-        if not self.packed:
-            return mb.input_ids.numel()
+        packed = self._packed_tokens(mb)
+        return packed if self._packs(mb) else mb.input_ids.numel()
+
+    def _packed_tokens(self, mb: TrainShard) -> int:
         lengths, prompt_lens = mb.attention_mask.sum(dim=1).tolist(), mb.prompt_lens.tolist()
         return packed_tokens(lengths, prompt_lens, groups_of(mb.input_ids, mb.prompt_lens, self.cfg.share_prompt))
+
+    def _packs(self, mb: TrainShard) -> bool:
+        """Whether micro-batch `mb` runs packed: packing is on and its row fits max_packed_tokens
+        (the row's attention mask is T x T). Either way the update is the same."""
+        return self.packed and self._packed_tokens(mb) <= self.cfg.max_packed_tokens
 
     def _grad_positions(self, valid: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """(m, l-1) bool: the tokens a loss term weighs. The policy loss and the entropy bonus

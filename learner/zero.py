@@ -53,7 +53,7 @@ def warmup_factor(update: int, warmup_steps: int) -> float:
 
 
 def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: bool, warmup_steps: int = 0,
-                  lora=None) -> Engines:
+                  lora=None, checkpointing: bool = False) -> Engines:
     """The policy under ZeRO-3 (each rank materialises only its shard of the weights) and, with
     `with_reference`, the frozen initial policy sharded the same way. torch.distributed must be up.
     DeepSpeed steps the warm-up schedule after each applied update (a refused one does not count).
@@ -81,6 +81,8 @@ def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: boo
     # that choose the mask and the importance ratios. from_pretrained happens to leave the model in
     # eval mode; this says so rather than relying on it. Gradients flow the same in eval mode.
     engine.eval()
+    if checkpointing:
+        enable_checkpointing(engine.module)
     reference = None
     if with_reference:
         ref_cfg = {k: v for k, v in ds_cfg.items() if k != "optimizer"}
@@ -88,6 +90,21 @@ def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: boo
         reference, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
         reference.eval()
     return Engines(engine, scheduler, reference, hf_ds)
+
+
+def enable_checkpointing(model) -> None:
+    """Activation checkpointing of every decoder layer (transformers' own, non-reentrant): each
+    layer keeps only its input and recomputes its activations in the backward. transformers
+    checkpoints a layer only while that layer is in training mode, so the layers themselves (not
+    their submodules, whose dropout stays off) are switched to it."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError("learner.activation_checkpointing: this model has no checkpointable decoder layers")
+    for layer in layers:
+        layer.training = True  # not .train(): that would turn dropout on in the attention and MLP
 
 
 def wrap_lora(model, lora):

@@ -123,9 +123,10 @@ def test_two_zero3_ranks_equal_one_process(ray_local, tiny_model, aggregation, n
     assert_same_update(tiny_model, s1, s2)
 
 
-def assert_same_update(tiny_model, s1, s2):
+def assert_same_update(tiny_model, s1, s2, atol=1e-6):
     """Adam's first step is about lr * sign(g): where g is ~0, float summation order flips signs, so
-    compare the updates as a whole and element-wise for all but a sliver of near-zero gradients."""
+    compare the updates as a whole and element-wise for all but a sliver of near-zero gradients.
+    Several updates compound float noise: pass a larger atol (still a thousandth of lr = 1e-2)."""
     from safetensors.torch import load_file
 
     assert s1.keys() == s2.keys() and len(s1) > 0
@@ -134,7 +135,7 @@ def assert_same_update(tiny_model, s1, s2):
     d2 = torch.cat([(s2[k] - w0[k]).flatten() for k in s1])
     assert d1.abs().max() > 1e-3  # the step really moved the weights
     assert torch.nn.functional.cosine_similarity(d1, d2, dim=0) > 0.999
-    assert ((d1 - d2).abs() > 1e-6).float().mean() < 0.01
+    assert ((d1 - d2).abs() > atol).float().mean() < 0.01
 
 
 def test_several_updates_per_batch_keep_the_mask_fixed(ray_local, tiny_model):
@@ -221,87 +222,62 @@ def test_single_pass_equals_the_scoring_pass(ray_local, tiny_model, extra):
     assert_same_update(tiny_model, s_one, s_two)
 
 
+def grouped_batch(seed=8, prompts=2, group=4, multi_turn=False):
+    """make_batch's shape (or multi_turn_batch's), but `prompts` prompts of `group` responses each,
+    as a rollout has."""
+    p, *rest = multi_turn_batch(prompts * group, seed) if multi_turn else make_batch(n=prompts * group, seed=seed)
+    return ([p[i // group * group] for i in range(len(p))], *rest)
+
+
+# The learner's forward as it was before packing and the kept-only projection: padded micro-batches,
+# every response token projected with grad.
+PADDED_FULL = ("learner.share_prompt=false", "learner.project_kept_only=false")
+
+
 @pytest.mark.parametrize("ranks, extra", [
-    (2, ()),  # single pass, top mask, two ranks
+    (2, ()),  # single pass, top mask, two ranks (the defaults: shared prompt, kept-only projection)
     (1, ("learner.mini_batch_size=4", "learner.epochs=2", "learner.mask.mode=bottom",
          "learner.aggregation=seq_mean_token_sum_norm")),  # scoring pass, four updates
     (1, ("learner.entropy_coef=0.01", "learner.kl_coef=0.05", "learner.aggregation=seq_mean_token_mean",
          "learner.mask.normalize=kept")),  # the KL weighs every in-scope token, the bonus the kept ones
     (1, ("learner.mask.mode=none", "learner.single_pass_max_tokens=0")),  # scoring pass, one update
+    (1, ("learner.max_tokens_per_micro_batch=20", "learner.max_packed_tokens=12")),  # by tokens; some padded
+    (1, ("multi_turn",)),  # environment tokens inside the responses
 ])
-def test_projecting_only_the_weighed_tokens_is_the_same_update(ray_local, tiny_model, ranks, extra):
-    """The vocabulary projection with grad on the kept tokens only (the rest projected without
-    grad) is the same update as projecting every response token with grad: same mask, losses and
-    weights, on every path; and only the weighed tokens enter the graph."""
+def test_packing_sharing_and_the_kept_only_projection_are_the_same_update(ray_local, tiny_model, ranks, extra):
+    """Packed micro-batches, each group's prompt forwarded once, and the vocabulary projection with
+    grad on the weighed tokens only give the padded, fully projected path's mask, losses and
+    weights, on every path; the model runs fewer positions and projects only the weighed tokens."""
     import ray
 
-    batch = make_batch(n=8, seed=7)
-    kept, s_kept = run_learners(ray, tiny_model, ranks, 2, batch, *extra)
-    full, s_full = run_learners(ray, tiny_model, ranks, 2, batch, "learner.project_kept_only=false", *extra)
-    for a, b in zip(kept, full):
-        assert a["mask/threshold"] == pytest.approx(b["mask/threshold"], rel=1e-6, nan_ok=True)  # NaN: no mask
+    multi_turn = "multi_turn" in extra
+    extra = tuple(e for e in extra if e != "multi_turn")
+    batch = grouped_batch(multi_turn=multi_turn)
+    new, s_new = run_learners(ray, tiny_model, ranks, 2, batch, *extra)
+    old, s_old = run_learners(ray, tiny_model, ranks, 2, batch, *PADDED_FULL,
+                              *[e for e in extra if "max_" not in e])
+    for a, b in zip(new, old):
+        assert a["mask/threshold"] == pytest.approx(b["mask/threshold"], rel=1e-5, nan_ok=True)  # NaN: no mask
         assert a["mask/kept_tokens"] == b["mask/kept_tokens"]
         for key in ("losses/loss", "losses/grad_norm", "losses/approx_kl", "losses/ref_kl", "losses/kept_entropy",
                     "losses/clipfrac_high"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
-    assert kept[0]["losses/grad_norm"] > 0
-    assert_same_update(tiny_model, s_kept, s_full)
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert new[0]["losses/grad_norm"] > 0
+    # four Adam updates (two epochs of two mini-batches) compound the packed row's float noise
+    assert_same_update(tiny_model, s_new, s_old, atol=1e-5 if "learner.epochs=2" in extra else 1e-6)
+    if "learner.max_packed_tokens=12" not in extra:  # there, rows of several sequences run padded
+        assert new[0]["train/forwarded_tokens"] < old[0]["train/forwarded_tokens"]
     # per update: each of the four updates of two epochs projects one mini-batch, half the batch
     per_update = 0.5 if "learner.epochs=2" in extra else 1.0
-    in_scope = round(full[0]["train/response_tokens"] * full[0]["mask/scope_fraction"])
-    assert full[0]["train/projected_tokens"] == in_scope * per_update
-    weighed = in_scope if "learner.kl_coef=0.05" in extra or "learner.mask.mode=none" in extra \
-        else kept[0]["mask/kept_tokens"]
-    assert kept[0]["train/projected_tokens"] == weighed * per_update
-    assert weighed < in_scope or "learner.mask.mode=none" in extra or "learner.kl_coef=0.05" in extra
-
-
-def grouped_batch(seed=8, prompts=2, group=4):
-    """make_batch's shape, but `prompts` prompts of `group` responses each (as a rollout has)."""
-    p, resp, behaviour_logp, adv = make_batch(n=prompts * group, seed=seed)
-    return [p[i // group * group] for i in range(len(p))], resp, behaviour_logp, adv
-
-
-@pytest.mark.parametrize("ranks, extra", [
-    (1, ("learner.share_prompt=true",)),
-    (2, ("learner.share_prompt=true", "learner.aggregation=seq_mean_token_mean", "learner.mask.normalize=kept")),
-    (1, ("learner.max_tokens_per_micro_batch=20",)),  # packed by tokens, each sequence its own prompt
-    (1, ("learner.share_prompt=true", "learner.max_tokens_per_micro_batch=20", "learner.kl_coef=0.05",
-         "learner.entropy_coef=0.01", "learner.aggregation=seq_mean_token_sum_norm")),
-    (1, ("learner.share_prompt=true", "learner.mini_batch_size=4", "learner.epochs=2")),  # scoring pass, 4 updates
-])
-def test_packed_and_shared_prompt_forwards_are_the_same_update(ray_local, tiny_model, ranks, extra):
-    """Packing a micro-batch into one row without padding, and forwarding each group's prompt once
-    for all its responses, give the padded path's mask, losses and weights, on every path; and
-    the model runs fewer token positions."""
-    import ray
-
-    batch = grouped_batch()
-    packed, s_packed = run_learners(ray, tiny_model, ranks, 2, batch, *extra)
-    padded, s_padded = run_learners(ray, tiny_model, ranks, 2, batch, *[e for e in extra if "epochs" in e or "mini_"
-                                                                        in e or "coef" in e or "aggregation" in e
-                                                                        or "normalize" in e])
-    for a, b in zip(packed, padded):
-        assert a["mask/threshold"] == pytest.approx(b["mask/threshold"], rel=1e-5)
-        assert a["mask/kept_tokens"] == b["mask/kept_tokens"]
-        for key in ("losses/loss", "losses/grad_norm", "losses/approx_kl", "losses/ref_kl", "losses/kept_entropy"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-    assert packed[0]["losses/grad_norm"] > 0
-    assert_same_update(tiny_model, s_packed, s_padded)
-    assert packed[0]["train/forwarded_tokens"] < padded[0]["train/forwarded_tokens"]
-
-
-def test_shared_prompts_train_multi_turn_batches_alike(ray_local, tiny_model):
-    """Multi-turn rows (environment tokens inside the response) under a shared prompt."""
-    import ray
-
-    p, resp, behaviour_logp, adv, masks = multi_turn_batch()
-    batch = ([p[i // 4 * 4] for i in range(len(p))], resp, behaviour_logp, adv, masks)
-    (shared,), s1 = run_learners(ray, tiny_model, 1, 4, batch, "learner.share_prompt=true")
-    (padded,), s2 = run_learners(ray, tiny_model, 1, 4, batch)
-    assert shared["mask/kept_tokens"] == padded["mask/kept_tokens"]
-    assert shared["losses/loss"] == pytest.approx(padded["losses/loss"], rel=1e-4, abs=1e-6)
-    assert_same_update(tiny_model, s1, s2)
+    in_scope = round(old[0]["train/response_tokens"] * old[0]["mask/scope_fraction"])
+    assert old[0]["train/projected_tokens"] == in_scope * per_update
+    every_token = "learner.kl_coef=0.05" in extra or "learner.mask.mode=none" in extra
+    weighed = in_scope if every_token else new[0]["mask/kept_tokens"]
+    assert new[0]["train/projected_tokens"] == weighed * per_update
+    assert every_token or weighed < in_scope
+    if "learner.max_packed_tokens=12" in extra:  # some micro-batches packed, the longer ones padded
+        packed, _ = run_learners(ray, tiny_model, ranks, 2, batch, "learner.max_tokens_per_micro_batch=20")
+        assert packed[0]["train/forwarded_tokens"] < new[0]["train/forwarded_tokens"]
 
 
 def test_zero_advantage_rows_are_left_out_without_changing_the_update(ray_local, tiny_model):

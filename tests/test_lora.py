@@ -184,40 +184,33 @@ def test_generation_loads_adapters_and_samples_from_the_merged_policy(ray_local,
 
 
 @pytest.mark.e2e
-def test_a_lora_run_resumes_exactly_publishes_adapters_and_its_checkpoint_evaluates(tiny_model, yes_data, tmp_path):
-    """Through the CLI on 2 ZeRO-3 ranks: 2 LoRA steps, then --resume to 3, train what 3 straight
+def test_a_lora_run_resumes_exactly_and_publishes_adapters(tiny_model, yes_data, tmp_path):
+    """Through the CLI on 2 ZeRO-3 ranks: 1 LoRA step, then --resume to 2, train what 2 straight
     steps train (same prompts, responses, rewards, losses). Every publish is the adapters' size;
-    the exported step holds the merged model and the peft adapter, and `forkrl eval` scores it."""
-    import json
+    the exported step holds the merged model and the peft adapter (both load: the unit tests
+    above; `forkrl eval` of a checkpoint folder: tests/test_e2e.py)."""
     import os
     import subprocess
 
     from tests.test_e2e import BIN, REPO, forkrl, read_metrics, tiny_args
     from tests.test_resume import SYNC, assert_trained_alike
 
-    args = [*SYNC, *LORA, "learner.lr=1e-2", "tracking.save_every=3"]
+    args = [*SYNC, *LORA, "learner.lr=1e-2", "tracking.save_every=2"]
     straight = tmp_path / "straight"
-    res = forkrl(*tiny_args(tiny_model, yes_data, straight), "steps=3", *args)
+    res = forkrl(*tiny_args(tiny_model, yes_data, straight), "steps=2", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = tmp_path / "run"
-    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=2", *args)
+    res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=1", *args)
     assert res.returncode == 0, res.stderr[-3000:]
-    res = subprocess.run([str(BIN / "forkrl"), "train", "--resume", str(run_dir), "steps=3"], cwd=REPO,
+    res = subprocess.run([str(BIN / "forkrl"), "train", "--resume", str(run_dir), "steps=2"], cwd=REPO,
                          capture_output=True, text=True, timeout=900, env={**os.environ, "WANDB_SILENT": "true"})
     assert res.returncode == 0, res.stderr[-3000:]
     b = read_metrics(run_dir)
-    assert [r["step"] for r in b] == [1, 2, 3]
-    assert_trained_alike(straight, run_dir, (1, 2, 3))
-    assert any(r["losses/loss"] is not None for r in b[1:]), "nothing trained after the resume: a weak check"
+    assert [r["step"] for r in b] == [1, 2]
+    assert_trained_alike(straight, run_dir, (1, 2))
+    assert b[1]["losses/loss"] is not None, "nothing trained after the resume: a weak check"
     # rank 4 on 2 layers of q, k, v, o (64 -> 64) and gate, up (64 -> 128), down (128 -> 64), float32
     adapter_mb = 2 * 4 * (4 * (64 + 64) + 3 * (64 + 128)) * 4 / 2**20
     assert all(r["weights/published_mb"] == pytest.approx(adapter_mb) for r in b)
-    ckpt = straight / "checkpoints" / "step_3"
+    ckpt = straight / "checkpoints" / "step_2"
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "adapter" / "adapter_model.safetensors").is_file()
-    out = tmp_path / "eval.json"
-    res = subprocess.run([str(BIN / "forkrl"), "eval", "--config", str(REPO / "configs/tiny.yaml"), "--model",
-                          str(ckpt), "--data", str(yes_data), "--out", str(out)],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    (scored,) = [v for v in json.loads(out.read_text()).values() if isinstance(v, dict) and str(ckpt) in v]
-    assert scored[str(ckpt)]["eval/prompts"] == 64 and 0 <= scored[str(ckpt)]["eval/accuracy"] <= 1

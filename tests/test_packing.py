@@ -60,3 +60,27 @@ def test_token_budget_runs_pay_each_prompt_once_and_never_exceed_the_budget():
             cost = packed_tokens([lengths[i] for i in r], [plens[i] for i in r],
                                  groups_of(sh.input_ids[r], sh.prompt_lens[r], share))
             assert cost <= 14 or len(r) == 1
+
+
+def test_activation_checkpointing_recomputes_each_layer_and_keeps_dropout_off(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from learner.zero import enable_checkpointing
+
+    calls = {}
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    grads = []
+    for on in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+        model.config.use_cache = False
+        if on:
+            enable_checkpointing(model)
+        layer = model.model.layers[0]
+        calls[on] = 0
+        # a pre-hook: the recompute stops as soon as it has what the backward needs, before any post-hook
+        layer.register_forward_pre_hook(lambda *_: calls.__setitem__(on, calls[on] + 1))
+        model(input_ids=ids).logits.float().logsumexp(-1).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert calls == {False: 1, True: 2}  # forwarded again in the backward
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
