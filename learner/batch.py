@@ -46,6 +46,26 @@ class TrainShard:
         )
 
 
+def length_order(lengths: torch.Tensor, groups: int) -> torch.Tensor:
+    """(n,) row order that sorts rows by length inside each of `groups` equal consecutive slices
+    (the mini-batches): micro-batches then hold similar lengths and carry little padding, while
+    every mini-batch keeps the same rows (its random draw from the batch is unchanged)."""
+    n = lengths.shape[0]
+    per = n // groups
+    return torch.cat([g * per + torch.argsort(lengths[g * per:(g + 1) * per], stable=True) for g in range(groups)])
+
+
+def epoch_order(lengths: torch.Tensor, groups: int, epoch: int, seed: int) -> torch.Tensor:
+    """(n,) row order for epoch `epoch`: epoch 0 keeps the rows' own mini-batch slices
+    (length_order); every later epoch draws the mini-batches afresh from the whole batch (a
+    seeded permutation), so several epochs do not repeat the same mini-batch updates in the same
+    order, as PPO's reshuffle does. Inside each mini-batch rows are sorted by length (padding)."""
+    if epoch == 0:
+        return length_order(lengths, groups)
+    perm = torch.randperm(lengths.shape[0], generator=torch.Generator().manual_seed(seed))
+    return perm[length_order(lengths[perm], groups)]
+
+
 def collate(
     prompt_ids: list[list[int]],
     response_ids: list[list[int]],

@@ -35,7 +35,7 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 
-from learner.batch import TrainShard
+from learner.batch import TrainShard, epoch_order, length_order
 from learner.collectives import all_reduce_max, all_reduce_sum, global_count
 from learner.logprobs import projected_logprobs_and_entropy
 from learner.losses import BatchCounts, clipped_pg_loss, kl_penalty, kl_sample_weights, token_weights
@@ -47,26 +47,6 @@ from learner.weights import WeightShard
 from learner.zero import build_engines, deepspeed_config, load_zero, save_zero, weight_shard
 
 logger = logging.getLogger(__name__)
-
-
-def length_order(lengths: torch.Tensor, groups: int) -> torch.Tensor:
-    """(n,) row order that sorts rows by length inside each of `groups` equal consecutive slices
-    (the mini-batches): micro-batches then hold similar lengths and carry little padding, while
-    every mini-batch keeps the same rows (its random draw from the batch is unchanged)."""
-    n = lengths.shape[0]
-    per = n // groups
-    return torch.cat([g * per + torch.argsort(lengths[g * per:(g + 1) * per], stable=True) for g in range(groups)])
-
-
-def epoch_order(lengths: torch.Tensor, groups: int, epoch: int, seed: int) -> torch.Tensor:
-    """(n,) row order for epoch `epoch`: epoch 0 keeps the rows' own mini-batch slices
-    (length_order); every later epoch draws the mini-batches afresh from the whole batch (a
-    seeded permutation), so several epochs do not repeat the same mini-batch updates in the same
-    order, as PPO's reshuffle does. Inside each mini-batch rows are sorted by length (padding)."""
-    if epoch == 0:
-        return length_order(lengths, groups)
-    perm = torch.randperm(lengths.shape[0], generator=torch.Generator().manual_seed(seed))
-    return perm[length_order(lengths[perm], groups)]
 
 
 class PolicyTrainer:
@@ -104,14 +84,13 @@ class PolicyTrainer:
         self.seed = seed  # the same on every rank: the random arm's mask is the batch's, not the rank's
         self.updates = 0
         self.batches = 0  # rollout batches seen (trained or skipped): the random arm's draw follows it
-        # The vocabulary projection runs apart from the model, with grad only where a loss term
-        # weighs the token (`_trained`): under the top-20% mask that spares the other 80% of the
-        # response tokens' logits in memory and the projection's backward for them.
         # Packed micro-batches (learner.packing): no padding, and each group's prompt forwarded once.
         self.packed = cfg.share_prompt or cfg.max_tokens_per_micro_batch > 0
         self.act_dtype = torch.bfloat16 if bf16 else torch.float32
-        self.split_head = cfg.project_kept_only
-        self.split_head = self.split_head and self._head_is_projection()
+        # The vocabulary projection runs apart from the model, with grad only where a loss term
+        # weighs the token (`_trained`): under the top-20% mask that spares the other 80% of the
+        # response tokens' logits in memory and the projection's backward for them.
+        self.split_head = cfg.project_kept_only and self._head_is_projection()
         if cfg.project_kept_only and not self.split_head:
             logger.warning("the model's logits are not its output projection of its last hidden state; the "
                            "projection is trained at every response position")
@@ -125,31 +104,28 @@ class PolicyTrainer:
         capping, say), (k, V) logits instead, and the projection is the identity (`_project`)."""
         dev = self.device
         valid = mb.valid.to(dev)
+        model = engine or self.engine
         if self._packs(mb):
             row = pack(mb.input_ids, mb.attention_mask.sum(dim=1), mb.prompt_lens, mb.valid, self.cfg.share_prompt,
                        self.act_dtype)
             inputs = dict(input_ids=row.input_ids.to(dev), attention_mask=row.attention_mask.to(dev),
                           position_ids=row.position_ids.to(dev))
             at = row.predictors.to(dev)
-            if self.split_head:
-                out = (engine or self.engine)(**inputs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=dev),
-                                              output_hidden_states=True)
-                return out.hidden_states[-1][0, at]  # (k, d)
-            return (engine or self.engine)(**inputs, logits_to_keep=at).logits[0]  # (k, V)
-        if self.split_head:
-            out = (engine or self.engine)(input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev),
-                                          logits_to_keep=torch.zeros(0, dtype=torch.long, device=dev),
-                                          output_hidden_states=True)
-            return out.hidden_states[-1][:, : valid.shape[1]][valid]  # (k, d)
-        # Logits only from the first column any row scores: prompt positions would spend the
-        # vocabulary projection for nothing.
-        cols = valid.any(dim=0).nonzero()
-        start = int(cols[0]) if len(cols) else valid.shape[1] - 1
-        logits = (engine or self.engine)(
-            input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev),
-            logits_to_keep=torch.arange(start, valid.shape[1], device=dev),
-        ).logits  # (m, l-1-start, V): column j predicts token start+j+1
-        return logits[valid[:, start:]]  # (k, V)
+            if not self.split_head:
+                return model(**inputs, logits_to_keep=at).logits[0]  # (k, V)
+            pick = lambda hidden: hidden[0, at]  # noqa: E731  (1, T, d) -> (k, d)
+        else:
+            inputs = dict(input_ids=mb.input_ids.to(dev), attention_mask=mb.attention_mask.to(dev))
+            if not self.split_head:
+                # Logits only from the first column any row scores: prompt positions would spend
+                # the vocabulary projection for nothing.
+                cols = valid.any(dim=0).nonzero()
+                start = int(cols[0]) if len(cols) else valid.shape[1] - 1
+                logits = model(**inputs, logits_to_keep=torch.arange(start, valid.shape[1], device=dev)).logits
+                return logits[valid[:, start:]]  # (m, l-1-start, V): column j predicts token start+j+1 -> (k, V)
+            pick = lambda hidden: hidden[:, : valid.shape[1]][valid]  # noqa: E731  (m, l, d) -> (k, d)
+        out = model(**inputs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=dev), output_hidden_states=True)
+        return pick(out.hidden_states[-1])
 
     def _project(self, feats: torch.Tensor, targets: torch.Tensor, engine=None, with_entropy: bool = True,
                  entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -174,8 +150,8 @@ class PolicyTrainer:
                  with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """((m, l-1) log-probs, entropies or None, how many tokens' logits are in the graph), whose
         graph runs through the vocabulary projection only at `grad_at` ((m, l-1) bool, within
-        mb.valid): the tokens some loss term weighs. Everywhere else a weight of zero multiplies them, so their values come from
-        `lp_base` ((k,) detached, the same weights' log-probs) and they cost no projection
+        mb.valid): the tokens some loss term weighs. Everywhere else a weight of zero multiplies
+        them, so their values come from `lp_base` ((k,) detached, the same weights' log-probs) and they cost no projection
         backward, no logits in memory. feats: (k, d) from `_features`, with grad."""
         dev = self.device
         valid = mb.valid.to(dev)
@@ -189,10 +165,14 @@ class PolicyTrainer:
     def _forwarded_tokens(self, mb: TrainShard) -> int:
         """Token positions the model runs for micro-batch `mb`: its padded rectangle, or packed,
         its real tokens with each group's prompt once under share_prompt."""
-        packed = self._packed_tokens(mb)
-        return packed if self._packs(mb) else mb.input_ids.numel()
+        if self.packed:
+            n = self._packed_tokens(mb)  # counted once: _packs would count it again
+            if n <= self.cfg.max_packed_tokens:
+                return n
+        return mb.input_ids.numel()
 
     def _packed_tokens(self, mb: TrainShard) -> int:
+        """Tokens in mb's packed row."""
         lengths, prompt_lens = mb.attention_mask.sum(dim=1).tolist(), mb.prompt_lens.tolist()
         return packed_tokens(lengths, prompt_lens, groups_of(mb.input_ids, mb.prompt_lens, self.cfg.share_prompt))
 

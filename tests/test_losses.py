@@ -214,7 +214,7 @@ def test_a_skipped_step_reports_the_keys_of_a_trained_one():
 def test_each_epoch_after_the_first_draws_new_mini_batches():
     """epoch_order: epoch 0 keeps each mini-batch's rows; a later epoch permutes the whole batch
     (seeded: the same seed, the same draw), and each mini-batch is sorted by length."""
-    from learner.engine import epoch_order, length_order
+    from learner.batch import epoch_order, length_order
 
     lengths = torch.tensor([5, 3, 9, 1, 7, 2, 8, 4])
     assert torch.equal(epoch_order(lengths, 2, 0, seed=1), length_order(lengths, 2))
