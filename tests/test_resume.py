@@ -332,35 +332,36 @@ MULTI_TURN = ["env.name=tests.fixtures.envs:Scripted", "env.max_turn_tokens=3", 
 USER_CODE = {"PYTHONPATH": str(REPO)}  # the environment is user code from this checkout
 
 
+def expected_prompts(tiny_model, yes_data, steps: int) -> list[list[int]]:
+    """The prompt ids each step trains, from the seeded stream alone: what any run of this config,
+    interrupted or not, must train (no dynamic sampling in these configs)."""
+    from transformers import AutoTokenizer
+
+    from launch.config import load_config
+    from launch.data import load_prompts
+
+    cfg = load_config(REPO / "configs/tiny.yaml", [f"model.path={tiny_model}", f"data.train_files={yes_data}"])
+    stream = PromptStream(load_prompts(cfg.data, cfg.model, AutoTokenizer.from_pretrained(tiny_model)), cfg.data.seed)
+    return [sorted(p.uid for p in stream.take(cfg.prompts_per_step)) for _ in range(steps)]
+
+
 @pytest.mark.e2e
 def test_a_multi_turn_run_survives_a_killed_generator_and_resumes_the_same_prompts(tiny_model, yes_data, yes_eval,
                                                                                       tmp_path):
     """A user environment (tests.fixtures.envs:Scripted) answers two turns of every trajectory. The
-    uninterrupted run records each turn, its env/ metrics and a multi-turn evaluation; a run whose
-    generation actor is SIGKILLed after step 1 and which is then stopped by SIGTERM and resumed
-    trains the same prompts at every step."""
+    run records each turn, its env/ metrics and multi-turn evaluations. Its generation actor is
+    SIGKILLed after step 1, the run is stopped by SIGTERM and resumed, and it trains exactly the
+    prompts the seeded stream issues at every step: none lost to the kill, none trained twice."""
     import psutil
-
-    straight_dir = tmp_path / "straight"
-    ref = forkrl(*tiny_args(tiny_model, yes_data, straight_dir), "steps=4", "max_staleness=1", *MULTI_TURN,
-                 "eval.every=4", f"eval.files={yes_eval}", "eval.num_prompts=4", env=USER_CODE)
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    m = [r for r in read_metrics(straight_dir) if "reward/mean" in r]  # the step rows (not step 0's evaluation)
-    assert m[0]["env/turns_mean"] == 3 and m[0]["env/tool_calls_mean"] == 2 and m[0]["env/tool_error_fraction"] == 0
-    assert 0 < m[0]["env/model_token_fraction"] < 1
-    assert m[-1]["eval/tool_call_rate"] == 1.0 and "eval/accuracy" in m[-1]  # the last step's evaluation
-    assert any(r["losses/loss"] is not None for r in m)
-    row = rollout_rows(straight_dir)[1][0]
-    assert [t["output"] for t in row["turns"]] == [" obs1 ", " obs2 ", ""] and row["turns"][-1]["end"] == "done"
-    assert row["response"] == "".join(t["model"] for t in row["turns"])  # the reward read the model's text only
 
     run_dir = tmp_path / "run"
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as err_file:
         proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
-                                 "steps=12", "max_staleness=1", *MULTI_TURN], cwd=REPO, stdout=subprocess.DEVNULL,
+                                 "steps=12", "max_staleness=1", *MULTI_TURN, "eval.every=4", f"eval.files={yes_eval}",
+                                 "eval.num_prompts=4"], cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=err_file, text=True, env={**os.environ, "WANDB_SILENT": "true", **USER_CODE})
-        wait_for_steps(proc, run_dir, 1)
+        wait_for_steps(proc, run_dir, 2)  # step 0's evaluation, then step 1
         gens = [p for p in psutil.Process(proc.pid).children(recursive=True) if "GenerationWorker" in p.name()]
         assert len(gens) == 1
         gens[0].kill()
@@ -372,11 +373,22 @@ def test_a_multi_turn_run_survives_a_killed_generator_and_resumes_the_same_promp
     res = subprocess.run([str(BIN / "forkrl"), "train", "--resume", str(run_dir)], cwd=REPO, capture_output=True,
                          text=True, timeout=900, env={**os.environ, "WANDB_SILENT": "true", **USER_CODE})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 13))
-    assert read_metrics(run_dir)[-1]["fault/actor_restarts"] == 1
-    ra, rb = rollout_rows(straight_dir), rollout_rows(run_dir)
-    assert [[r["prompt_id"] for r in ra[s]] for s in (1, 2, 3, 4)] == [[r["prompt_id"] for r in rb[s]] for s in (1, 2, 3, 4)]
+    rows = read_metrics(run_dir)
+    m = [r for r in rows if "reward/mean" in r]  # the step rows (step 0 is the baseline evaluation)
+    assert [r["step"] for r in m] == list(range(1, 13)) and m[-1]["fault/actor_restarts"] == 1
+    assert m[0]["env/turns_mean"] == 3 and m[0]["env/tool_calls_mean"] == 2 and m[0]["env/tool_error_fraction"] == 0
+    assert 0 < m[0]["env/model_token_fraction"] < 1
+    evals = [r for r in rows if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 4, 8, 12] and all(r["eval/tool_call_rate"] == 1.0 for r in evals)
+    assert any(r["losses/loss"] is not None for r in m)
+    rb = rollout_rows(run_dir)
+    row = rb[1][0]
+    assert [t["output"] for t in row["turns"]] == [" obs1 ", " obs2 ", ""] and row["turns"][-1]["end"] == "done"
+    assert row["response"] == "".join(t["model"] for t in row["turns"])  # the reward read the model's text only
     assert all(len(r["turns"]) == 3 for s in rb for r in rb[s])
+    assert all(len(rb[s]) == 4 * 4 for s in range(1, 13))  # prompts_per_step x group_size: no row twice
+    trained = [sorted({r["prompt_id"] for r in rb[s]}) for s in range(1, 13)]
+    assert trained == expected_prompts(tiny_model, yes_data, 12)
 
 
 @pytest.mark.ray
