@@ -8,6 +8,7 @@ from actors.types import EvalBatch, RolloutBatch
 from rewards.registry import RewardScorer
 from rewards.result import RewardResult
 from rewards.sandbox import SandboxLimits
+from rewards.shapes import Sample
 from rewards.shaping import shaped_score
 
 
@@ -16,18 +17,18 @@ class RewardWorker:
         self.cfg, self.max_new_tokens = cfg, max_new_tokens
         limits = SandboxLimits(timeout_s=cfg.code_test_timeout_s, memory_mb=cfg.code_memory_mb,
                                isolation=cfg.code_isolation)
-        self.scorer = RewardScorer(cfg.fn, cfg.timeout_s, cfg.workers_per_actor, code_limits=limits)
+        self.scorer = RewardScorer(cfg.fn, cfg.timeout_s, cfg.workers_per_actor, code_limits=limits, shape=cfg.shape)
         self.scorer.start()  # pay the verifier processes' start-up before the first batch
 
-    def score(self, texts: list[str], answers: list[str]) -> tuple[list[RewardResult], float]:
+    def score(self, samples: list[Sample]) -> tuple[list[RewardResult], float]:
         t0 = time.perf_counter()
-        return self.scorer.score_batch(texts, answers), time.perf_counter() - t0
+        return self.scorer.score_samples(samples), time.perf_counter() - t0
 
     def score_rollout(self, rollout: RolloutBatch, start: int, stop: int) -> tuple[list[RewardResult], float]:
         """Score responses start..stop of a rollout (the rollout arrives from the object store)."""
         g, c = rollout.group_size, self.cfg
-        answers = [rollout.prompts[i // g].answer for i in range(start, stop)]
-        results, seconds = self.score(rollout.response_text[start:stop], answers)
+        results, seconds = self.score([Sample.of(rollout.prompts[i // g], rollout.response_text[i])
+                                       for i in range(start, stop)])
         if not (c.format_weight or c.overlong_weight):
             return results, seconds
         shaped = [
@@ -40,5 +41,5 @@ class RewardWorker:
 
     def score_eval(self, batch: EvalBatch, start: int, stop: int) -> tuple[list[RewardResult], float]:
         """Score responses start..stop of an evaluation batch, unshaped: the verdict is what counts."""
-        answers = [batch.prompts[i // batch.samples].answer for i in range(start, stop)]
-        return self.score(batch.response_text[start:stop], answers)
+        return self.score([Sample.of(batch.prompts[i // batch.samples], batch.response_text[i])
+                           for i in range(start, stop)])

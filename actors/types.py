@@ -1,7 +1,7 @@
 """Records that cross between actors through the Ray object store. Frozen: nobody edits in flight."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -10,8 +10,12 @@ class Prompt:
 
     uid: int  # row index in the dataset
     token_ids: list[int]  # (P,) prompt ids, chat template applied
-    answer: str  # ground truth handed to the reward function
+    answer: str  # ground truth handed to the reward function (a dict or list ground truth as JSON)
     text: str = ""  # the question as the data gave it (before template and instruction)
+    # What rewards in other trainers' shapes read (rewards.shapes); not part of a prompt's identity:
+    question: str | list = field(default="", compare=False)  # the prompt as the data had it: text or chat messages
+    label: object = field(default=None, compare=False)  # a dict or list ground truth as the data had it (None: answer)
+    fields: dict = field(default_factory=dict, compare=False)  # the row's other columns (data_source, extra_info, ...)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ any actor starts. Each actor receives only its own sub-config.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from launch.errors import ConfigError  # noqa: F401  (raised here; imported from
 
 from learner.advantages import Estimator, Signal
 from rewards.sandbox import Isolation
+from rewards.shapes import Shape
 from learner.losses import Aggregation, KLEstimator, Normalize
 from learner.masking import MaskMode, MaskScope
 
@@ -114,7 +116,12 @@ class EnvConfig:
 @dataclass
 class RewardConfig:
     fn: str = "math"
-    """Reward: 'math', 'starts_with' (response begins with the answer word) or 'pkg.module:function'."""
+    """Reward: 'math', 'code', 'starts_with' (response begins with the answer word), 'pkg.module:function'
+    or 'path/to/file.py:function' (README "Rewards": verl's, TRL's and OpenRLHF's shapes are accepted)."""
+    shape: Shape = "auto"
+    """How reward.fn is called: 'auto' (from its parameter names), 'forkrl' fn(response, ground_truth),
+    'verl' compute_score(data_source, solution_str, ground_truth, extra_info), 'trl' fn(completions,
+    **columns) or 'openrlhf' reward_func(queries, prompts, labels)."""
     num_actors: int = 1
     """Reward actors; responses of a batch are split across them."""
     num_cpus: float = 0.5
@@ -140,6 +147,15 @@ class RewardConfig:
     """Stop the run when at least this share of a step's verifications time out, raise or crash ..."""
     max_error_steps: int = 2
     """... for this many consecutive steps (a broken reward must not train on zeros for hours)."""
+
+    def __post_init__(self) -> None:
+        from rewards.registry import is_file_spec
+
+        # A reward file is named from the directory forkrl starts in; the actors, a resume from
+        # elsewhere and config.yaml need the absolute path.
+        if is_file_spec(self.fn) and ":" in self.fn:
+            path, name = self.fn.rsplit(":", 1)
+            self.fn = f"{os.path.abspath(os.path.expanduser(path))}:{name}"
 
 
 @dataclass

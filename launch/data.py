@@ -161,9 +161,11 @@ def _check_messages(msgs, where: str) -> list[dict]:
 
 
 def load_rows(files: list[str], prompt_key: str, answer_key: str, setting: str = "data.train_files") -> list[dict]:
-    """Rows of all files as {prompt, answer}: prompt a string or a list of chat messages, answer a
-    string. Keys may be dotted paths into nested fields (reward_model.ground_truth). Any bad row
-    raises DataError naming the file, row and key."""
+    """Rows of all files as {prompt, answer, label, fields}: prompt a string or a list of chat
+    messages, answer a string (a dict or list ground truth as JSON, kept as it was in `label`),
+    fields the row's other columns for rewards that read them (verl's data_source and extra_info,
+    TRL's columns). Keys may be dotted paths into nested fields (reward_model.ground_truth). Any bad
+    row raises DataError naming the file, row and key."""
     out = []
     for f in files:
         path = Path(f)
@@ -175,12 +177,19 @@ def load_rows(files: list[str], prompt_key: str, answer_key: str, setting: str =
                     raise DataError(f"{path} row {i}: missing field {key!r} (fields: {', '.join(str(k) for k, v in row.items() if v is not None)})")
                 if key == prompt_key and isinstance(value, list):
                     value = _check_messages(value, f"{path} row {i}: field {key!r}")
+                elif key == answer_key and isinstance(value, (dict, list)) and value:
+                    pass  # a structured ground truth (several answers, test cases): the reward reads it
                 elif not _is_scalar(value):
-                    kind = "a non-empty string or a list of chat messages" if key == prompt_key else "a non-empty string or number"
+                    kind = "a non-empty string or a list of chat messages" if key == prompt_key else \
+                        "a non-empty string, number, dict or list"
                     raise DataError(f"{path} row {i}: field {key!r} must be {kind}, got {value!r}"[:300])
                 values[key] = value
-            prompt = values[prompt_key]
-            out.append({"prompt": prompt if isinstance(prompt, list) else str(prompt), "answer": str(values[answer_key])})
+            prompt, answer = values[prompt_key], values[answer_key]
+            structured = isinstance(answer, (dict, list))
+            out.append({"prompt": prompt if isinstance(prompt, list) else str(prompt),
+                        "answer": json.dumps(answer, ensure_ascii=False) if structured else str(answer),
+                        "label": answer if structured else None,
+                        "fields": {k: v for k, v in row.items() if k != prompt_key}})
     if files and not out:
         raise DataError(f"{setting}: no rows in {', '.join(files)}")
     return out
@@ -215,7 +224,8 @@ def tokenize(rows: list[dict], tokenizer, chat_template: bool, instruction: str,
             raise DataError(f"{source} row {i + 1}: prompt has {len(ids)} tokens, over data.max_prompt_tokens={max_prompt_tokens}")
         if not ids:
             raise DataError(f"{source} row {i + 1}: prompt is empty after tokenization")
-        prompts.append(Prompt(uid=i, token_ids=ids, answer=row["answer"], text=question_text(row["prompt"])))
+        prompts.append(Prompt(uid=i, token_ids=ids, answer=row["answer"], text=question_text(row["prompt"]),
+                              question=row["prompt"], label=row.get("label"), fields=row.get("fields", {})))
     return prompts
 
 

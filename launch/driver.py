@@ -39,7 +39,7 @@ from launch.rollouts import Group, RewardHealth, choose_groups, rollout_metrics,
 from launch.signals import StopSignal
 from launch.tracking import RunLock, RunTracker, check_fresh
 from envs.registry import check_env
-from rewards.registry import check_reward
+from rewards.registry import check_reward, dry_call_reward
 
 logger = logging.getLogger("forkrl")
 
@@ -85,13 +85,14 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     directory. All input is checked before actors start."""
     from transformers import AutoTokenizer
 
-    check_reward(cfg.reward.fn, cfg.reward.code_isolation)
+    check_reward(cfg.reward.fn, cfg.reward.code_isolation, cfg.reward.shape)
     check_env(cfg.env.name, cfg.env.isolation)
     model_path = str(resolve_model_path(cfg.model.path))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     check_chat_wrap(cfg, tokenizer)
     check_lora_targets(cfg.learner.lora, model_path)
     prompts = load_prompts(cfg.data, cfg.model, tokenizer)
+    dry_call_reward(cfg.reward, prompts[0], f"row 1 of {','.join(cfg.data.train_files) or 'the synthetic data'}")
     inputs = Inputs(model_path, prompts,
                     load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else [],
                     tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)

@@ -65,10 +65,10 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     from launch.network import start_ray
     from launch.groups import ActorGroups
     from launch.placement import check_resources, launch_generators, launch_rewards
-    from rewards.registry import check_reward
+    from rewards.registry import check_reward, dry_call_reward
     from envs.registry import check_env
 
-    check_reward(cfg.reward.fn, cfg.reward.code_isolation)
+    check_reward(cfg.reward.fn, cfg.reward.code_isolation, cfg.reward.shape)
     check_env(cfg.env.name, cfg.env.isolation)
     models = {model: str(resolve_model_path(model))}
     if compare:
@@ -76,6 +76,7 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     rows = load_rows([data], cfg.data.prompt_key, cfg.data.answer_key, "--data")
     prompts_of = prompts_per_model(cfg, models, rows, data)
     prompts = prompts_of[model]
+    dry_call_reward(cfg.reward, prompts[0], f"row 1 of {data}")
     max_tokens = eval_max_tokens(cfg)
 
     start_ray(cfg, log_to_driver=False)

@@ -147,8 +147,19 @@ def rollout_metrics(rollouts: list[RolloutBatch], results: list[list[RewardResul
         "staleness/mean": sum(version - g.policy_version for g in groups) / len(groups),
     }
     out.update({f"reward/status_{k}": v / len(flat) for k, v in sorted(statuses.items())})
+    out.update(extras_metrics(flat))
     out.update(env_metrics(rollouts))
     return out
+
+
+def extras_metrics(results: list[RewardResult]) -> dict:
+    """A user reward's own numbers (a verl dict's other keys, OpenRLHF's extra_logs), each averaged
+    over the responses that reported it, as reward/fn/<name>."""
+    sums: dict[str, list[float]] = {}
+    for r in results:
+        for name, value in r.extras:
+            sums.setdefault(name, []).append(value)
+    return {f"reward/fn/{name}": sum(v) / len(v) for name, v in sorted(sums.items())}
 
 
 def env_metrics(rollouts: list[RolloutBatch]) -> dict:

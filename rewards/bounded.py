@@ -64,9 +64,9 @@ class BoundedProcess:
     Thread-safe: calls from several threads are serialised (one child runs one call at a time).
     """
 
-    def __init__(self, memory_limit_mb: int = 4096, preload: tuple[str, ...] = ()):
+    def __init__(self, memory_limit_mb: int = 4096, preload: tuple[str, ...] = (), search_path: tuple[str, ...] = ()):
         self._memory_limit = memory_limit_mb * 2**20
-        self._preload = tuple(preload)
+        self._preload, self._search_path = tuple(preload), tuple(search_path)
         self._proc = None
         self._conn = None
         self._lock = threading.Lock()
@@ -77,8 +77,10 @@ class BoundedProcess:
         # multiprocessing's spawn: that re-imports the caller's __main__, which breaks unguarded scripts).
         ours, theirs = socket.socketpair()
         # -P: the working directory is not put on the import path (a module planted there would
-        # run as this user); the project's own root goes first, explicitly.
-        boot = f"import sys; sys.path.insert(0, {PROJECT_ROOT!r}); from rewards.bounded import main; main()"
+        # run as this user); the project's own root goes first, explicitly. `search_path` (where a
+        # user's reward module lives) goes last: it adds modules but cannot shadow an installed one.
+        boot = (f"import sys; sys.path.insert(0, {PROJECT_ROOT!r}); sys.path.extend({list(self._search_path)!r}); "
+                "from rewards.bounded import main; main()")
         cmd = [sys.executable, "-P", "-c", boot, str(theirs.fileno()), str(self._memory_limit), *self._preload]
         self._proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         theirs.close()
@@ -88,7 +90,13 @@ class BoundedProcess:
         except (EOFError, OSError):  # it died while starting (a preload that raised, say)
             ready = False
         if not ready:
+            try:  # its socket closed: it is exiting, or it is stuck
+                code = self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                code = None
             self._kill()
+            if code is not None:  # its traceback went to stderr (the run's train.log)
+                raise RuntimeError(f"verifier process exited with code {code} while starting (preload={self._preload})")
             raise RuntimeError(f"verifier process did not start within {STARTUP_TIMEOUT_S}s (preload={self._preload})")
 
     def _kill(self) -> None:

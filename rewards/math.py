@@ -1,7 +1,8 @@
 """Math answer verification: extract the final answer, compare it with the ground truth by value.
 
 Departures from a plain `math_verify.verify(parse(gold), parse(response))`:
-- Only the *last* `\\boxed{}`/`\\fbox{}` counts (else a stated "final answer is ..."/"Answer: ...").
+- Only the *last* `\\boxed{}`/`\\fbox{}` counts (else a stated "final answer is ..."/"Answer: ..."/
+  GSM8K's "#### 72").
   Handing the whole response to math-verify lets it try every candidate, so spraying boxes or a
   stray earlier number could earn reward.
 - Only LaTeX parsing (latex2sympy, an ANTLR grammar) is used; math-verify's plain-expression path
@@ -23,7 +24,8 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # results this way, and reading it is what a person does. Only a plain number after the last '='
 # at the very end of the response counts, so this adds no expression or variable matching.
 _EQUATION_END_RE = re.compile(r"=\s*\$?\s*(-?\d+(?:\.\d+)?(?:/\d+)?)\s*\$?\s*[.!]?\s*$")
-_STATED_MARK_RE = re.compile(r"final answer is|final answer\s*:|answer is|answer\s*:", re.IGNORECASE)
+# GSM8K's `#### 72` (its answers end so, and verl's GSM8K prompt asks for it) is a stated answer too.
+_STATED_MARK_RE = re.compile(r"final answer is|final answer\s*:|answer is|answer\s*:|####", re.IGNORECASE)
 _STATED_VALUE_RE = re.compile(r"\s*:?\s*(?:\$+)?([^\n$]{1,200})")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
 
@@ -68,9 +70,13 @@ _MATH_DELIMITERS_RE = re.compile(r"^(?:\$\$|\$|\\\(|\\\[)(.*?)(?:\$\$|\$|\\\)|\\
 
 
 def _as_gold(ground_truth: str) -> str:
-    """The dataset's answer: its last box if it has one, without `$ $`, `\\( \\)` or `\\[ \\]` around it."""
+    """The dataset's answer: its last box if it has one, else what follows GSM8K's last `####`
+    (a raw GSM8K answer is the worked solution, then `#### 72`), without `$ $`, `\\( \\)` or
+    `\\[ \\]` around it."""
     gt = ground_truth.replace("\x00", "").strip()
     boxed = last_boxed(gt)
+    if boxed is None and "####" in gt:
+        gt = gt.rsplit("####", 1)[1]
     gt = (boxed if boxed is not None else gt).strip()
     m = _MATH_DELIMITERS_RE.match(gt)
     return (m.group(1) if m else gt).strip()

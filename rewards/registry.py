@@ -1,24 +1,31 @@
 """Reward functions by name or import path, each scored in a killable process with a time limit.
 
-A reward function is a plain `fn(response: str, ground_truth: str) -> float`. Built-ins:
+A reward function is a plain `fn(response: str, ground_truth: str) -> float`, or one in verl's,
+TRL's or OpenRLHF's shape (`rewards.shapes`). Built-ins:
 - `math`: `rewards.math` verification (last boxed answer, compared by value);
 - `code`: fraction of test cases a fenced Python solution passes, run in a sandbox (`rewards.code`);
 - `starts_with`: 1.0 when the response's first word is the ground truth (a trivially learnable
   reward for smoke tests of the training loop).
-Anything else is `package.module:function`, imported inside the verifier process.
+Anything else is `package.module:function` or `path/to/file.py:function`, imported inside the
+verifier process.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import importlib.util
 import logging
-import math
+import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from rewards.bounded import ERROR, OK, BoundedProcess, CallResult
 from rewards.math import score_math
-from rewards.result import RewardResult, Status
+from rewards.result import FAILED, RewardResult, Status
+from rewards.shapes import SHAPES, Sample, ShapeError, call, describe, detect_shape, read_return
 
 logger = logging.getLogger(__name__)
 
@@ -36,92 +43,150 @@ def starts_with(response: str, ground_truth: str) -> float:
     return 1.0 if words and words[0] == ground_truth.strip() else 0.0
 
 
-def check_reward(spec: str, code_isolation: str = "bwrap") -> None:
-    """Everything a run's reward needs, checked before any actor starts: the function exists and,
-    for the code reward, its sandbox can be had here (else one line names what is missing)."""
-    check_spec(spec)
+def check_reward(spec: str, code_isolation: str = "bwrap", shape: str = "auto") -> None:
+    """Everything a run's reward needs, checked before any actor starts: the function exists and
+    fits its shape, and for the code reward, its sandbox can be had here (else one line names
+    what is missing)."""
+    check_spec(spec, shape)
     if spec == "code":
         from rewards.sandbox import check_isolation
 
         check_isolation(code_isolation)
 
 
-def check_spec(spec: str) -> None:
-    """Raise RewardSpecError naming the problem if `spec` is neither a built-in nor 'module:function'."""
+def is_file_spec(spec: str) -> bool:
+    """'path/to/reward.py:fn' (a file, as verl's custom_reward_function.path) rather than 'pkg.mod:fn'."""
+    return spec.rsplit(":", 1)[0].endswith(".py") or "/" in spec
+
+
+def check_spec(spec: str, shape: str = "auto") -> None:
+    """Raise RewardSpecError naming the problem if `spec` is neither a built-in nor an importable
+    function in the given shape."""
     if spec in BUILTINS:
         return
-    if spec.count(":") != 1:
-        raise RewardSpecError(f"reward.fn={spec!r}: expected one of {', '.join(BUILTINS)} or 'package.module:function'")
-    _import_fn(spec)
+    if spec.count(":") != 1 and not (is_file_spec(spec) and spec.count(":") >= 1):
+        raise RewardSpecError(f"reward.fn={spec!r}: expected one of {', '.join(BUILTINS)}, 'package.module:function' "
+                              "or 'path/to/file.py:function'")
+    fn = _import_fn(spec)
+    if shape not in ("auto", *SHAPES):
+        raise RewardSpecError(f"reward.shape={shape!r}: expected auto or one of {', '.join(SHAPES)}")
+    try:
+        resolve_shape(fn, shape)
+    except ShapeError as e:
+        raise RewardSpecError(f"reward.fn={spec!r}: {e}") from None
+
+
+def resolve_shape(fn, shape: str) -> str:
+    """The shape `fn` is called in: the declared one, or the one its signature shows."""
+    return detect_shape(fn) if shape == "auto" else shape
+
+
+def _load_file(path_text: str):
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise RewardSpecError(f"reward.fn: {path_text} not found (a file path is read from the directory forkrl "
+                              "starts in; it must be at the same path on every node)")
+    # One module per file, named by its path: two reward files called rewards.py do not collide.
+    name = f"forkrl_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(path.parent))  # its sibling modules import, as they do when it runs as a script
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise RewardSpecError(f"reward.fn: {path_text} does not import ({type(e).__name__}: {e})") from None
+    return module
 
 
 @functools.lru_cache(maxsize=16)
 def _import_fn(spec: str):
-    module_name, fn_name = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise RewardSpecError(f"reward.fn={spec!r}: cannot import {module_name} ({e})") from None
+    module_name, fn_name = spec.rsplit(":", 1)
+    if is_file_spec(spec):
+        module = _load_file(module_name)
+    else:
+        # As with `python -m` and TRL, a module in the directory forkrl starts in imports (a Ray
+        # actor runs there too); searched after everything installed, so it cannot shadow a library.
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise RewardSpecError(f"reward.fn={spec!r}: cannot import {module_name} ({e})") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise RewardSpecError(f"reward.fn={spec!r}: {module_name} has no function {fn_name}")
     return fn
 
 
-def score_one(spec: str, response: str, ground_truth: str, code_limits=None) -> tuple[float, str]:
-    """Runs inside the verifier process: (score, status)."""
+def score_one(spec: str, sample: Sample, code_limits=None, shape: str = "auto") -> tuple:
+    """Runs inside the verifier process: (score, status, extras)."""
     if spec == "math":
-        return score_math(response, ground_truth)
+        return (*score_math(sample.response, sample.ground_truth), ())
     if spec == "code":
         from rewards.code import score_code
         from rewards.sandbox import SandboxLimits
 
-        return score_code(response, ground_truth, code_limits or SandboxLimits())
-    fn = starts_with if spec == "starts_with" else _import_fn(spec)
-    score = fn(response, ground_truth)
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-        raise TypeError(f"reward {spec} returned {score!r}; expected a finite float")
-    return float(score), Status.CORRECT if score > 0 else Status.WRONG
+        return (*score_code(sample.response, sample.ground_truth, code_limits or SandboxLimits()), ())
+    if spec == "starts_with":
+        score = starts_with(sample.response, sample.ground_truth)
+        return score, Status.CORRECT if score else Status.WRONG, ()
+    fn = _import_fn(spec)
+    raw = call(fn, resolve_shape(fn, shape), sample)
+    try:
+        score, correct, extras = read_return(raw)
+    except ShapeError as e:
+        raise TypeError(f"{describe(fn)}: {e}") from None
+    return score, Status.CORRECT if correct else Status.WRONG, extras
 
 
 class RewardScorer:
     """Scores batches in parallel over `num_workers` killable processes, `timeout_s` per response."""
 
     def __init__(self, spec: str, timeout_s: float, num_workers: int = 1, memory_limit_mb: int = 4096,
-                 code_limits=None):
-        check_reward(spec, code_limits.isolation if code_limits is not None else "bwrap")
-        self.spec, self.timeout_s, self.code_limits = spec, timeout_s, code_limits
-        preload = ("rewards.registry",) + (() if spec in BUILTINS else (spec.split(":")[0],))
-        self._procs = [BoundedProcess(memory_limit_mb, preload) for _ in range(num_workers)]
+                 code_limits=None, shape: str = "auto"):
+        check_reward(spec, code_limits.isolation if code_limits is not None else "bwrap", shape)
+        self.spec, self.timeout_s, self.code_limits, self.shape = spec, timeout_s, code_limits, shape
+        user_module = not (spec in BUILTINS or is_file_spec(spec))
+        preload = ("rewards.registry",) + ((spec.split(":")[0],) if user_module else ())
+        search = (os.getcwd(),) if user_module else ()  # as _import_fn: after everything installed
+        self._procs = [BoundedProcess(memory_limit_mb, preload, search) for _ in range(num_workers)]
         self._pool = ThreadPoolExecutor(max_workers=num_workers)
 
     def start(self) -> None:
         list(self._pool.map(lambda p: p.start(), self._procs))
 
-    def _score_slice(self, proc: BoundedProcess, items: list[tuple[str, str]]) -> list[RewardResult]:
+    def _score_slice(self, proc: BoundedProcess, items: list[Sample]) -> list[RewardResult]:
         out = []
-        for response, gt in items:
+        for sample in items:
             t0 = time.perf_counter()
             try:
-                res = proc.call(score_one, (self.spec, response, gt, self.code_limits), self.timeout_s)
+                res = proc.call(score_one, (self.spec, sample, self.code_limits, self.shape), self.timeout_s)
             except RuntimeError as e:  # the verifier process could not start: an error, not a verdict
                 res = CallResult(ERROR, error=str(e))
             took = time.perf_counter() - t0
             if res.status == OK:
-                out.append(RewardResult(res.value[0], res.value[1], seconds=took))
+                score, status, extras = res.value
+                out.append(RewardResult(score, status, seconds=took, extras=extras))
             else:
                 out.append(RewardResult(0.0, res.status, f"{self.spec}: {res.error}" if res.error else "", took))
         return out
 
-    def score_batch(self, responses: list[str], ground_truths: list[str]) -> list[RewardResult]:
+    def score_samples(self, samples: list[Sample]) -> list[RewardResult]:
         k = len(self._procs)
-        items = list(zip(responses, ground_truths))
         # Strided slices: worker j scores items j, j+k, ... so each process sees a mix of lengths.
-        slices = list(self._pool.map(self._score_slice, self._procs, [items[j::k] for j in range(k)]))
-        out: list[RewardResult] = [None] * len(items)  # type: ignore[list-item]
+        slices = list(self._pool.map(self._score_slice, self._procs, [samples[j::k] for j in range(k)]))
+        out: list[RewardResult] = [None] * len(samples)  # type: ignore[list-item]
         for j, sl in enumerate(slices):
             out[j::k] = sl
         return out
+
+    def score_batch(self, responses: list[str], ground_truths: list[str]) -> list[RewardResult]:
+        """Responses against plain-text ground truths, with no other data (the built-ins need none)."""
+        return self.score_samples([Sample(r, g) for r, g in zip(responses, ground_truths, strict=True)])
 
     @property
     def restarts(self) -> int:
@@ -131,6 +196,23 @@ class RewardScorer:
         for p in self._procs:
             p.close()
         self._pool.shutdown(wait=False)
+
+
+def dry_call_reward(cfg, prompt, where: str) -> None:
+    """Call a user's reward (reward config `cfg`) once on a real data row, `prompt`, with the row's
+    own answer as the response, in a verifier process, before any actor starts: a wrong signature,
+    a missing column or a return value that is not a score fails here in one line, naming the
+    function and the row, not after two steps of training."""
+    if cfg.fn in BUILTINS:
+        return
+    scorer = RewardScorer(cfg.fn, cfg.timeout_s, shape=cfg.shape)
+    try:
+        (res,) = scorer.score_samples([Sample.of(prompt, response=prompt.answer)])
+    finally:
+        scorer.close()
+    if res.status in FAILED or res.status == Status.TIMEOUT:
+        why = res.detail.removeprefix(f"{cfg.fn}: ") or res.status
+        raise RewardSpecError(f"reward.fn={cfg.fn!r}: a dry call on {where} failed ({why})"[:600])
 
 
 @functools.lru_cache(maxsize=1)

@@ -32,3 +32,4 @@ class RewardResult:
     status: Status
     detail: str = ""
     seconds: float = 0.0  # wall time spent verifying this response
+    extras: tuple[tuple[str, float], ...] = ()  # a user reward's own numbers (verl dict keys), logged as reward/fn/<name>

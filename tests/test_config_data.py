@@ -87,7 +87,7 @@ def test_parquet_rows_and_custom_keys(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"q": ["What is 2+2?"], "a": [4]}), tmp_path / "d.parquet")
-    assert load_rows([str(tmp_path / "d.parquet")], "q", "a") == [{"prompt": "What is 2+2?", "answer": "4"}]
+    assert prompt_answer(load_rows([str(tmp_path / "d.parquet")], "q", "a")) == [{"prompt": "What is 2+2?", "answer": "4"}]
 
 
 def test_synthetic_arithmetic_is_seeded_and_correct():
@@ -140,6 +140,10 @@ def test_held_out_prompts_that_repeat_training_prompts_are_removed(tmp_path, tin
     assert not {" ".join(p.text.split()) for p in held} & {" ".join(r["prompt"].split()) for r in rows}
 
 
+def prompt_answer(rows: list[dict]) -> list[dict]:
+    return [{"prompt": r["prompt"], "answer": r["answer"]} for r in rows]
+
+
 VERL_ROW = {"data_source": "gsm8k", "prompt": [{"role": "system", "content": "Be brief."},
                                                {"role": "user", "content": "What is 2+3?"}],
             "reward_model": {"style": "rule", "ground_truth": "5"}, "extra_info": {"index": 0}}
@@ -152,7 +156,9 @@ def test_verl_style_parquet_with_nested_keys_and_chat_messages(tmp_path):
 
     pq.write_table(pa.Table.from_pylist([VERL_ROW]), tmp_path / "train.parquet")
     rows = load_rows([str(tmp_path / "train.parquet")], "prompt", "reward_model.ground_truth")
-    assert rows == [{"prompt": VERL_ROW["prompt"], "answer": "5"}]
+    assert prompt_answer(rows) == [{"prompt": VERL_ROW["prompt"], "answer": "5"}]
+    # the row's other columns travel with it, for rewards that read them (verl's data_source, extra_info)
+    assert rows[0]["fields"] == {k: v for k, v in VERL_ROW.items() if k != "prompt"} and rows[0]["label"] is None
 
 
 def test_openrlhf_style_jsonl_json_and_save_to_disk_load_alike(tmp_path):
@@ -164,7 +170,7 @@ def test_openrlhf_style_jsonl_json_and_save_to_disk_load_alike(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_list([OPENRLHF_ROW])}).save_to_disk(str(tmp_path / "dict"))
     want = [{"prompt": OPENRLHF_ROW["input"], "answer": "42"}]
     for name in ("d.jsonl", "d.json", "folder", "dict"):
-        assert load_rows([str(tmp_path / name)], "input", "label") == want, name
+        assert prompt_answer(load_rows([str(tmp_path / name)], "input", "label")) == want, name
 
 
 def test_bad_chat_rows_and_nested_keys_name_file_row_and_key(tmp_path):

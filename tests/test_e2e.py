@@ -33,8 +33,8 @@ def readme_metric_names() -> list[str]:
     return names
 
 
-def forkrl(*args, timeout=900, env=None):
-    return subprocess.run([str(BIN / "forkrl"), "train", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+def forkrl(*args, timeout=900, env=None, cwd=REPO):
+    return subprocess.run([str(BIN / "forkrl"), "train", *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "WANDB_SILENT": "true", **(env or {})})
 
 
@@ -124,15 +124,23 @@ def test_loop_learns_a_trivially_learnable_reward(tiny_model, yes_data, yes_eval
     assert sum(rewards[-5:]) / 5 > 0.6, rewards
 
 
-@pytest.mark.parametrize("fn, quoted", [("tests.fixtures.my_reward:broken", "KeyError: 'oops'"),
-                                        ("tests.fixtures.my_reward:infinite", "expected a finite float")])
+@pytest.mark.parametrize("fn, quoted", [("local_reward:broken_on_model_text", "KeyError: 'oops'"),
+                                        ("rewards_dir/local_reward.py:infinite_on_model_text", "expected a finite float")])
 def test_a_reward_that_keeps_failing_stops_the_run_loudly(tiny_model, yes_data, tmp_path, fn, quoted):
+    """The user's reward lives where they start forkrl, as a module or a file path (no PYTHONPATH):
+    it imports in the driver and in the reward actors, passes the dry call on row 1, then fails on
+    what the model writes, and the run stops in one line after two steps of it."""
+    source = (REPO / "tests/fixtures/my_reward.py").read_text()
+    (tmp_path / "local_reward.py").write_text(source)
+    (tmp_path / "rewards_dir").mkdir()
+    (tmp_path / "rewards_dir/local_reward.py").write_text(source)
     run_dir = tmp_path / "broken"
     res = forkrl(*tiny_args(tiny_model, yes_data, run_dir), "steps=6", "learner.num_ranks=1",
-                 "tracking.wandb_mode=disabled", f"reward.fn={fn}", env={"PYTHONPATH": str(REPO)})
+                 "tracking.wandb_mode=disabled", f"reward.fn={fn}", cwd=tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"forkrl: error: reward.fn={fn}: ") and quoted in last and "2 consecutive steps" in last
+    shown = fn if ".py:" not in fn else f"{tmp_path / fn.split(':')[0]}:{fn.split(':')[1]}"  # made absolute
+    assert last.startswith(f"forkrl: error: reward.fn={shown}: ") and quoted in last and "2 consecutive steps" in last
     rows = read_metrics(run_dir)  # the steps before the stop are kept
     assert [r["step"] for r in rows] == [1] and rows[0]["reward/excluded_fraction"] == 1.0
     assert (run_dir / "config.yaml").is_file()
@@ -143,6 +151,11 @@ def test_a_reward_that_keeps_failing_stops_the_run_loudly(tiny_model, yes_data, 
     ("learner.nope=1", "learner.nope: unknown config key"),
     ("model.path=/nonexistent/model", "model.path='/nonexistent/model': no Hugging Face model folder"),
     ("reward.fn=not_a_module_xyz:fn", "reward.fn='not_a_module_xyz:fn': cannot import"),
+    # a reward that breaks on every response fails its dry call on a real row, before Ray starts
+    ("reward.fn=tests.fixtures.my_reward:broken", "reward.fn='tests.fixtures.my_reward:broken': a dry call on row 1 of "),
+    ("reward.fn=tests.fixtures.peer_rewards:needs_column",
+     "failed (TypeError: needs_column() missing 1 required positional argument: 'missing_column')"),
+    ("reward.fn=tests.fixtures.peer_rewards:three_arguments", "three_arguments(a, b, c) fits no reward shape"),
     ("env.name=not_a_module_xyz:Env", "env.name='not_a_module_xyz:Env': cannot import"),
     ("env.name=tests.fixtures.envs:NoStep", "NoStep has no step(turn, ended) method"),
     ("env.max_turns=0", "env.max_turns: must be >= 1"),
