@@ -33,6 +33,7 @@ INSTRUCTIONS = {
     "boxex": "Write the final answer in a box, like \\boxed{12}.",
     "plain": "",
     "answer": "End with 'The answer is N.'",
+    "hashes": "Let's think step by step and output the final answer after \"####\".",  # verl's GSM8K prompt
 }
 _NUM = re.compile(r"-?\d+")
 
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--instructions", default="box,plain")
     ap.add_argument("--out", default=str(REPO / "bench/results/task_probe.jsonl"))
     ap.add_argument("--note", default="", help="free text stored with each row (e.g. what changed)")
+    ap.add_argument("--reward", default="math", help="reward.fn to score with (a built-in, module:fn or file.py:fn)")
     args = ap.parse_args()
 
     from transformers import AutoTokenizer
@@ -65,7 +67,7 @@ def main() -> None:
     path = str(resolve_model_path(args.model))
     tok = AutoTokenizer.from_pretrained(path)
     llm = LLM(model=path, dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2, max_model_len=512, seed=0)
-    scorer = RewardScorer("math", 5.0, num_workers=2)
+    scorer = RewardScorer(args.reward, 5.0, num_workers=2)
     scorer.start()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for task in args.tasks.split(","):
@@ -81,7 +83,7 @@ def main() -> None:
             greedy = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=args.max_tokens), use_tqdm=False)
             g_texts = [o.outputs[0].text for o in greedy]
             g_res = scorer.score_batch(g_texts, [r["answer"] for r in rows])
-            base = {"note": args.note, "task": task, "instruction": ins_name, "prompts": len(rows), "n": args.n,
+            base = {"note": args.note, "reward": args.reward, "task": task, "instruction": ins_name, "prompts": len(rows), "n": args.n,
                     "max_tokens": args.max_tokens,
                     "greedy": sum(r.status == "correct" for r in g_res) / len(rows),
                     "greedy_no_answer": sum(r.status == "no_answer" for r in g_res) / len(rows),

@@ -56,7 +56,10 @@ class DataConfig:
     instruction: str = "Put the final answer in \\boxed{}."
     """Text appended to every prompt (empty for none)."""
     max_prompt_tokens: int = 256
-    """Prompts longer than this (after the template) are rejected when the data is loaded."""
+    """Longest prompt in tokens (after the template and instruction); longer ones: see overlong_prompts."""
+    overlong_prompts: Literal["drop", "error"] = "drop"
+    """Prompts over max_prompt_tokens: 'drop' them when the data is loaded, counted in the log (as
+    verl's filter_overlong_prompts), or 'error': stop before any work, naming the first such row."""
     seed: int = 0
     """Seed for generation of synthetic rows and for shuffling."""
 

@@ -203,10 +203,11 @@ def question_text(prompt) -> str:
 
 
 def tokenize(rows: list[dict], tokenizer, chat_template: bool, instruction: str, max_prompt_tokens: int,
-             source: str) -> list[Prompt]:
+             source: str, overlong: str = "error") -> list[Prompt]:
     """Token ids per row: the chat template over the row's messages (or one user turn of its text),
-    `instruction` appended to the last user turn; raw text without the template."""
-    prompts = []
+    `instruction` appended to the last user turn; raw text without the template. Rows over
+    `max_prompt_tokens` raise DataError (overlong='error') or are left out and counted ('drop')."""
+    prompts, dropped, longest = [], 0, 0
     for i, row in enumerate(rows):
         msgs = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
         if instruction:
@@ -221,11 +222,22 @@ def tokenize(rows: list[dict], tokenizer, chat_template: bool, instruction: str,
             ids = tokenizer(msgs[0]["content"], add_special_tokens=True)["input_ids"]
         ids = list(ids)
         if len(ids) > max_prompt_tokens:
-            raise DataError(f"{source} row {i + 1}: prompt has {len(ids)} tokens, over data.max_prompt_tokens={max_prompt_tokens}")
+            if overlong == "error":
+                raise DataError(f"{source} row {i + 1}: prompt has {len(ids)} tokens, over data.max_prompt_tokens="
+                                f"{max_prompt_tokens} (data.overlong_prompts=drop leaves such rows out)")
+            dropped, longest = dropped + 1, max(longest, len(ids))
+            continue
         if not ids:
             raise DataError(f"{source} row {i + 1}: prompt is empty after tokenization")
         prompts.append(Prompt(uid=i, token_ids=ids, answer=row["answer"], text=question_text(row["prompt"]),
                               question=row["prompt"], label=row.get("label"), fields=row.get("fields", {})))
+    if dropped:
+        logger.warning("%s: left out %d of %d prompts over data.max_prompt_tokens=%d (the longest has %d tokens; "
+                       "data.overlong_prompts=error stops instead)", source, dropped, len(rows), max_prompt_tokens,
+                       longest)
+    if not prompts:
+        raise DataError(f"{source}: every prompt is over data.max_prompt_tokens={max_prompt_tokens} (the longest has "
+                        f"{longest} tokens)")
     return prompts
 
 
@@ -237,7 +249,8 @@ def load_prompts(cfg, model_cfg, tokenizer) -> list[Prompt]:
         rows = synthetic_arithmetic(cfg.num_synthetic, cfg.synthetic_max_operand, cfg.seed, cfg.synthetic_kinds,
                                     cfg.synthetic_min_operand)
         source = "synthetic data"
-    return tokenize(rows, tokenizer, model_cfg.chat_template, cfg.instruction, cfg.max_prompt_tokens, source)
+    return tokenize(rows, tokenizer, model_cfg.chat_template, cfg.instruction, cfg.max_prompt_tokens, source,
+                    cfg.overlong_prompts)
 
 
 def normalise(text: str) -> str:
@@ -263,7 +276,7 @@ def load_eval_prompts(cfg, data_cfg, model_cfg, tokenizer, train: list[Prompt]) 
     if not held_out:
         raise DataError(f"eval.files: every question in {source} is also a training question; nothing is held out")
     prompts = tokenize(held_out, tokenizer, model_cfg.chat_template, data_cfg.instruction, data_cfg.max_prompt_tokens,
-                       source)
+                       source, data_cfg.overlong_prompts)
     return prompts[: cfg.num_prompts]
 
 

@@ -50,8 +50,14 @@ def prompts_per_model(cfg, models: dict[str, str], rows: list[dict], source: str
         tokenizer = AutoTokenizer.from_pretrained(path)
         check_chat_wrap(cfg, tokenizer)
         out[name] = tokenize(rows, tokenizer, cfg.model.chat_template, cfg.data.instruction, cfg.data.max_prompt_tokens,
-                             source)
-    return out
+                             source, cfg.data.overlong_prompts)
+    # Rows one tokenizer found too long are left out for every model: both score the same prompts.
+    common = set.intersection(*({p.uid for p in prompts} for prompts in out.values()))
+    if not common:
+        from launch.data import DataError
+
+        raise DataError(f"{source}: no row fits data.max_prompt_tokens={cfg.data.max_prompt_tokens} for every model")
+    return {name: [p for p in prompts if p.uid in common] for name, prompts in out.items()}
 
 
 def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | None, compare: str | None) -> dict:

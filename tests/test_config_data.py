@@ -283,3 +283,22 @@ def test_numeric_answers_keep_the_text_the_file_has(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "q", "answer": 1}\n{"prompt": "q", \n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
         load_rows([str(tmp_path / "bad.jsonl")], "prompt", "answer")
+
+
+def test_overlong_prompts_are_left_out_and_counted_or_refused_by_choice(tiny_model, caplog):
+    from transformers import AutoTokenizer
+
+    from launch.data import tokenize
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [{"prompt": "yes " * n, "answer": "yes"} for n in (3, 40, 5, 60)]
+    with caplog.at_level("WARNING", logger="launch.data"):
+        kept = tokenize(rows, tok, False, "", 16, "d.jsonl", "drop")
+    assert [p.uid for p in kept] == [0, 2]  # rows keep their own numbers
+    assert "d.jsonl: left out 2 of 4 prompts over data.max_prompt_tokens=16 (the longest has" in caplog.text
+    with pytest.raises(DataError, match=r"d.jsonl row 2: prompt has \d+ tokens, over data.max_prompt_tokens=16"):
+        tokenize(rows, tok, False, "", 16, "d.jsonl", "error")
+    with pytest.raises(DataError, match=r"d.jsonl: every prompt is over data.max_prompt_tokens=2"):
+        tokenize(rows, tok, False, "", 2, "d.jsonl", "drop")
+    with pytest.raises(ConfigError, match="data.overlong_prompts"):
+        load_config(None, ["data.overlong_prompts=skip"])
