@@ -40,7 +40,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_files: list[str] = field(default_factory=list)
-    """jsonl or parquet files of training rows; empty uses the built-in arithmetic generator."""
+    """Training rows: jsonl / json / parquet files, save_to_disk folders (folder@split), Hub datasets
+    (org/name[:config][@split], split train unless named); empty uses the built-in arithmetic generator."""
     prompt_key: str = "prompt"
     """Field of a row holding the question text."""
     answer_key: str = "answer"
@@ -297,7 +298,8 @@ class EvalConfig:
     every: int = 0
     """Evaluate on held-out prompts every this many steps, and after the last (0 = never)."""
     files: list[str] = field(default_factory=list)
-    """Held-out jsonl/parquet rows (same keys as data); empty = generated rows the training set lacks."""
+    """Held-out rows, in any form data.train_files takes (same keys; a Hub dataset's test split as
+    org/name@test); empty = generated rows the training set lacks."""
     num_prompts: int = 64
     """Held-out prompts scored per evaluation."""
     max_new_tokens: int = 0

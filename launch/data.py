@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import re
 from pathlib import Path
 
 from actors.types import Prompt
@@ -65,9 +67,55 @@ def synthetic_arithmetic(n: int, max_operand: int, seed: int, kinds: list[str] =
     return rows
 
 
-def _read_file(path: Path, setting: str = "data.train_files") -> list[dict]:
-    """Rows of a jsonl, json or parquet file, or of a folder written by `datasets`' save_to_disk,
-    read through the `datasets` library (in memory: no cache files)."""
+_HUB_DATASET = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<config>[\w.-]+))?")
+_SPLIT = re.compile(r"(?P<base>.+)@(?P<split>[A-Za-z0-9][\w.-]*)")
+
+
+def read_source(entry: str, setting: str = "data.train_files") -> list[dict]:
+    """Rows of one data entry: a local file or save_to_disk folder (`folder@test` picks a split of
+    a saved DatasetDict), or a Hub dataset `org/name[:config][@split]` (split `train` unless named)."""
+    path = Path(entry).expanduser()
+    if path.exists():
+        return _read_file(path, setting)
+    m = _SPLIT.fullmatch(entry)
+    base, split = (m["base"], m["split"]) if m else (entry, None)
+    if Path(base).expanduser().exists():
+        return _read_file(Path(base).expanduser(), setting, split)
+    hub = _HUB_DATASET.fullmatch(base)
+    if hub and not entry.startswith((".", "/", "~")) and Path(base).suffix.lower() not in (".jsonl", ".json", ".parquet"):
+        return _read_hub(hub["repo"], hub["config"], split or "train", setting)
+    raise DataError(f"{setting}: {entry} not found (a jsonl / json / parquet file, a save_to_disk folder[@split], "
+                    "or a Hub dataset org/name[:config][@split])")
+
+
+def _read_hub(repo: str, config: str | None, split: str, setting: str) -> list[dict]:
+    """A Hub dataset's split through huggingface_hub's cache (fetched once; HF_HUB_OFFLINE=1 reads
+    the cache alone), loaded by `datasets` from the snapshot (its README's configs name the files)."""
+    import datasets
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    name = f"{repo}{':' + config if config else ''}@{split}"
+    try:
+        folder = snapshot_download(repo, repo_type="dataset")
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        raise DataError(f"{setting}: {name}: no such local file or folder, and as a Hub dataset it is not in the Hub cache "
+                        f"({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'})"
+                        + (" and HF_HUB_OFFLINE is set" if offline else f" and the Hub could not be reached ({type(e).__name__})")
+                        + "; download it once where the Hub is reachable, or give a local file") from None
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(folder, config, split=split)
+    except ValueError as e:  # an unknown config or split: datasets names the ones there are
+        raise DataError(f"{setting}: Hub dataset {name!r}: {str(e).splitlines()[0][:300]}") from None
+    return ds.to_list()
+
+
+def _read_file(path: Path, setting: str = "data.train_files", split: str | None = None) -> list[dict]:
+    """Rows of a jsonl, json or parquet file, or of a folder written by `datasets`' save_to_disk
+    (a DatasetDict's `split`, `train` unless named), read through the `datasets` library (in
+    memory: no cache files)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -77,10 +125,16 @@ def _read_file(path: Path, setting: str = "data.train_files") -> list[dict]:
         except FileNotFoundError as e:
             raise DataError(f"{setting}: {path} is not a folder written by datasets' save_to_disk ({e})") from None
         if isinstance(ds, datasets.DatasetDict):
-            if "train" not in ds:
-                raise DataError(f"{setting}: {path} holds splits {', '.join(ds)} and none is 'train'; point at one split")
-            ds = ds["train"]
+            want = split or "train"
+            if want not in ds:
+                raise DataError(f"{setting}: {path} holds splits {', '.join(ds)} and none is {want!r}; "
+                                f"name one as {path}@SPLIT")
+            ds = ds[want]
+        elif split:
+            raise DataError(f"{setting}: {path}@{split}: the folder holds one dataset, not splits; leave out @{split}")
         return ds.to_list()
+    if split:
+        raise DataError(f"{setting}: {path}@{split}: only a save_to_disk folder or a Hub dataset has splits")
     if not path.is_file():
         raise DataError(f"{setting}: {path} not found")
     suffix = path.suffix.lower()
@@ -168,8 +222,8 @@ def load_rows(files: list[str], prompt_key: str, answer_key: str, setting: str =
     row raises DataError naming the file, row and key."""
     out = []
     for f in files:
-        path = Path(f)
-        for i, row in enumerate(_read_file(path, setting), start=1):
+        path = f  # named in every message as the user wrote it
+        for i, row in enumerate(read_source(f, setting), start=1):
             values = {}
             for key in (prompt_key, answer_key):
                 value = get_field(row, key)

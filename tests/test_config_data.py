@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,71 @@ def test_overlong_prompts_are_left_out_and_counted_or_refused_by_choice(tiny_mod
         tokenize(rows, tok, False, "", 2, "d.jsonl", "drop")
     with pytest.raises(ConfigError, match="data.overlong_prompts"):
         load_config(None, ["data.overlong_prompts=skip"])
+
+
+def hub_dataset_cache(root: Path) -> Path:
+    """A Hub cache laid out as huggingface_hub lays it out, holding one dataset repo `forkrl/toy`
+    with two configs as parquet files, declared in its README the way Hub datasets declare them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = root / "datasets--forkrl--toy"
+    snap = repo / "snapshots" / commit
+    for config, rows in {"main": 3, "socratic": 2}.items():
+        for split in ("train", "test"):
+            (snap / config).mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist([{"question": f"{config} {split} {i}: 2+{i}?",
+                                                  "answer": f"2+{i} = <<2+{i}={2 + i}>>{2 + i}\n#### {2 + i}"}
+                                                 for i in range(rows)]), snap / config / f"{split}-00000-of-00001.parquet")
+    (snap / "README.md").write_text(
+        "---\nconfigs:\n" + "".join(f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/train-*\n"
+                                    f"  - split: test\n    path: {c}/test-*\n" for c in ("main", "socratic")) + "---\n")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return root
+
+
+def test_hub_datasets_by_name_config_and_split_from_the_local_hub_cache_offline(tmp_path):
+    """data.train_files=org/name[:config][@split] goes through huggingface_hub's cache and datasets'
+    loader (HF_HUB_OFFLINE=1: no network here); a missing one is named in one line."""
+    import subprocess
+    import sys
+
+    cache = hub_dataset_cache(tmp_path / "hub")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
+    code = ("import json, sys; from launch.data import load_rows; "
+            "print(json.dumps([[r['prompt'], r['answer']] for r in load_rows(sys.argv[1:], 'question', 'answer')]))")
+    root = Path(__file__).resolve().parents[1]
+
+    def rows(*entries):
+        out = subprocess.run([sys.executable, "-c", code, *entries], capture_output=True, text=True, env=env, cwd=root)
+        return out
+
+    got = rows("forkrl/toy:main", "forkrl/toy:socratic@test")
+    assert got.returncode == 0, got.stderr[-2000:]
+    prompts = [p for p, _ in json.loads(got.stdout)]
+    assert prompts == [f"main train {i}: 2+{i}?" for i in range(3)] + [f"socratic test {i}: 2+{i}?" for i in range(2)]
+    bad = rows("forkrl/toy:main@validation")
+    assert bad.returncode != 0 and "forkrl/toy:main@validation" in bad.stderr and "split" in bad.stderr.lower()
+    missing = rows("forkrl/absent@test")
+    assert missing.returncode != 0
+    assert ("forkrl/absent@test: no such local file or folder, and as a Hub dataset it is not in the Hub cache"
+            in missing.stderr and "HF_HUB_OFFLINE is set" in missing.stderr), missing.stderr[-2000:]
+
+
+def test_a_saved_dataset_dicts_split_is_named_with_at(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": "a", "answer": "1"}]),
+                          "test": datasets.Dataset.from_list([{"prompt": "b", "answer": "2"}])}).save_to_disk(
+        str(tmp_path / "dict"))
+    assert [r["prompt"] for r in load_rows([str(tmp_path / "dict")], "prompt", "answer")] == ["a"]
+    assert [r["prompt"] for r in load_rows([f"{tmp_path / 'dict'}@test", str(tmp_path / "dict")], "prompt",
+                                           "answer")] == ["b", "a"]
+    with pytest.raises(DataError, match=r"holds splits train, test and none is 'dev'; name one as .*@SPLIT"):
+        load_rows([f"{tmp_path / 'dict'}@dev"], "prompt", "answer")
+    (tmp_path / "d.jsonl").write_text('{"prompt": "c", "answer": "3"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl@test: only a save_to_disk folder or a Hub dataset has splits"):
+        load_rows([f"{tmp_path / 'd.jsonl'}@test"], "prompt", "answer")
