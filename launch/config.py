@@ -322,6 +322,11 @@ class TrackingConfig:
     """Export the policy as a HF folder under run_dir/checkpoints every this many steps (0 = only at the end)."""
     log_rollouts: bool = True
     """Write every trained response to run_dir/rollouts/step_N.jsonl (prompt, response, reward, status, version)."""
+    completions_every: int = 10
+    """Every this many steps, a wandb table of that step's trained responses ('completions': step,
+    prompt, response, answer, reward, status; up to completions_rows of them); 0 = none."""
+    completions_rows: int = 64
+    """Rows of each completions table (the step's first responses, whole groups together)."""
 
 
 @dataclass

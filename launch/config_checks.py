@@ -39,6 +39,8 @@ def validate(c) -> None:
     _check(c.dynamic_sampling_max_rounds >= 1, "dynamic_sampling_max_rounds", "must be >= 1")
     _check(c.eval.every >= 0 and c.eval.num_prompts >= 1, "eval.every", "eval.every must be >= 0, eval.num_prompts >= 1")
     _check(c.eval.samples >= 1, "eval.samples", f"must be >= 1, got {c.eval.samples}")
+    _check(c.tracking.completions_every >= 0, "tracking.completions_every", "must be >= 0 (0 = no completions table)")
+    _check(c.tracking.completions_rows >= 1, "tracking.completions_rows", f"must be >= 1, got {c.tracking.completions_rows}")
     _check(c.eval.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0 (0 = generation.max_new_tokens)")
     _check(g.max_model_len > c.data.max_prompt_tokens + c.eval.max_new_tokens - 1, "generation.max_model_len",
            f"{g.max_model_len} cannot hold data.max_prompt_tokens + eval.max_new_tokens")

@@ -142,7 +142,8 @@ def train_run(cfg: TrainConfig, run_dir: Path, inputs: Inputs, ckpt: Path | None
     check_shared_storage(run_dir, actors)  # every run checkpoints, at its end at least
     logger.info("actors ready in %.1fs", time.perf_counter() - t_start)
     tracker = RunTracker(run_dir, to_dict(cfg), cfg.tracking.name, cfg.tracking.wandb_project, cfg.tracking.wandb_mode,
-                         log_rollouts=cfg.tracking.log_rollouts, resume_step=saved.step if saved else None,
+                         log_rollouts=cfg.tracking.log_rollouts, completions_every=cfg.tracking.completions_every,
+                         completions_rows=cfg.tracking.completions_rows, resume_step=saved.step if saved else None,
                          wandb_id=saved.wandb_id if saved else None)
     stream = PromptStream(prompts, cfg.data.seed)
     progress = Progress(shard_rng=random.Random(cfg.seed))

@@ -126,8 +126,10 @@ class RunTracker:
     checkpoint (later ones are trained again) and is appended to; wandb continues `wandb_id`."""
 
     def __init__(self, run_dir: Path, config: dict, name: str, project: str, mode: str, *,
-                 log_rollouts: bool = True, resume_step: int | None = None, wandb_id: str | None = None):
+                 log_rollouts: bool = True, completions_every: int = 0, completions_rows: int = 64,
+                 resume_step: int | None = None, wandb_id: str | None = None):
         self.run_dir, self.log_rollouts = run_dir, log_rollouts
+        self.completions_every, self.completions_rows = completions_every, completions_rows
         self.history: list[dict] = []
         if resume_step is None:
             check_fresh(run_dir)
@@ -161,7 +163,14 @@ class RunTracker:
         return rows
 
     def log_rollout_records(self, step: int, records: list[dict]) -> None:
-        """rollouts/step_N.jsonl: every response trained at this step (written whole, then renamed)."""
+        """rollouts/step_N.jsonl: every response trained at this step (written whole, then renamed);
+        every `completions_every` steps also a wandb table of them (as TRL's log_completions)."""
+        if self.wandb is not None and self.completions_every and step % self.completions_every == 0:
+            import wandb
+
+            columns = ["step", "prompt", "response", "answer", "reward", "status"]
+            rows = [[r[c] for c in columns] for r in records[: self.completions_rows]]
+            self.wandb.log({"completions": wandb.Table(columns=columns, data=rows)}, step=step)
         if not self.log_rollouts:
             return
         out = self.run_dir / "rollouts" / f"step_{step}.jsonl"

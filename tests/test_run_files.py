@@ -151,3 +151,24 @@ def test_wandb_auto_goes_online_with_any_wandb_login_and_says_why_when_not(tmp_p
     assert wandb_mode("auto") == "offline"  # credentials for another host
     monkeypatch.setenv("WANDB_API_KEY", "k")
     assert wandb_mode("auto") == "online" and wandb_mode("disabled") == "disabled"
+
+
+def test_a_completions_table_goes_to_wandb_every_n_steps(tmp_path):
+    """Real wandb, offline: the table's file is in the run's wandb folder at steps 2 and 4 only,
+    with the step's responses as rows."""
+    from launch.tracking import RunTracker
+
+    tracker = RunTracker(tmp_path / "run", {"a": 1}, "t", "forkrl-test", "offline", completions_every=2,
+                         completions_rows=3)
+    for step in range(1, 5):
+        records = [{"step": step, "prompt": f"q{i}", "response": f"r{step}-{i}", "answer": "a", "reward": 1.0,
+                    "status": "correct", "policy_version": 0, "fill": False, "prompt_id": i} for i in range(5)]
+        tracker.log({"step": step, "reward/mean": 1.0})
+        tracker.log_rollout_records(step, records)
+    tracker.close()
+    tables = sorted((tmp_path / "run").glob("wandb/offline-run-*/files/media/table/completions_*.table.json"))
+    assert [int(t.name.split("_")[1]) for t in tables] == [2, 4]
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["step", "prompt", "response", "answer", "reward", "status"]
+    assert [row[2] for row in table["data"]] == ["r2-0", "r2-1", "r2-2"]  # completions_rows of them
+    assert len((tmp_path / "run/rollouts/step_1.jsonl").read_text().splitlines()) == 5  # every response, every step
