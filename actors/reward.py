@@ -5,7 +5,7 @@ import time
 from dataclasses import replace
 
 from actors.types import EvalBatch, RolloutBatch
-from rewards.registry import RewardScorer
+from rewards.registry import RewardScorer, extra_rewards
 from rewards.result import RewardResult
 from rewards.sandbox import SandboxLimits
 from rewards.shapes import Sample
@@ -17,7 +17,8 @@ class RewardWorker:
         self.cfg, self.max_new_tokens = cfg, max_new_tokens
         limits = SandboxLimits(timeout_s=cfg.code_test_timeout_s, memory_mb=cfg.code_memory_mb,
                                isolation=cfg.code_isolation)
-        self.scorer = RewardScorer(cfg.fn, cfg.timeout_s, cfg.workers_per_actor, code_limits=limits, shape=cfg.shape)
+        self.scorer = RewardScorer(cfg.fn, cfg.timeout_s, cfg.workers_per_actor, code_limits=limits, shape=cfg.shape,
+                                   extra=extra_rewards(cfg))
         self.scorer.start()  # pay the verifier processes' start-up before the first batch
 
     def score(self, samples: list[Sample]) -> tuple[list[RewardResult], float]:

@@ -117,6 +117,15 @@ class EnvConfig:
     'none' runs it as this user with network, warned about at every start."""
 
 
+def _absolute_file_spec(spec: str) -> str:
+    from rewards.registry import is_file_spec
+
+    if not (is_file_spec(spec) and ":" in spec):
+        return spec
+    path, name = spec.rsplit(":", 1)
+    return f"{os.path.abspath(os.path.expanduser(path))}:{name}"
+
+
 @dataclass
 class RewardConfig:
     fn: str = "math"
@@ -126,6 +135,12 @@ class RewardConfig:
     """How reward.fn is called: 'auto' (from its parameter names), 'forkrl' fn(response, ground_truth),
     'verl' compute_score(data_source, solution_str, ground_truth, extra_info), 'trl' fn(completions,
     **columns) or 'openrlhf' reward_func(queries, prompts, labels)."""
+    extra_fns: list[str] = field(default_factory=list)
+    """More rewards added to reward.fn's score (each as reward.fn takes it, shape read from its
+    signature), as TRL's several reward_funcs: a format or length term. Correctness stays reward.fn's;
+    each one's own score is logged as reward/fn/<name>."""
+    extra_weights: list[float] = field(default_factory=list)
+    """Weight of each of reward.extra_fns (empty = 1 each); reward.fn's weight is 1."""
     num_actors: int = 1
     """Reward actors; responses of a batch are split across them."""
     num_cpus: float = 0.5
@@ -153,13 +168,10 @@ class RewardConfig:
     """... for this many consecutive steps (a broken reward must not train on zeros for hours)."""
 
     def __post_init__(self) -> None:
-        from rewards.registry import is_file_spec
-
         # A reward file is named from the directory forkrl starts in; the actors, a resume from
         # elsewhere and config.yaml need the absolute path.
-        if is_file_spec(self.fn) and ":" in self.fn:
-            path, name = self.fn.rsplit(":", 1)
-            self.fn = f"{os.path.abspath(os.path.expanduser(path))}:{name}"
+        self.fn = _absolute_file_spec(self.fn)
+        self.extra_fns = [_absolute_file_spec(f) for f in self.extra_fns]
 
 
 @dataclass
@@ -446,7 +458,10 @@ def _coerce(tp, value, key):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [str(v) for v in value]
+        (item,) = typing.get_args(tp) or (str,)
+        if item is str:
+            return [str(v) for v in value]
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
             return value.lower() in ("true", "1")

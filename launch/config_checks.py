@@ -77,9 +77,18 @@ def validate(c) -> None:
     _check(0 < m.rho <= 1, "learner.mask.rho", f"must be in (0, 1], got {m.rho}")
     _check(not (m.mode == "bottom" and m.rho == 1), "learner.mask.rho",
            "rho=1 with mode=bottom keeps a single token (bottom keeps the lowest 1-rho); use mode=none to train every token")
-    _check(not (l.advantage == "w_reinforce" and (c.reward.format_weight or c.reward.overlong_weight)),
-           "learner.advantage", "w_reinforce reads only the verifier's verdict, so reward.format_weight and "
-           "reward.overlong_weight would change reward/mean but not what trains; set them to 0 or pick another estimator")
+    _check(not (l.advantage == "w_reinforce" and (c.reward.format_weight or c.reward.overlong_weight
+                                                  or c.reward.extra_fns)),
+           "learner.advantage", "w_reinforce reads only the verifier's verdict, so reward.format_weight, "
+           "reward.overlong_weight and reward.extra_fns would change reward/mean but not what trains; set them to 0 "
+           "(or empty) or pick another estimator")
+    r = c.reward
+    _check(not r.extra_weights or len(r.extra_weights) == len(r.extra_fns), "reward.extra_weights",
+           f"has {len(r.extra_weights)} weight(s) for {len(r.extra_fns)} reward.extra_fns (or leave it empty: 1 each)")
+    _check(all(_finite(w) for w in r.extra_weights), "reward.extra_weights", f"must be finite, got {r.extra_weights}")
+    names = [f.rsplit(":", 1)[-1] for f in [r.fn, *r.extra_fns]]
+    _check(len(set(names)) == len(names), "reward.extra_fns",
+           f"two rewards share a name ({', '.join(names)}); each one's score is logged as reward/fn/<name>")
     _check(not (m.normalize == "kept" and l.aggregation == "seq_mean_token_sum_norm"), "learner.mask.normalize",
            "'kept' has no meaning with learner.aggregation=seq_mean_token_sum_norm, which divides by a constant length")
     _check(l.dual_clip == 0 or l.dual_clip > 1, "learner.dual_clip", f"must be 0 (off) or > 1, got {l.dual_clip}")

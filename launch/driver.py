@@ -39,7 +39,7 @@ from launch.rollouts import Group, RewardHealth, choose_groups, rollout_metrics,
 from launch.signals import StopSignal
 from launch.tracking import RunLock, RunTracker, check_fresh
 from envs.registry import check_env
-from rewards.registry import check_reward, dry_call_reward
+from rewards.registry import check_reward_config, dry_call_reward
 
 logger = logging.getLogger("forkrl")
 
@@ -85,7 +85,7 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     directory. All input is checked before actors start."""
     from transformers import AutoTokenizer
 
-    check_reward(cfg.reward.fn, cfg.reward.code_isolation, cfg.reward.shape)
+    check_reward_config(cfg.reward)
     check_env(cfg.env.name, cfg.env.isolation)
     model_path = str(resolve_model_path(cfg.model.path))
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -71,10 +71,10 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     from launch.network import start_ray
     from launch.groups import ActorGroups
     from launch.placement import check_resources, launch_generators, launch_rewards
-    from rewards.registry import check_reward, dry_call_reward
+    from rewards.registry import check_reward_config, dry_call_reward
     from envs.registry import check_env
 
-    check_reward(cfg.reward.fn, cfg.reward.code_isolation, cfg.reward.shape)
+    check_reward_config(cfg.reward)
     check_env(cfg.env.name, cfg.env.isolation)
     models = {model: str(resolve_model_path(model))}
     if compare:

@@ -54,6 +54,13 @@ def check_reward(spec: str, code_isolation: str = "bwrap", shape: str = "auto") 
         check_isolation(code_isolation)
 
 
+def check_reward_config(cfg) -> None:
+    """check_reward for a reward config's reward.fn and each of its reward.extra_fns."""
+    check_reward(cfg.fn, cfg.code_isolation, cfg.shape)
+    for other in cfg.extra_fns:
+        check_reward(other, cfg.code_isolation)
+
+
 def is_file_spec(spec: str) -> bool:
     """'path/to/reward.py:fn' (a file, as verl's custom_reward_function.path) rather than 'pkg.mod:fn'."""
     return spec.rsplit(":", 1)[0].endswith(".py") or "/" in spec
@@ -122,8 +129,28 @@ def _import_fn(spec: str):
     return fn
 
 
-def score_one(spec: str, sample: Sample, code_limits=None, shape: str = "auto") -> tuple:
-    """Runs inside the verifier process: (score, status, extras)."""
+def score_one(spec: str, sample: Sample, code_limits=None, shape: str = "auto",
+              extra: tuple[tuple[str, float], ...] = ()) -> tuple:
+    """Runs inside the verifier process: (score, status, extras). `extra`: (spec, weight) of more
+    rewards added to the score with their weights (TRL's reward_funcs and reward_weights); the
+    verdict stays `spec`'s, and each one's own score is reported among the extras by its name."""
+    score, status, extras = _score(spec, sample, code_limits, shape)
+    if not extra:
+        return score, status, extras
+    parts = [(reward_name(spec), score)]
+    for other, weight in extra:
+        value = _score(other, sample, code_limits, "auto")[0]
+        parts.append((reward_name(other), value))
+        score += weight * value
+    return score, status, extras + tuple(parts)
+
+
+def reward_name(spec: str) -> str:
+    """What a reward's own score is logged as (reward/fn/<name>): a built-in's name, else its function's."""
+    return spec.rsplit(":", 1)[-1]
+
+
+def _score(spec: str, sample: Sample, code_limits=None, shape: str = "auto") -> tuple:
     if spec == "math":
         return (*score_math(sample.response, sample.ground_truth), ())
     if spec == "code":
@@ -147,12 +174,16 @@ class RewardScorer:
     """Scores batches in parallel over `num_workers` killable processes, `timeout_s` per response."""
 
     def __init__(self, spec: str, timeout_s: float, num_workers: int = 1, memory_limit_mb: int = 4096,
-                 code_limits=None, shape: str = "auto"):
-        check_reward(spec, code_limits.isolation if code_limits is not None else "bwrap", shape)
+                 code_limits=None, shape: str = "auto", extra: tuple[tuple[str, float], ...] = ()):
+        isolation = code_limits.isolation if code_limits is not None else "bwrap"
+        check_reward(spec, isolation, shape)
+        for other, _ in extra:
+            check_reward(other, isolation)
         self.spec, self.timeout_s, self.code_limits, self.shape = spec, timeout_s, code_limits, shape
-        user_module = not (spec in BUILTINS or is_file_spec(spec))
-        preload = ("rewards.registry",) + ((spec.split(":")[0],) if user_module else ())
-        search = (os.getcwd(),) if user_module else ()  # as _import_fn: after everything installed
+        self.extra = tuple((str(s), float(w)) for s, w in extra)
+        modules = [s.split(":")[0] for s in (spec, *(o for o, _ in extra)) if not (s in BUILTINS or is_file_spec(s))]
+        preload = ("rewards.registry", *dict.fromkeys(modules))
+        search = (os.getcwd(),) if modules else ()  # as _import_fn: after everything installed
         self._procs = [BoundedProcess(memory_limit_mb, preload, search) for _ in range(num_workers)]
         self._pool = ThreadPoolExecutor(max_workers=num_workers)
 
@@ -164,7 +195,7 @@ class RewardScorer:
         for sample in items:
             t0 = time.perf_counter()
             try:
-                res = proc.call(score_one, (self.spec, sample, self.code_limits, self.shape), self.timeout_s)
+                res = proc.call(score_one, (self.spec, sample, self.code_limits, self.shape, self.extra), self.timeout_s)
             except RuntimeError as e:  # the verifier process could not start: an error, not a verdict
                 res = CallResult(ERROR, error=str(e))
             took = time.perf_counter() - t0
@@ -198,14 +229,21 @@ class RewardScorer:
         self._pool.shutdown(wait=False)
 
 
+def extra_rewards(cfg) -> tuple[tuple[str, float], ...]:
+    """(spec, weight) of a reward config's extra_fns (weight 1 each when extra_weights is empty)."""
+    weights = cfg.extra_weights or [1.0] * len(cfg.extra_fns)
+    return tuple(zip(cfg.extra_fns, weights, strict=True))
+
+
 def dry_call_reward(cfg, prompt, where: str) -> None:
     """Call a user's reward (reward config `cfg`) once on a real data row, `prompt`, with the row's
     own answer as the response, in a verifier process, before any actor starts: a wrong signature,
     a missing column or a return value that is not a score fails here in one line, naming the
     function and the row, not after two steps of training."""
-    if cfg.fn in BUILTINS:
+    extra = extra_rewards(cfg)
+    if cfg.fn in BUILTINS and all(s in BUILTINS for s, _ in extra):
         return
-    scorer = RewardScorer(cfg.fn, cfg.timeout_s, shape=cfg.shape)
+    scorer = RewardScorer(cfg.fn, cfg.timeout_s, shape=cfg.shape, extra=extra)
     try:
         (res,) = scorer.score_samples([Sample.of(prompt, response=prompt.answer)])
     finally:

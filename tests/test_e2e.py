@@ -56,7 +56,10 @@ def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
     # While it runs, every listening socket of its processes is sampled (tests/test_network.py).
     returncode, stderr, seen = run_watching_sockets(
         [*tiny_args(tiny_model, yes_data, run_dir), "steps=4", "max_staleness=1", "learner.num_ranks=2",
-         "reward.overlong_weight=1.0", "reward.overlong_cache=4", "learner.signal=reward"])
+         "reward.overlong_weight=1.0", "reward.overlong_cache=4", "learner.signal=reward",
+         # a second reward at weight 0 (its module found in the directory forkrl starts in): logged, not trained
+         "reward.extra_fns=[tests.fixtures.peer_rewards:format_reward]", "reward.extra_weights=[0.0]",
+         "tracking.completions_every=2"])
     assert returncode == 0, stderr[-3000:]
     assert_loopback_only(seen)
     rows = read_metrics(run_dir)
@@ -77,6 +80,9 @@ def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
         # the random model rarely stops early: most responses hit 8 tokens and take the full -1
         assert r["response/truncated_fraction"] > 0.5 and r["reward/mean"] < -0.4
     assert [r["staleness/max"] for r in rows[1:]] == [1, 1, 1]  # generation really ran ahead
+    assert all(r["reward/fn/format_reward"] == 0.0 and "reward/fn/starts_with" in r for r in rows)
+    tables = sorted(run_dir.glob("wandb/offline-run-*/files/media/table/completions_*.table.json"))
+    assert [int(t.name.split("_")[1]) for t in tables] == [2, 4]  # the driver's completions table
     # step 1 was sampled by the very weights the learner scores with: vLLM and learner agree
     if not rows[0]["train/skipped_no_signal"]:
         assert rows[0]["train/behaviour_logp_abs_diff"] < 1e-3 and rows[0]["off_policy/log_ratio_max"] < 1e-2

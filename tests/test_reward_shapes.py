@@ -207,3 +207,32 @@ def test_extras_are_averaged_over_the_responses_that_report_them():
                                                                                                       ("b", 5.0))),
                RewardResult(0.0, "wrong")]
     assert extras_metrics(results) == {"reward/fn/a": 2.0, "reward/fn/b": 5.0}
+
+
+def test_extra_rewards_add_with_their_weights_and_the_verdict_stays_the_verifiers():
+    """TRL's several reward_funcs with reward_weights: a format term adds to the score, is logged
+    by its own name, and never turns a wrong answer into a correct one."""
+    s = RewardScorer("math", timeout_s=10.0, extra=((f"{PEER}:format_reward", 0.5),))
+    try:
+        right, formatted_wrong, bare_right = s.score_samples([Sample(r"\boxed{5}", "5"), Sample(r"\boxed{4}", "5"),
+                                                              Sample("The answer is 5", "5")])
+    finally:
+        s.close()
+    assert (right.score, right.status, dict(right.extras)) == (1.5, "correct", {"math": 1.0, "format_reward": 1.0})
+    assert (formatted_wrong.score, formatted_wrong.status) == (0.5, "wrong")
+    assert (bare_right.score, bare_right.status, dict(bare_right.extras)["format_reward"]) == (1.0, "correct", 0.0)
+    assert extras_metrics([right, formatted_wrong, bare_right]) == {"reward/fn/format_reward": 2 / 3,
+                                                                    "reward/fn/math": 2 / 3}
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["reward.extra_fns=[a.b:f, a.b:g]", "reward.extra_weights=[1.0]"], "reward.extra_weights: has 1 weight.s. for 2 reward.extra_fns"),
+    (["reward.extra_fns=[a.b:f]", "reward.extra_weights=[.inf]"], "reward.extra_weights: must be finite"),
+    (["reward.fn=x.y:score", "reward.extra_fns=[a.b:score]"], "reward.extra_fns: two rewards share a name"),
+    (["reward.extra_fns=[a.b:f]", "learner.advantage=w_reinforce"], "w_reinforce reads only the verifier's verdict"),
+])
+def test_extra_reward_settings_that_cannot_work_are_refused_naming_the_key(overrides, needle):
+    from launch.config import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
