@@ -1,27 +1,14 @@
-"""A reward in verl's shape as a MATH-style user writes it: the last \\boxed{} of the response,
-compared as a string with the ground truth after dropping spaces and `$`, returned as verl's dict
-(score, acc, pred). Plugged in unchanged by file path:
-reward.fn=bench/peer_formats/verl_math.py:compute_score (bench/README.md "Peer formats")."""
+"""A reward in verl's shape that verifies with forkrl's math verifier, as verl's own math_verify
+scorer delegates to math-verify: compute_score(data_source, solution_str, ground_truth, extra_info)
+returning verl's dict (score, acc, and a number of its own). By file path:
+reward.fn=bench/peer_formats/verl_math.py:compute_score (bench/README.md "Peer formats").
 
-
-def last_boxed(text):
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j]
-    return None
-
-
-def _norm(s):
-    return "".join(str(s).split()).replace("$", "")
+It runs inside forkrl's verifier process, which already bounds it in time and memory, so it calls
+the verifier directly rather than through rewards.registry.math_reward (a second process)."""
+from rewards.math import score_math
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None):
-    pred = last_boxed(solution_str)
-    right = pred is not None and _norm(pred) == _norm(ground_truth)
-    return {"score": 1.0 if right else 0.0, "acc": right, "pred": "" if pred is None else pred,
-            "boxed": float(pred is not None)}
+    score, status = score_math(solution_str, ground_truth)
+    return {"score": score, "acc": status == "correct", "no_answer": float(status == "no_answer"),
+            "status": str(status)}
