@@ -31,7 +31,7 @@ from launch.errors import ActorFailures, LearnerLost, NonFiniteSteps, RunStopped
 from launch.evaluation import eval_max_tokens, evaluate
 from launch.groups import ActorGroups, Collected, InFlight
 from launch.models import check_chat_wrap, check_lora_targets, resolve_model_path
-from launch.network import start_ray
+from launch.network import remove_rendezvous_files, start_ray
 from launch.placement import check_resources, launch_actors
 from launch.resume import (STATE_DIR, DriverState, LearnerRestarts, Progress, check_shared_storage,
                            latest_checkpoint, restore, save_checkpoint, to_universal)
@@ -167,6 +167,7 @@ def train_run(cfg: TrainConfig, run_dir: Path, inputs: Inputs, ckpt: Path | None
     finally:
         tracker.close()
         ray.shutdown()  # inside the console: the workers' last forwarded lines land in train.log
+        remove_rendezvous_files()
     if baseline and "eval/accuracy" in final:
         logger.info("%s", summary_line(baseline, final))
     logger.info("done in %s: policy %s | metrics and curves.png in %s | resume state %s",

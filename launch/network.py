@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import uuid
+from pathlib import Path
 
 from launch.errors import NetworkError
 
@@ -103,5 +104,13 @@ def actor_env(cfg) -> dict[str, str]:
 
 
 def file_rendezvous() -> str:
-    """A torch init_method URL for ranks that share this machine: a fresh file, no socket."""
-    return f"file://{tempfile.gettempdir()}/forkrl-rendezvous-{uuid.uuid4().hex}"
+    """A torch init_method URL for ranks that share this machine: a fresh file, no socket. Named
+    by the driver's pid, so that the driver can remove its own (remove_rendezvous_files)."""
+    return f"file://{tempfile.gettempdir()}/forkrl-rendezvous-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def remove_rendezvous_files() -> None:
+    """Delete this driver's rendezvous files once its ranks are gone: torch's FileStore removes
+    its file only when every rank exits cleanly, and Ray's shutdown kills them."""
+    for path in Path(tempfile.gettempdir()).glob(f"forkrl-rendezvous-{os.getpid()}-*"):
+        path.unlink(missing_ok=True)

@@ -51,6 +51,8 @@ def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
     from tests.test_network import assert_loopback_only, run_watching_sockets
 
     run_dir = tmp_path / "run"
+    rendezvous = lambda: set(Path(tempfile.gettempdir()).glob("forkrl-rendezvous-*"))  # noqa: E731
+    before = rendezvous()
     # Overlong shaping on (L_cache 4 of 8 tokens) also checks the reward actor's shaping wiring;
     # with the reward rule its length differences train (the random model never earns the reward).
     # While it runs, every listening socket of its processes is sampled (tests/test_network.py).
@@ -62,6 +64,7 @@ def test_cli_async_two_zero3_ranks(tiny_model, yes_data, tmp_path):
          "tracking.completions_every=2"])
     assert returncode == 0, stderr[-3000:]
     assert_loopback_only(seen)
+    assert rendezvous() <= before  # the two ranks met through a file, which the driver removed
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [r["policy_version"] for r in rows] == [1, 2, 3, 4]
