@@ -7,6 +7,7 @@ import torch
 from actors.types import Prompt
 from launch.config import load_config
 from launch.placement import launch_generators, launch_learners, launch_rewards
+from rewards.shapes import Sample
 from learner.batch import collate
 from learner.weights import assemble_weights, shard_weights
 
@@ -66,12 +67,13 @@ def test_reward_pool_survives_a_hostile_batch(ray_local, tiny_model):
              r"\boxed{" + "{" * 3000, r"\boxed{2+2}", r"\boxed{100000000!}"]
     answers = ["4"] * len(texts)
     half = len(texts) // 2
-    parts = ray.get([rewards[0].score.remote(texts[:half], answers[:half]), rewards[1].score.remote(texts[half:], answers[half:])])
+    samples = [Sample(t, a) for t, a in zip(texts, answers)]
+    parts = ray.get([rewards[0].score.remote(samples[:half]), rewards[1].score.remote(samples[half:])])
     results = parts[0][0] + parts[1][0]
     assert [r.score for r in results] == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert results[1].status == "timeout"
     # the pool is healthy afterwards
-    again = ray.get([rw.score.remote([r"\boxed{4}", r"\boxed{3}"], ["4", "4"]) for rw in rewards])
+    again = ray.get([rw.score.remote([Sample(r"\boxed{4}", "4"), Sample(r"\boxed{3}", "4")]) for rw in rewards])
     assert [[r.score for r in res] for res, _ in again] == [[1.0, 0.0], [1.0, 0.0]]
     [ray.kill(r) for r in rewards]
 
