@@ -48,6 +48,9 @@ def ray_local():
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
+    from launch.network import remove_rendezvous_files
+
+    remove_rendezvous_files()  # this process launched the ranks, as a driver does
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m filter reads the markers
