@@ -229,3 +229,20 @@ def test_each_epoch_after_the_first_draws_new_mini_batches():
         for i in range(2):
             part = lengths[o[i * 4:(i + 1) * 4]]
             assert torch.equal(part, part.sort().values)
+
+
+def test_the_logged_ref_kl_is_unbiased_for_kl_of_the_current_policy_on_stale_tokens():
+    """losses/ref_kl is k3 weighted by kl_sample_weights (learner/engine.py). By exact enumeration
+    over a 6-token vocabulary: on tokens drawn from a stale behaviour policy mu, the weighted k3
+    averages to KL(pi || ref) exactly (no cap reached), while the unweighted one does not."""
+    from learner.losses import kl_penalty, kl_sample_weights
+
+    g = torch.Generator().manual_seed(0)
+    log_pi, log_mu, log_ref = (torch.log_softmax(torch.randn(6, generator=g, dtype=torch.float64), 0) for _ in range(3))
+    mu = log_mu.exp()
+    k3 = kl_penalty(log_pi[None], log_ref[None], "k3")[0]  # (V,) the estimate at each token
+    weighted = (mu * kl_sample_weights(log_pi[None], log_mu[None], is_cap=1e9)[0] * k3).sum()  # E_mu[w k3]
+    plain = (mu * k3).sum()  # E_mu[k3]: what an unweighted log would average to
+    exact = (log_pi.exp() * (log_pi - log_ref)).sum()  # KL(pi || ref)
+    assert weighted.item() == pytest.approx(exact.item(), rel=1e-12)
+    assert abs(plain.item() - exact.item()) > 0.05  # the bias the weighting removes
