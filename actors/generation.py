@@ -30,6 +30,12 @@ def _repack_tied_lm_head(worker) -> None:
         lm_head.quant_method.process_weights_after_loading(lm_head)
 
 
+def sampled_logprobs(out) -> list[float]:
+    """(T,) the log-prob of the token sampled at each position of a vLLM completion: with
+    logprobs=0, vLLM returns exactly that token's entry at each step."""
+    return [step[tok].logprob for step, tok in zip(out.logprobs, out.token_ids)]
+
+
 class GenerationWorker:
     def __init__(self, cfg, model_path: str, seed: int, env_cfg=None, chat_template: bool = True):
         """cfg: the generation config; env_cfg: the env config (None or env.name=single_turn: one
@@ -93,8 +99,7 @@ class GenerationWorker:
         for out in outs:
             for o in out.outputs:
                 ids.append(list(o.token_ids))
-                # logprobs=0 returns the sampled token's own log-prob at each position.
-                lps.append([step[tok].logprob for step, tok in zip(o.logprobs, o.token_ids)])
+                lps.append(sampled_logprobs(o))
                 texts.append(o.text)
                 finished.append(o.finish_reason == "stop")
         return RolloutBatch(prompts, c.group_size, ids, lps, texts, finished, self.version, time.perf_counter() - t0,
@@ -131,9 +136,8 @@ class GenerationWorker:
             turns = []
             for out in outs:
                 o = out.outputs[0]
-                # logprobs=0 returns the sampled token's own log-prob at each position.
-                turns.append(Sampled(list(o.token_ids), [st[tok].logprob for st, tok in zip(o.logprobs, o.token_ids)],
-                                     o.text, o.finish_reason == "stop" and not isinstance(o.stop_reason, str)))
+                turns.append(Sampled(list(o.token_ids), sampled_logprobs(o), o.text,
+                                     o.finish_reason == "stop" and not isinstance(o.stop_reason, str)))
             return turns
 
         trajs = [Trajectory(self.env_cls(p.text, p.answer, self.limits), p.token_ids, budget)
