@@ -21,8 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rewards.specs import SpecError
 
-class EnvSpecError(ValueError):
+
+class EnvSpecError(SpecError):
     """env.name names no usable environment; the message says why."""
 
 

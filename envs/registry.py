@@ -1,10 +1,10 @@
 """Environments by name or import path: 'single_turn' (one response per sample, the default),
-'python' (`envs.python_tool`), or 'package.module:Class' (the interface: `envs.base`)."""
+'python' (`envs.python_tool`), 'package.module:Class' or 'path/to/file.py:Class' (the interface:
+`envs.base`)."""
 from __future__ import annotations
 
-import importlib
-
 from envs.base import EnvSpecError
+from rewards.specs import import_spec
 
 BUILTINS = ("single_turn", "python")
 
@@ -17,14 +17,11 @@ def load_env(spec: str):
         from envs.python_tool import PythonTool
 
         return PythonTool
-    if spec.count(":") != 1:
-        raise EnvSpecError(f"env.name={spec!r}: expected one of {', '.join(BUILTINS)} or 'package.module:Class'")
-    module_name, cls_name = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise EnvSpecError(f"env.name={spec!r}: cannot import {module_name} ({e})") from None
-    cls = getattr(module, cls_name, None)
+    if ":" not in spec:
+        raise EnvSpecError(f"env.name={spec!r}: expected one of {', '.join(BUILTINS)}, 'package.module:Class' or "
+                           "'path/to/file.py:Class'")
+    cls = import_spec(spec, "env.name", "class", EnvSpecError)
+    module_name, cls_name = spec.rsplit(":", 1)
     if not isinstance(cls, type):
         raise EnvSpecError(f"env.name={spec!r}: {module_name} has no class {cls_name}")
     if not callable(getattr(cls, "step", None)):

@@ -7,7 +7,6 @@ any actor starts. Each actor receives only its own sub-config.
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from launch.errors import ConfigError  # noqa: F401  (raised here; imported from
 from learner.advantages import Estimator, Signal
 from rewards.sandbox import Isolation
 from rewards.shapes import Shape
+from rewards.specs import absolute_file_spec
 from learner.losses import Aggregation, KLEstimator, Normalize
 from learner.masking import MaskMode, MaskScope
 
@@ -97,8 +97,8 @@ class GenerationConfig:
 class EnvConfig:
     name: str = "single_turn"
     """Rollout environment: 'single_turn' (one response per sample), 'python' (the model may run fenced
-    ```python blocks in the code sandbox and read their output; envs/python_tool.py) or
-    'package.module:Class' (envs/base.py says what the class provides). Multi-turn:
+    ```python blocks in the code sandbox and read their output; envs/python_tool.py),
+    'package.module:Class' or 'path/to/file.py:Class' (envs/base.py says what the class provides). Multi-turn:
     generation.max_new_tokens is each trajectory's whole token budget, model and environment tokens."""
     max_turns: int = 4
     """Model turns per trajectory at most (the last is never answered)."""
@@ -116,14 +116,8 @@ class EnvConfig:
     """'bwrap' runs each tool call in its own bubblewrap namespaces (README, "The code sandbox");
     'none' runs it as this user with network, warned about at every start."""
 
-
-def _absolute_file_spec(spec: str) -> str:
-    from rewards.registry import is_file_spec
-
-    if not (is_file_spec(spec) and ":" in spec):
-        return spec
-    path, name = spec.rsplit(":", 1)
-    return f"{os.path.abspath(os.path.expanduser(path))}:{name}"
+    def __post_init__(self) -> None:
+        self.name = absolute_file_spec(self.name)  # as reward.fn: the actors need the absolute path
 
 
 @dataclass
@@ -170,8 +164,8 @@ class RewardConfig:
     def __post_init__(self) -> None:
         # A reward file is named from the directory forkrl starts in; the actors, a resume from
         # elsewhere and config.yaml need the absolute path.
-        self.fn = _absolute_file_spec(self.fn)
-        self.extra_fns = [_absolute_file_spec(f) for f in self.extra_fns]
+        self.fn = absolute_file_spec(self.fn)
+        self.extra_fns = [absolute_file_spec(f) for f in self.extra_fns]
 
 
 @dataclass

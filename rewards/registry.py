@@ -12,20 +12,16 @@ verifier process.
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib
-import importlib.util
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from rewards.bounded import ERROR, OK, BoundedProcess, CallResult
 from rewards.math import score_math
 from rewards.result import FAILED, RewardResult, Status
 from rewards.shapes import SHAPES, Sample, ShapeError, call, describe, detect_shape, read_return
+from rewards.specs import SpecError, import_spec, is_file_spec
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +30,7 @@ MATH_REWARD_TIMEOUT_S = 5.0  # math_reward's limit per call
 BUILTINS = ("math", "code", "starts_with")
 
 
-class RewardSpecError(ValueError):
+class RewardSpecError(SpecError):
     """reward.fn names no usable reward function; the message says why."""
 
 
@@ -61,17 +57,12 @@ def check_reward_config(cfg) -> None:
         check_reward(other, cfg.code_isolation)
 
 
-def is_file_spec(spec: str) -> bool:
-    """'path/to/reward.py:fn' (a file, as verl's custom_reward_function.path) rather than 'pkg.mod:fn'."""
-    return spec.rsplit(":", 1)[0].endswith(".py") or "/" in spec
-
-
 def check_spec(spec: str, shape: str = "auto") -> None:
     """Raise RewardSpecError naming the problem if `spec` is neither a built-in nor an importable
     function in the given shape."""
     if spec in BUILTINS:
         return
-    if spec.count(":") != 1 and not (is_file_spec(spec) and spec.count(":") >= 1):
+    if spec.count(":") != 1 and not (is_file_spec(spec) and ":" in spec):
         raise RewardSpecError(f"reward.fn={spec!r}: expected one of {', '.join(BUILTINS)}, 'package.module:function' "
                               "or 'path/to/file.py:function'")
     fn = _import_fn(spec)
@@ -88,44 +79,11 @@ def resolve_shape(fn, shape: str) -> str:
     return detect_shape(fn) if shape == "auto" else shape
 
 
-def _load_file(path_text: str):
-    path = Path(path_text).expanduser().resolve()
-    if not path.is_file():
-        raise RewardSpecError(f"reward.fn: {path_text} not found (a file path is read from the directory forkrl "
-                              "starts in; it must be at the same path on every node)")
-    # One module per file, named by its path: two reward files called rewards.py do not collide.
-    name = f"forkrl_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-    if name in sys.modules:
-        return sys.modules[name]
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.path.insert(0, str(path.parent))  # its sibling modules import, as they do when it runs as a script
-    sys.modules[name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as e:
-        del sys.modules[name]
-        raise RewardSpecError(f"reward.fn: {path_text} does not import ({type(e).__name__}: {e})") from None
-    return module
-
-
 @functools.lru_cache(maxsize=16)
 def _import_fn(spec: str):
-    module_name, fn_name = spec.rsplit(":", 1)
-    if is_file_spec(spec):
-        module = _load_file(module_name)
-    else:
-        # As with `python -m` and TRL, a module in the directory forkrl starts in imports (a Ray
-        # actor runs there too); searched after everything installed, so it cannot shadow a library.
-        if os.getcwd() not in sys.path:
-            sys.path.append(os.getcwd())
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise RewardSpecError(f"reward.fn={spec!r}: cannot import {module_name} ({e})") from None
-    fn = getattr(module, fn_name, None)
+    fn = import_spec(spec, "reward.fn", "function", RewardSpecError)
     if not callable(fn):
-        raise RewardSpecError(f"reward.fn={spec!r}: {module_name} has no function {fn_name}")
+        raise RewardSpecError(f"reward.fn={spec!r}: {spec.rsplit(':', 1)[0]} has no function {spec.rsplit(':', 1)[1]}")
     return fn
 
 

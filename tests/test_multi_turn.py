@@ -3,6 +3,8 @@ that hang or crash cut at their limit, and environments that load by name."""
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -169,6 +171,21 @@ def test_environments_load_by_name_and_bad_ones_say_why():
                          ("tests.fixtures.envs:NoStep", "has no step(turn, ended) method")]:
         with pytest.raises(EnvSpecError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             check_env(spec)
+
+
+@pytest.mark.unit
+def test_an_environment_loads_from_a_file_path_made_absolute(tmp_path, monkeypatch):
+    """As reward.fn: env.name=path/to/file.py:Class, relative to where forkrl starts."""
+    from launch.config import EnvConfig
+
+    (tmp_path / "my_env.py").write_text((Path(__file__).parent / "fixtures" / "envs.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    cfg = EnvConfig(name="my_env.py:Scripted")
+    assert cfg.name == f"{tmp_path / 'my_env.py'}:Scripted"
+    cls = load_env(cfg.name)
+    assert cls.__name__ == "Scripted" and cls(None, None, None).step("t", False).tool == "ok"
+    with pytest.raises(EnvSpecError, match="env.name: .*absent.py not found"):
+        check_env(f"{tmp_path}/absent.py:Scripted")
 
 
 # ---- the learner sees the model's tokens only ---------------------------------------------------
