@@ -24,8 +24,11 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # results this way, and reading it is what a person does. Only a plain number after the last '='
 # at the very end of the response counts, so this adds no expression or variable matching.
 _EQUATION_END_RE = re.compile(r"=\s*\$?\s*(-?\d+(?:\.\d+)?(?:/\d+)?)\s*\$?\s*[.!]?\s*$")
-# GSM8K's `#### 72` (its answers end so, and verl's GSM8K prompt asks for it) is a stated answer too.
-_STATED_MARK_RE = re.compile(r"final answer is|final answer\s*:|answer is|answer\s*:|####", re.IGNORECASE)
+_STATED_MARK_RE = re.compile(r"final answer is|final answer\s*:|answer is|answer\s*:", re.IGNORECASE)
+# GSM8K's answer line (its solutions end so, and verl's GSM8K prompt asks for it): `####` then a
+# number, alone on its line. A Markdown heading (`#### 2. Compute the area`, `#### Verification`)
+# is not an answer: read as one, a section number would score wherever it equals the gold.
+_HASH_LINE_RE = re.compile(r"^[ \t]*####[ \t]*(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)[ \t]*\.?[ \t]*$", re.MULTILINE)
 _STATED_VALUE_RE = re.compile(r"\s*:?\s*(?:\$+)?([^\n$]{1,200})")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
 
@@ -49,14 +52,17 @@ def last_boxed(text: str) -> str | None:
 
 
 def extract_final_answer(text: str) -> str | None:
-    """The response's final answer: the last box, else the last stated answer, else the number
-    that ends a final-line equation ("2 + 5 = 7"), else None."""
+    """The response's final answer: the last box, else the last stated answer ("The answer is 7",
+    or GSM8K's `#### 7` line), else the number that ends a final-line equation ("2 + 5 = 7"), else None."""
     text = text.replace("\x00", "")
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip()
     tail = text[-4000:]  # a stated answer sits at the end; bounds the regex work on huge inputs
     marks = list(_STATED_MARK_RE.finditer(tail))
+    hashes = list(_HASH_LINE_RE.finditer(tail))
+    if hashes and (not marks or hashes[-1].start() > marks[-1].start()):  # the last statement wins
+        return hashes[-1].group(1)
     if marks:  # the last statement wins: "Final Answer: The final answer is $100$. I hope it is correct."
         value = _STATED_VALUE_RE.match(tail, marks[-1].end())
         if value:
@@ -75,7 +81,7 @@ def _as_gold(ground_truth: str) -> str:
     `\\[ \\]` around it."""
     gt = ground_truth.replace("\x00", "").strip()
     boxed = last_boxed(gt)
-    if boxed is None and "####" in gt:
+    if boxed is None and "####" in gt and gt.rsplit("####", 1)[1].strip():
         gt = gt.rsplit("####", 1)[1]
     gt = (boxed if boxed is not None else gt).strip()
     m = _MATH_DELIMITERS_RE.match(gt)

@@ -119,6 +119,21 @@ def test_verl_gsm8k_parquet_trains_on_its_hash_answers_with_the_builtin_and_verl
     assert extras_metrics(via_verl) == {"reward/fn/index": 0.5}
 
 
+@pytest.mark.parametrize("response, gold, want", [
+    ("Let me solve.\n#### 2. Compute the area\nThe area is 15 square units.", "2", "no_answer"),  # a heading
+    ("Let me solve.\n#### 3. Final Answer\nTherefore, x = 5", "3", "wrong"),
+    ("Let me solve.\n#### 3. Final Answer\nTherefore, x = 5", "5", "correct"),
+    ("The answer is 15.\n\n#### Verification\nChecks out.", "15", "correct"),
+    ("#### 72\nI hope it is correct.", "72", "correct"),
+    ("The answer is 5.\n#### 6", "5", "wrong"),  # the last statement wins, either kind
+    ("#### 6\nThe answer is 5.", "6", "wrong"),
+])
+def test_only_a_hashes_line_holding_a_number_is_an_answer_not_a_markdown_heading(response, gold, want):
+    """Red-team finding: read as a stated-answer mark, `#### 2. Compute the area` made a section
+    number the answer, scoring wherever it equalled the gold."""
+    assert score_math(response, gold)[1] == want
+
+
 def test_a_raw_gsm8k_answer_is_read_after_its_last_hashes():
     gold = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72"
     assert score_math(r"So \boxed{72}.", gold) == (1.0, "correct")
