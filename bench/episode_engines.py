@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 def setup(n_prompts: int):
     from transformers import AutoTokenizer
 
-    from launch.config import load_config
+    from launch.config_load import load_config
     from launch.data import load_prompts
     from launch.models import resolve_model_path
 

@@ -139,7 +139,7 @@ def child(args) -> None:
     """One side of the comparison, in its own process; prints one JSON line."""
     import torch
 
-    from launch.config import load_config
+    from launch.config_load import load_config
     from launch.models import resolve_model_path
 
     cfg = load_config(args.config, args.overrides)
@@ -172,7 +172,7 @@ def time_publish(args, ranks: int) -> dict:
     object store and a consumer (here the driver, as a generation actor would) assembles them."""
     import ray
 
-    from launch.config import load_config
+    from launch.config_load import load_config
     from launch.models import resolve_model_path
     from launch.placement import launch_learners
     from learner.weights import assemble_weights

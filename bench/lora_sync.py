@@ -58,7 +58,7 @@ def random_adapter(model_path: str, seed: int):
 def prompts(model_path: str, n: int):
     from transformers import AutoTokenizer
 
-    from launch.config import load_config
+    from launch.config_load import load_config
     from launch.data import load_prompts
 
     cfg = load_config(ROOT / "configs/demo.yaml")

@@ -14,7 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
-from launch.config import ConfigError, TrainConfig, load_config
+from launch.errors import ConfigError
+
+from launch.config import TrainConfig
+
+from launch.config_load import load_config
 from launch.network import prepare_local_ray
 
 
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.print_config:
                 import yaml
 
-                from launch.config import to_dict
+                from launch.config_load import to_dict
 
                 print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
             else:

@@ -79,8 +79,8 @@ def read_source(entry: str, setting: str = "data.train_files") -> list[dict]:
         return _read_file(path, setting)
     m = _SPLIT.fullmatch(entry)
     base, split = (m["base"], m["split"]) if m else (entry, None)
-    if Path(base).expanduser().exists():
-        return _read_file(Path(base).expanduser(), setting, split)
+    if (base_path := Path(base).expanduser()).exists():
+        return _read_file(base_path, setting, split)
     hub = _HUB_DATASET.fullmatch(base)
     if hub and not entry.startswith((".", "/", "~")) and Path(base).suffix.lower() not in (".jsonl", ".json", ".parquet"):
         return _read_hub(hub["repo"], hub["config"], split or "train", setting)

@@ -24,7 +24,8 @@ from pathlib import Path
 import ray
 
 from launch.checkpoint import export_weights
-from launch.config import TrainConfig, to_dict
+from launch.config import TrainConfig
+from launch.config_load import to_dict
 from launch.console import Console, duration, log_step, summary_line
 from launch.data import PromptStream, load_eval_prompts, load_prompts
 from launch.errors import ActorFailures, LearnerLost, NonFiniteSteps, RunStopped

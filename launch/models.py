@@ -179,7 +179,7 @@ def check_lora_targets(lora, model_path: str) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from launch.config import ConfigError
+    from launch.errors import ConfigError
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))

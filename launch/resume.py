@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from launch.atomic import atomic_dir, fsync_dir, fsync_tree, write_atomic
-from launch.config import ConfigError, TrainConfig, load_config, to_dict
+from launch.errors import ConfigError
+from launch.config import TrainConfig
+from launch.config_load import load_config, to_dict
 from launch.rng_state import rng_from_json, rng_to_json
 
 if TYPE_CHECKING:  # annotations only: launch.groups imports Ray

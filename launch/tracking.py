@@ -100,7 +100,7 @@ def check_fresh(run_dir: Path) -> None:
 
 def read_metrics_rows(path: Path) -> list[dict]:
     """metrics.jsonl's rows, without a torn tail (see RunTracker._truncate)."""
-    from launch.config import ConfigError
+    from launch.errors import ConfigError
 
     lines = path.read_bytes().split(b"\n")
     rows: list[dict] = []

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from actors.types import Prompt
-from launch.config import load_config
+from launch.config_load import load_config
 from launch.placement import launch_generators, launch_learners, launch_rewards
 from rewards.shapes import Sample
 from learner.batch import collate

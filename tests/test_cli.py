@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import launch.cli as cli
-from launch.config import ConfigError
+from launch.errors import ConfigError
 
 
 def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys):
@@ -33,7 +33,7 @@ def test_eval_compare_tokenizes_for_each_model(tiny_model, tmp_path):
 
     from transformers import AutoTokenizer
 
-    from launch.config import load_config
+    from launch.config_load import load_config
     from launch.model_eval import prompts_per_model
 
     other = tmp_path / "other"

@@ -4,7 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from launch.config import ConfigError, TrainConfig, load_config
+from launch.errors import ConfigError
+
+from launch.config import TrainConfig
+
+from launch.config_load import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 from launch.data import DataError, load_rows, synthetic_arithmetic

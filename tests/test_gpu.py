@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from launch.config import load_config
+from launch.config_load import load_config
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: this machine has no GPU")]

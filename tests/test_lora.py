@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from actors.types import Prompt
-from launch.config import ConfigError, load_config
+from launch.errors import ConfigError
+from launch.config_load import load_config
 from learner.batch import collate
 from learner.weights import PEFT_PREFIX, LoraSpec, merge_lora, shard_weights
 from tests.test_actors_ray import hf_logprobs, make_batch, run_learners, tiny_cfg

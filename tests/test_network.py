@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from launch.config import load_config
+from launch.config_load import load_config
 from launch.errors import NetworkError
 from launch.network import SINGLE_MACHINE_RAY, actor_env, is_loopback, local_ray, loopback_only, prepare_local_ray
 from tests.test_e2e import BIN, REPO

@@ -11,7 +11,8 @@ import torch
 from pathlib import Path
 
 from actors.types import Prompt, RolloutBatch
-from launch.config import ConfigError, load_config
+from launch.errors import ConfigError
+from launch.config_load import load_config
 from launch.rollouts import choose_groups, to_groups, train_shards
 from learner.advantages import compute_advantages, group_is_informative
 from learner.losses import (BatchCounts, clipped_pg_loss, importance_weights, kl_penalty, kl_sample_weights,

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from launch.config import ConfigError
+from launch.errors import ConfigError
 from launch.data import PromptStream
 from launch.resume import resume_config
 from tests.test_e2e import BIN, REPO, forkrl, read_metrics, tiny_args
@@ -33,7 +33,7 @@ def test_prompt_stream_state_round_trips_across_epochs():
 
 
 def fake_run(tmp_path, step=2):
-    from launch.config import load_config, to_dict
+    from launch.config_load import load_config, to_dict
 
     cfg = load_config(REPO / "configs/tiny.yaml", ["steps=4"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -245,7 +245,7 @@ def assert_trained_alike(straight: Path, run_dir: Path, steps) -> None:
 
 
 def test_learner_restarts_need_periodic_checkpoints():
-    from launch.config import load_config
+    from launch.config_load import load_config
 
     with pytest.raises(ConfigError, match=r"^fault.learner_restarts: needs checkpoint.every > 0"):
         load_config(REPO / "configs/tiny.yaml", ["fault.learner_restarts=1"])
@@ -306,7 +306,7 @@ def test_a_generator_restarted_between_batches_is_counted_once_and_bounded():
     """Ray restarted a generator and it got the latest weights before it sampled: no batch was lost,
     but the restart counts (its new incarnation tells), once, toward fault.max_actor_restarts."""
     from actors.types import RolloutBatch
-    from launch.config import load_config
+    from launch.config_load import load_config
     from launch.errors import ActorFailures
     from launch.groups import ActorGroups
 
@@ -337,7 +337,7 @@ def expected_prompts(tiny_model, yes_data, steps: int) -> list[list[int]]:
     interrupted or not, must train (no dynamic sampling in these configs)."""
     from transformers import AutoTokenizer
 
-    from launch.config import load_config
+    from launch.config_load import load_config
     from launch.data import load_prompts
 
     cfg = load_config(REPO / "configs/tiny.yaml", [f"model.path={tiny_model}", f"data.train_files={yes_data}"])

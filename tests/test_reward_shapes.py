@@ -5,7 +5,8 @@ import json
 import pytest
 
 from actors.types import Prompt
-from launch.config import RewardConfig, load_config
+from launch.config import RewardConfig
+from launch.config_load import load_config
 from launch.data import load_prompts, load_rows
 from launch.rollouts import extras_metrics
 from rewards.math import score_math
@@ -247,7 +248,7 @@ def test_extra_rewards_add_with_their_weights_and_the_verdict_stays_the_verifier
     (["reward.extra_fns=[a.b:f]", "learner.advantage=w_reinforce"], "w_reinforce reads only the verifier's verdict"),
 ])
 def test_extra_reward_settings_that_cannot_work_are_refused_naming_the_key(overrides, needle):
-    from launch.config import ConfigError
+    from launch.errors import ConfigError
 
     with pytest.raises(ConfigError, match=needle):
         load_config(None, overrides)

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from launch.config import ConfigError
+from launch.errors import ConfigError
 from launch.resume import checkpoint_tmp, commit_checkpoint
 from launch.tracking import RunExists, check_fresh
 from tests.test_e2e import REPO

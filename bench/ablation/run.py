@@ -73,7 +73,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.steps is None:
         sys.path.insert(0, str(REPO))
-        from launch.config import load_config
+        from launch.config_load import load_config
 
         args.steps = load_config(REPO / args.config, args.extra).steps
     t0 = time.perf_counter()
