@@ -77,7 +77,11 @@ def main() -> None:
 
         args.steps = load_config(REPO / args.config, args.extra).steps
     t0 = time.perf_counter()
-    runs = {arm: {s: run_one(arm, s, args) for s in args.seeds} for arm in args.arms}
+    # Seed-major order: an interrupted sweep leaves every arm with the same seeds finished.
+    runs = {arm: {} for arm in args.arms}
+    for s in args.seeds:
+        for arm in args.arms:
+            runs[arm][s] = run_one(arm, s, args)
     runs = {arm: {s: rows for s, rows in by_seed.items() if finished(rows, args.steps)} for arm, by_seed in runs.items()}
     report(runs, Path(args.out), time.perf_counter() - t0)
 
