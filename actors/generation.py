@@ -7,12 +7,13 @@ ordering is what bounds staleness in the driver.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from actors.episodes import ObservationEncoder, Sampled, Trajectory, run_episodes
-from actors.types import EvalBatch, Prompt, RolloutBatch
+from actors.types import EvalBatch, Prompt, RolloutBatch, RolloutSummary
 from envs.base import ToolLimits
 from envs.registry import load_env
 from learner.weights import WeightShard, assemble_weights, load_base_weights, merge_lora
@@ -104,6 +105,12 @@ class GenerationWorker:
                 finished.append(o.finish_reason == "stop")
         return RolloutBatch(prompts, c.group_size, ids, lps, texts, finished, self.version, time.perf_counter() - t0,
                             self.instance)
+
+    def rollout(self, prompts: list[Prompt], seed: int | None = None) -> tuple[RolloutSummary, RolloutBatch]:
+        """generate(), returned as two objects (called with num_returns=2): the driver fetches only
+        the summary; the batch goes by reference to the reward actors and the learner ranks."""
+        batch = self.generate(prompts, seed)
+        return batch.summary(len(pickle.dumps(batch, protocol=5))), batch
 
     def evaluate(self, prompts: list[Prompt], samples: int, max_tokens: int, seed: int | None = None) -> EvalBatch:
         """`samples` responses per prompt (greedy when 1, else at the rollout temperature), at most

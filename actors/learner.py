@@ -5,13 +5,14 @@ import os
 import socket
 from pathlib import Path
 
-from learner.batch import TrainShard
+from learner.batch import ShardPlan, TrainShard, collate_plan
 
 
 class LearnerWorker:
     def __init__(self, cfg, rank: int, world_size: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.trainer = None
+        self.staged: TrainShard | None = None  # stage()'s rows, until train_staged
 
     def address(self) -> str:
         """A tcp:// rendezvous on this node's IP and a free port, for rank 0 to host (cluster runs)."""
@@ -58,6 +59,19 @@ class LearnerWorker:
         return out
 
     def train_step(self, shard: TrainShard) -> dict:
+        return self.trainer.train_step(shard)
+
+    def stage(self, plan: ShardPlan, *rollouts) -> int:
+        """This rank's rows of the step, collated from the rollout batches (Ray hands them over from
+        the generators' object stores, not through the driver); train_staged trains them. Returns
+        the rows staged."""
+        self.staged = collate_plan(plan, rollouts)
+        return len(self.staged)
+
+    def train_staged(self) -> dict:
+        shard, self.staged = self.staged, None
+        if shard is None:
+            raise RuntimeError("train_staged without a staged shard")
         return self.trainer.train_step(shard)
 
     def weight_shard(self):

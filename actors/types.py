@@ -55,6 +55,47 @@ class RolloutBatch:
             return self.response_text[i]
         return "".join(t.text + t.output for t in self.turns[i])
 
+    def summary(self, payload_bytes: int = 0) -> "RolloutSummary":
+        """What the driver decides with; the ids, log-probs and texts stay in the object store."""
+        trajectories = None if self.turns is None else tuple(
+            TrajectoryStats(len(t), tuple(turn.tool for turn in t if turn.tool), t[-1].end if t else "", sum(m), len(m))
+            for t, m in zip(self.turns, self.model_mask))
+        return RolloutSummary(self.group_size, [len(r) for r in self.response_ids], list(self.finished),
+                              self.policy_version, self.generate_s, self.actor_instance,
+                              self.transcript(0)[:PREVIEW_CHARS] if len(self) else "", payload_bytes, trajectories)
+
+
+PREVIEW_CHARS = 600  # the console's sample line shows this much of one response
+
+
+@dataclass(frozen=True)
+class TrajectoryStats:
+    """One multi-turn trajectory in numbers (the env/* metrics), without its tokens or text."""
+
+    turns: int
+    tool_calls: tuple[str, ...]  # each call's status: ok | error | timeout | output_limit | env_error
+    end: str  # why it ended: done | max_turns | budget | env_error
+    model_tokens: int  # tokens the policy sampled
+    tokens: int  # every response token, the environment's included
+
+
+@dataclass(frozen=True)
+class RolloutSummary:
+    """A RolloutBatch as the driver sees it: per-response numbers whose size does not grow with
+    response length. The batch itself (ids, log-probs, texts) goes from the generator through the
+    object store to the reward actors, the learner ranks and the rollout record, never through
+    the driver."""
+
+    group_size: int  # G
+    lengths: list[int]  # (B*G,) response tokens (multi-turn: the environment's included)
+    finished: list[bool]  # (B*G,) ended with EOS/stop rather than the length limit
+    policy_version: int
+    generate_s: float
+    actor_instance: str
+    preview: str  # the first response, cut at PREVIEW_CHARS: the console's sample line
+    payload_bytes: int  # the RolloutBatch's pickled size: what a driver that fetched it would receive
+    trajectories: tuple[TrajectoryStats, ...] | None = None  # (B*G,) multi-turn only
+
 
 @dataclass(frozen=True)
 class EvalBatch:

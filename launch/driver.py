@@ -28,7 +28,7 @@ from launch.config import TrainConfig
 from launch.config_load import to_dict
 from launch.console import Console, duration, log_step, summary_line
 from launch.data import PromptStream, load_eval_prompts, load_prompts
-from launch.errors import ActorFailures, LearnerLost, NonFiniteSteps, RunStopped
+from launch.errors import ActorFailures, LearnerLost, NonFiniteSteps, RolloutsLost, RunStopped
 from launch.evaluation import eval_max_tokens, evaluate
 from launch.groups import ActorGroups, Collected, InFlight
 from launch.models import check_chat_wrap, check_lora_targets, resolve_model_path
@@ -36,7 +36,7 @@ from launch.network import remove_rendezvous_files, start_ray
 from launch.placement import check_resources, launch_actors
 from launch.resume import (STATE_DIR, DriverState, LearnerRestarts, Progress, check_shared_storage,
                            latest_checkpoint, restore, save_checkpoint, to_universal)
-from launch.rollouts import Group, RewardHealth, choose_groups, rollout_metrics, to_groups, train_shards
+from launch.rollouts import Group, RewardHealth, choose_groups, plan_shards, rollout_metrics, to_groups
 from launch.signals import StopSignal
 from launch.tracking import RunLock, RunTracker, check_fresh
 from envs.registry import check_env
@@ -185,12 +185,14 @@ def train_steps(run: Run, bar) -> dict:
         t0 = time.perf_counter()
         batch = generate_and_verify(run)
         t_wait = time.perf_counter() - t0
-        metrics = {"step": step, **batch.metrics}
-        shards = train_shards(batch.groups, batch.fill, cfg.learner.advantage, cfg.learner.w_lambda,
-                              cfg.learner.num_ranks, run.inputs.pad_id, p.shard_rng, cfg.learner.signal)
         t1 = time.perf_counter()
-        learned = learn(run, shards, step)
+        try:
+            learned = learn(run, plan(run, batch), batch.collected.payloads, step)
+        except RolloutsLost as e:  # a node died with a batch only it held: sample the step's prompts again
+            batch = resample(run, batch, str(e))
+            learned = learn(run, plan(run, batch), batch.collected.payloads, step)
         t_learn = time.perf_counter() - t1
+        metrics = {"step": step, **batch.metrics}
 
         t2 = time.perf_counter()
         p.step, p.version = step, p.version + 1
@@ -198,10 +200,14 @@ def train_steps(run: Run, bar) -> dict:
         metrics.update(learned)
         metrics.update({**actors.faults.metrics(), **run.learner_restarts.metrics(), "policy_version": p.version,
                         "train/skipped_steps": p.skipped_total,
-                        "timing/generate_s": max(r.generate_s for r in batch.collected.rollouts),
+                        "timing/generate_s": max(r.generate_s for r in batch.collected.summaries),
                         "timing/reward_s": batch.collected.reward_s, "timing/wait_rollout_s": t_wait,
                         "timing/learn_s": t_learn, "timing/weight_sync_s": time.perf_counter() - t2 + load_s,
                         "weights/published_mb": actors.published_mb,
+                        # what the driver fetched of this step's rollouts, against the batches'
+                        # size (what a driver that relayed them would have received)
+                        "driver/received_kb": batch.collected.received_bytes / 1024,
+                        "rollouts/payload_kb": sum(s.payload_bytes for s in batch.collected.summaries) / 1024,
                         "timing/step_s": time.perf_counter() - t0})
         if run.inputs.eval_prompts and due(step, cfg.eval.every, cfg.steps):
             metrics.update(evaluate_policy(run, step))
@@ -216,6 +222,7 @@ def train_steps(run: Run, bar) -> dict:
             raise RunStopped(f"stopped by {run.stop.name} after step {step}; continue with "
                              f"`forkrl train --resume {run.tracker.run_dir}`")
     actors.wait_loads()
+    actors.wait_records()
     return metrics
 
 
@@ -231,53 +238,84 @@ def issue(run: Run, n_prompts: int) -> InFlight:
 
 
 def generate_and_verify(run: Run) -> Rollouts:
-    """The oldest batch in flight, scored and grouped (refilling the pipeline first), checked for
-    reward health and staleness."""
+    """The oldest batch in flight, scored and grouped (refilling the pipeline first; under dynamic
+    sampling, more batches until enough groups have signal), checked for reward health and
+    staleness."""
     cfg = run.cfg
     while len(run.inflight) < cfg.max_staleness + 1:  # keep generation ahead of the learner
         run.inflight.append(issue(run, cfg.prompts_per_step))
     collected = run.actors.collect(run.inflight.popleft())
+    # DAPO dynamic sampling: sample more prompts until the batch is full of groups the advantage
+    # estimator gives signal to, or dynamic_sampling_max_rounds rounds ran.
+    while (cfg.dynamic_sampling and len(collected.sources) < cfg.dynamic_sampling_max_rounds
+           and len(split_groups(run, collected)[0]) < cfg.prompts_per_step):
+        collected.extend(run.actors.collect(issue(run, cfg.prompts_per_step)))
+    return select(run, collected)
+
+
+def split_groups(run: Run, collected: Collected) -> tuple[list[Group], list[Group]]:
+    """Every group collected, as (informative, not): those the estimator and the signal rule give a
+    non-zero advantage, and the rest."""
+    l = run.cfg.learner
+    good, dull = [], []
+    for g in to_groups(collected.prompts, collected.summaries, collected.results):
+        (good if g.informative(l.advantage, l.w_lambda, l.signal) else dull).append(g)
+    return good, dull
+
+
+def select(run: Run, collected: Collected) -> Rollouts:
+    """The groups the step trains (dynamic sampling: informative first, fill groups completing a
+    short batch), the step's rollout metrics, the reward-health and staleness checks.
+    `collected` holds every response sampled for the step, so the metrics cover them all."""
+    cfg = run.cfg
     if cfg.dynamic_sampling:
-        groups, fill, dyn = dynamic_sample(run, collected)
+        good, dull = split_groups(run, collected)
+        groups, fill = choose_groups(good, dull, cfg.prompts_per_step)
+        dyn = {"dynamic/rounds": len(collected.sources), "dynamic/dropped_fraction": len(dull) / (len(good) + len(dull)),
+               "dynamic/filled_groups": len(fill)}
     else:
-        groups, fill, dyn = to_groups(collected.rollouts, collected.results), [], {}
+        groups, fill, dyn = to_groups(collected.prompts, collected.summaries, collected.results), [], {}
     run.health.check([r for part in collected.results for r in part])
-    metrics = {**rollout_metrics(collected.rollouts, collected.results, groups + fill, run.progress.version), **dyn}
+    metrics = {**rollout_metrics(collected.summaries, collected.results, groups + fill, run.progress.version), **dyn}
     if metrics["staleness/max"] > cfg.max_staleness:  # the ordering argument above is broken
         raise RuntimeError(f"staleness {metrics['staleness/max']} over max_staleness={cfg.max_staleness}")
     return Rollouts(collected, groups, fill, metrics)
 
 
-def dynamic_sample(run: Run, collected: Collected) -> tuple[list[Group], list[Group], dict]:
-    """DAPO dynamic sampling: keep groups the advantage estimator gives signal to and sample more
-    prompts until the batch is full or `dynamic_sampling_max_rounds` rounds ran. Extends
-    `collected` in place, so the step's reward metrics cover every response sampled.
-    Returns (chosen groups, fill groups, metrics)."""
-    cfg, l = run.cfg, run.cfg.learner
-    need = cfg.prompts_per_step
-    good, dull = [], []
-    for g in to_groups(collected.rollouts, collected.results):
-        (good if g.informative(l.advantage, l.w_lambda, l.signal) else dull).append(g)
-    rounds = 1
-    while len(good) < need and rounds < cfg.dynamic_sampling_max_rounds:
-        more = run.actors.collect(issue(run, need))
-        collected.rollouts += more.rollouts
-        collected.results += more.results
-        for g in to_groups(more.rollouts, more.results):
-            (good if g.informative(l.advantage, l.w_lambda, l.signal) else dull).append(g)
-        rounds += 1
-    chosen, fill = choose_groups(good, dull, need)
-    return chosen, fill, {"dynamic/rounds": rounds, "dynamic/dropped_fraction": len(dull) / (len(good) + len(dull)),
-                          "dynamic/filled_groups": len(fill)}
+def resample(run: Run, lost: Rollouts, cause: str) -> Rollouts:
+    """The step's batches sampled again with their seeds, by the current policy (a rollout batch a
+    learner rank needed was lost with its node), then selected as before. Counts as an actor
+    failure toward fault.max_actor_restarts."""
+    run.actors.count_restart(cause)
+    logger.warning("rollouts lost (%s): sampling batch(es) %s again", cause,
+                   ", ".join(str(b.batch) for b in lost.collected.sources))
+    collected = None
+    for src in lost.collected.sources:
+        run.actors.faults.resubmitted_prompts += len(src.prompts)
+        more = run.actors.collect(run.actors.submit(src.prompts, src.batch))
+        if collected is None:
+            collected = more
+        else:
+            collected.extend(more)
+    return select(run, collected)
 
 
-def learn(run: Run, shards: list, step: int) -> dict:
+def plan(run: Run, batch: Rollouts) -> list:
+    """Which rows each learner rank trains, with their advantages (launch/rollouts.py)."""
+    cfg = run.cfg
+    return plan_shards(batch.groups, batch.fill, cfg.learner.advantage, cfg.learner.w_lambda, cfg.learner.num_ranks,
+                       run.inputs.pad_id, run.progress.shard_rng, cfg.learner.signal)
+
+
+def learn(run: Run, plans: list, payloads: list, step: int) -> dict:
     """One optimizer batch on the learner ranks; with one GPU the generators sleep meanwhile."""
     if run.cfg.generation.sleep_mode:
         run.actors.sleep_generators()
-    metrics = run.actors.train(shards)
-    if run.cfg.generation.sleep_mode:
-        run.actors.wake_generators()  # before the weight load that publish queues
+    try:
+        metrics = run.actors.train(plans, payloads)
+    finally:
+        if run.cfg.generation.sleep_mode:
+            run.actors.wake_generators()  # before the weight load that publish queues
     check_finite(run.cfg, step, metrics, run.progress)
     return metrics
 
@@ -315,16 +353,20 @@ def export_policy(run: Run, step: int) -> None:
 
 
 def record_step(run: Run, step: int, metrics: dict, batch: Rollouts, eta_s: float) -> None:
-    """metrics.jsonl (and wandb), the rollout record, the console line."""
+    """metrics.jsonl (and wandb), the rollout record and completions table, the console line."""
     run.tracker.log(metrics)
-    run.tracker.log_rollout_records(step, [r for g in batch.groups for r in g.records(step, False)]
-                                    + [r for g in batch.fill for r in g.records(step, True)])
-    first = batch.collected.rollouts[0]
-    log_step(run.cfg.steps, step, metrics, (batch.collected.results[0][0].score, first.prompts[0].answer,
-                                            first.transcript(0)), eta_s)
+    path, keep = run.tracker.records_path(step), run.tracker.completions_due(step)
+    if path or keep:
+        rows = [r for g in batch.groups for r in g.records(step, False)] + [r for g in batch.fill for r in g.records(step, True)]
+        written = run.actors.write_records(path, rows, keep, batch.collected.payloads)
+        if keep:
+            run.tracker.log_completions(step, ray.get(written))
+    c = batch.collected
+    log_step(run.cfg.steps, step, metrics, (c.results[0][0].score, c.prompts[0][0].answer, c.summaries[0].preview), eta_s)
 
 
 def checkpoint(run: Run) -> Path:
     """A full checkpoint after the current step (launch/resume.py)."""
+    run.actors.wait_records()  # a resumed run's record starts where this one's stops
     state = DriverState.capture(run.progress, run.stream, run.health, run.inflight, run.tracker.wandb_id, run.actors)
     return save_checkpoint(run.tracker.run_dir, run.cfg.checkpoint.keep, run.actors, state)

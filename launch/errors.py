@@ -34,3 +34,8 @@ class LearnerLost(ActorFailures):
 
 class RewardFailure(RuntimeError):
     """The reward function keeps failing; the message names it and quotes its first error."""
+
+
+class RolloutsLost(RuntimeError):
+    """A rollout batch a learner rank needed was gone from every object store (the node holding it
+    died): the driver samples the step's prompts again and retrains it."""

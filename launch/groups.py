@@ -12,17 +12,18 @@ its death is raised as LearnerLost.
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
 
-from actors.types import RolloutBatch
+from actors.types import Prompt, RolloutSummary
 from launch.config import TrainConfig
-from launch.errors import ActorFailures, LearnerLost
+from launch.errors import ActorFailures, LearnerLost, RolloutsLost
 from rewards.result import RewardResult, Status
 
 logger = logging.getLogger("forkrl")
@@ -34,7 +35,9 @@ class Part:
 
     generator: int  # index into ActorGroups.generators
     positions: range  # where its prompts sit in the batch
-    output: object  # ObjectRef of the generator's RolloutBatch or EvalBatch
+    output: object  # ObjectRef of what the driver reads: a RolloutSummary, or an EvalBatch
+    payload: object  # ObjectRef of the RolloutBatch (= output for an EvalBatch): read by the reward
+    #   actors, the learner ranks and the record writer, never by the driver
     scores: list  # ObjectRef[(list[RewardResult], seconds)] per reward-actor slice, in response order
 
 
@@ -60,11 +63,22 @@ class Verified:
 
 @dataclass
 class Collected:
-    """A batch back from generation and scoring, per generator part."""
+    """What the driver has of one step's rollouts (dynamic sampling's rounds appended), per
+    generator part: the summaries and rewards it decides with, and references to the batches."""
 
-    rollouts: list[RolloutBatch]  # one per part
-    results: list[list[RewardResult]]  # results[i][r]: response r of rollouts[i]
+    prompts: list[list[Prompt]]  # prompts[i]: part i's prompts, in its row order
+    summaries: list[RolloutSummary]  # one per part
+    payloads: list  # ObjectRef[RolloutBatch] per part: handed to the learner ranks and the record writer
+    results: list[list[RewardResult]]  # results[i][r]: response r of part i
     reward_s: float  # the slowest scoring slice's seconds
+    sources: list[InFlight]  # the batches collected: what sampling these parts again takes
+    received_bytes: int  # pickled size of what the driver fetched (summaries and rewards)
+
+    def extend(self, more: "Collected") -> None:
+        for f in ("prompts", "summaries", "payloads", "results", "sources"):
+            getattr(self, f).extend(getattr(more, f))
+        self.reward_s = max(self.reward_s, more.reward_s)
+        self.received_bytes += more.received_bytes
 
 
 @dataclass
@@ -103,13 +117,16 @@ class ActorGroups:
         self._loads: list = []  # generators' loads of those weights, not yet waited for
         self._epoch = 0  # recoveries so far
         self._instances: dict[int, str] = {}  # generator index -> the incarnation that last answered
+        self._record_task = None  # launch.records.write_records as a Ray task on the driver's node
+        self._records: list = []  # its calls not yet waited for
 
     # -- rollouts ---------------------------------------------------------------------------------
 
     def submit(self, prompts: list, batch: int) -> InFlight:
         """Sample `prompts` (G responses each) and score them; returns at once."""
         parts = self._fan_out(prompts, self.cfg.generation.group_size,
-                              lambda gen, mine, j: gen.generate.remote(mine, sample_seed(self.cfg.seed, batch, j)),
+                              lambda gen, mine, j: gen.rollout.options(num_returns=2).remote(
+                                  mine, sample_seed(self.cfg.seed, batch, j)),
                               lambda rw, ref, sl: rw.score_rollout.remote(ref, sl.start, sl.stop))
         return InFlight(parts, batch, list(prompts), self.version, self._epoch)
 
@@ -122,17 +139,19 @@ class ActorGroups:
         lost or trained twice and no failed response enters training."""
         while True:
             try:
-                rollouts = ray.get([p.output for p in batch.parts])
+                summaries = ray.get([p.output for p in batch.parts])
                 scored = [ray.get(p.scores) for p in batch.parts]
-                if all(r.policy_version >= batch.version for r in rollouts):
-                    self.note_instances(zip((p.generator for p in batch.parts), rollouts))
-                    return Collected(rollouts, [[r for res, _ in s for r in res] for s in scored],
-                                     max(sec for s in scored for _, sec in s))
+                if all(r.policy_version >= batch.version for r in summaries):
+                    self.note_instances(zip((p.generator for p in batch.parts), summaries))
+                    return Collected([[batch.prompts[i] for i in p.positions] for p in batch.parts], summaries,
+                                     [p.payload for p in batch.parts], [[r for res, _ in s for r in res] for s in scored],
+                                     max(sec for s in scored for _, sec in s), [batch],
+                                     len(pickle.dumps((summaries, scored), protocol=5)))
                 cause = "a generator answered with its initial weights: it was restarted"
             except (RayActorError, ActorUnavailableError) as e:
                 cause = str(e).strip().splitlines()[0]
             if batch.epoch == self._epoch:  # a new failure, not one already recovered from
-                self._count_restart(cause)
+                self.count_restart(cause)
                 logger.warning("actor failure (%s): restoring weights, sampling batch %d again", cause, batch.batch)
                 self._refresh_generators()
                 self._instances.clear()  # the restarted incarnations were counted here
@@ -147,8 +166,8 @@ class ActorGroups:
         the current weights back and the evaluation runs again with the same seeds."""
         while True:
             parts = self._fan_out(prompts, samples,
-                                  lambda gen, mine, j: gen.evaluate.remote(mine, samples, max_tokens,
-                                                                           sample_seed(seed, -1, j)),
+                                  lambda gen, mine, j: [gen.evaluate.remote(mine, samples, max_tokens,
+                                                                            sample_seed(seed, -1, j))] * 2,
                                   lambda rw, ref, sl: rw.score_eval.remote(ref, sl.start, sl.stop))
             try:
                 scored = [ray.get(part.scores) for part in parts]
@@ -158,7 +177,7 @@ class ActorGroups:
                 cause = "a generator answered with its initial weights: it was restarted"
             except (RayActorError, ActorUnavailableError) as e:
                 cause = str(e).strip().splitlines()[0]
-            self._count_restart(cause)
+            self.count_restart(cause)
             logger.warning("actor failure during evaluation (%s): restoring weights, evaluating again", cause)
             self._refresh_generators()
             self._instances.clear()
@@ -173,24 +192,55 @@ class ActorGroups:
                         [c for group in calls for c in group])
 
     def _fan_out(self, prompts: list, per_prompt: int, generate: Callable, score: Callable) -> list[Part]:
-        """Prompts j, j+k, ... to generator j of k (`generate(handle, prompts, j)` -> ObjectRef),
-        and its `per_prompt` responses per prompt cut into contiguous slices over the reward
-        actors (`score(handle, output ref, slice)`): the ref is resolved inside the reward actor."""
+        """Prompts j, j+k, ... to generator j of k (`generate(handle, prompts, j)` -> the ObjectRefs
+        (what the driver reads, the batch)), and its `per_prompt` responses per prompt cut into
+        contiguous slices over the reward actors (`score(handle, batch ref, slice)`): the batch is
+        resolved inside the reward actor."""
         k, parts = len(self.generators), []
         for j, gen in enumerate(self.generators):
             positions = range(j, len(prompts), k)
             if not positions:
                 continue
-            ref = generate(gen, [prompts[i] for i in positions], j)
+            output, payload = generate(gen, [prompts[i] for i in positions], j)
             slices = contiguous_slices(len(positions) * per_prompt, len(self.scorers))
-            parts.append(Part(j, positions, ref, [score(rw, ref, sl) for rw, sl in zip(self.scorers, slices)]))
+            parts.append(Part(j, positions, output, payload,
+                              [score(rw, payload, sl) for rw, sl in zip(self.scorers, slices)]))
         return parts
 
     # -- learning and weights ---------------------------------------------------------------------
 
-    def train(self, shards: list) -> dict:
-        """One step on every learner rank; rank 0's metrics (they are reduced over the ranks)."""
-        return self._on_learners([w.train_step.remote(s) for w, s in zip(self.learners, shards)])[0]
+    def train(self, plans: list, payloads: list) -> dict:
+        """One step on every learner rank; rank 0's metrics (they are reduced over the ranks).
+        `plans`: (ShardPlan, the parts it reads) per rank; `payloads`: the step's RolloutBatch refs.
+
+        Every rank first fetches its rows (Ray moves the batches between object stores) and only
+        then do they train: a batch lost on the way (its node died) is found before any rank
+        enters a collective that the others would never join."""
+        try:
+            self._on_learners([w.stage.remote(plan, *[payloads[i] for i in parts])
+                               for w, (plan, parts) in zip(self.learners, plans)])
+        except ObjectLostError as e:
+            raise RolloutsLost(str(e).strip().splitlines()[0]) from None
+        return self._on_learners([w.train_staged.remote() for w in self.learners])[0]
+
+    def write_records(self, path: str | None, rows: list[dict], keep: int, payloads: list):
+        """The rollout record and the completions table's rows (launch/records.py), in a task on
+        the driver's node; returns its ObjectRef (the first `keep` rows)."""
+        if self._record_task is None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            from launch.records import write_records
+
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            self._record_task = ray.remote(write_records).options(num_cpus=0, scheduling_strategy=here)
+        ref = self._record_task.remote(path, rows, keep, *payloads)
+        self._records.append(ref)
+        return ref
+
+    def wait_records(self) -> None:
+        """Wait for the record writes in flight (before a checkpoint, at the end)."""
+        pending, self._records = self._records, []
+        ray.get(pending)
 
     def sleep_generators(self) -> None:
         """One GPU: vLLM gives its memory to the learner until wake_generators."""
@@ -244,19 +294,19 @@ class ActorGroups:
 
     # -- failures ---------------------------------------------------------------------------------
 
-    def note_instances(self, answered: Iterable[tuple[int, RolloutBatch]]) -> None:
+    def note_instances(self, answered: Iterable[tuple[int, RolloutSummary]]) -> None:
         """Count a generator that Ray restarted between batches and that got the latest weights
         (queued before its next batch) before it sampled: no batch was lost, but it failed all the
-        same. `answered`: (generator index, its rollout)."""
+        same. `answered`: (generator index, its rollout's summary)."""
         for j, rollout in answered:
             seen = self._instances.setdefault(j, rollout.actor_instance)
             if seen != rollout.actor_instance:
                 self._instances[j] = rollout.actor_instance
-                self._count_restart(f"generation actor {j} was restarted")
+                self.count_restart(f"generation actor {j} was restarted")
                 logger.warning("generation actor %d was restarted and had the latest weights before it sampled: "
                                "no batch lost", j)
 
-    def _count_restart(self, cause: str) -> None:
+    def count_restart(self, cause: str) -> None:
         self.faults.restarts += 1
         limit = self.cfg.fault.max_actor_restarts
         if self.faults.restarts > limit:

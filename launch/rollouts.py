@@ -1,4 +1,6 @@
-"""Driver-side handling of scored rollouts: grouping, metrics, reward health, learner shards."""
+"""Driver-side handling of scored rollouts: grouping, metrics, reward health, and which rows each
+learner rank trains. The driver works from RolloutSummary and the rewards alone: tokens,
+log-probs and texts travel from the generators to the ranks by ObjectRef."""
 from __future__ import annotations
 
 import random
@@ -7,38 +9,39 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.types import Prompt, RolloutBatch, Turn
+from actors.types import Prompt, RolloutSummary
 from learner.advantages import compute_advantages, group_is_informative
-from learner.batch import TrainShard, collate
+from learner.batch import ShardPlan
 from launch.errors import RewardFailure
 from rewards.result import FAILED, RewardResult, Status
 
 
 @dataclass(frozen=True)
 class Group:
-    """The G scored responses to one prompt."""
+    """The G scored responses to one prompt. Their tokens and texts stay in the object store:
+    `part` names the rollout batch that holds them (an index into the step's parts) and
+    `first_row` the group's first row in it."""
 
     prompt: Prompt
-    response_ids: list[list[int]]  # (G, ragged)
-    behaviour_logp: list[list[float]]  # (G, ragged)
     rewards: list[float]  # (G,) shaped scores
     correct: list[bool]  # (G,) the verifier's verdict
     verified: list[bool]  # (G,) False where verification timed out, raised or crashed
     policy_version: int
-    texts: tuple[str, ...] = ()  # (G,) decoded responses, for the run's rollout record
     statuses: tuple[Status, ...] = ()  # (G,) the verifier's status per response
-    model_mask: tuple[list[bool], ...] | None = None  # (G, ragged) multi-turn: True on the model's tokens
-    turns: tuple[tuple[Turn, ...], ...] | None = None  # (G, ragged) multi-turn: each trajectory's turns
+    part: int = 0  # index of the rollout batch holding these responses, in the step's parts
+    first_row: int = 0  # rows first_row .. first_row + G - 1 of that batch
+
+    def rows(self) -> range:
+        return range(self.first_row, self.first_row + len(self.rewards))
 
     def records(self, step: int, fill: bool) -> list[dict]:
-        """One JSON-able row per response: what `runs/NAME/rollouts/step_N.jsonl` holds (multi-turn:
-        also each turn, with the model's text, the tool's output and its status)."""
-        rows = [{"step": step, "prompt_id": self.prompt.uid, "prompt": self.prompt.text, "answer": self.prompt.answer,
-                 "response": t, "reward": r, "status": st, "policy_version": self.policy_version, "fill": fill}
-                for t, r, st in zip(self.texts, self.rewards, self.statuses)]
-        for row, turns in zip(rows, self.turns or ()):
-            row["turns"] = [{"model": t.text, "output": t.output, "tool": t.tool, "end": t.end} for t in turns]
-        return rows
+        """One JSON-able row per response, as `runs/NAME/rollouts/step_N.jsonl` holds it, less the
+        response (and multi-turn, its turns): `_src` (part, row) tells the record writer
+        (launch/records.py) where to read them."""
+        return [{"step": step, "prompt_id": self.prompt.uid, "prompt": self.prompt.text, "answer": self.prompt.answer,
+                 "response": None, "reward": r, "status": st, "policy_version": self.policy_version, "fill": fill,
+                 "_src": (self.part, row)}
+                for row, r, st in zip(self.rows(), self.rewards, self.statuses)]
 
     def informative(self, estimator: str, w_lambda: float, signal: str = "verdict") -> bool:
         """Whether `estimator` gives any response of this group a non-zero advantage (DAPO drops
@@ -73,20 +76,19 @@ class RewardHealth:
                 f"reward.max_error_steps={self.max_steps}); first error: {self.first_error!r}")
 
 
-def to_groups(rollouts: list[RolloutBatch], results: list[list[RewardResult]]) -> list[Group]:
-    """Groups in rollout order; results[i] holds one result per response of rollouts[i], in its row order."""
+def to_groups(prompts: list[list[Prompt]], summaries: list[RolloutSummary], results: list[list[RewardResult]],
+              first_part: int = 0) -> list[Group]:
+    """Groups in rollout order. Part i (the step's part first_part + i) sampled prompts[i], is
+    described by summaries[i] and has one result per response in results[i], in its row order."""
     groups = []
-    for part, part_results in zip(rollouts, results, strict=True):
+    for i, (mine, part, part_results) in enumerate(zip(prompts, summaries, results, strict=True)):
         g = part.group_size
-        for j, prompt in enumerate(part.prompts):
+        for j, prompt in enumerate(mine):
             rows = slice(j * g, (j + 1) * g)  # RolloutBatch's layout: rows j*G .. j*G+G-1 share prompt j
             res = part_results[rows]
-            groups.append(Group(prompt, part.response_ids[rows], part.behaviour_logp[rows],
-                                [r.score for r in res], [r.status == Status.CORRECT for r in res],
+            groups.append(Group(prompt, [r.score for r in res], [r.status == Status.CORRECT for r in res],
                                 [r.status not in FAILED for r in res], part.policy_version,
-                                tuple(part.response_text[rows]), tuple(r.status for r in res),
-                                None if part.model_mask is None else tuple(part.model_mask[rows]),
-                                None if part.turns is None else tuple(part.turns[rows])))
+                                tuple(r.status for r in res), first_part + i, j * g))
     return groups
 
 
@@ -98,41 +100,40 @@ def choose_groups(informative: list[Group], uninformative: list[Group], needed: 
     return chosen, uninformative[: needed - len(chosen)]
 
 
-def train_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambda: float, ranks: int, pad_id: int,
-                 rng: random.Random, signal: str = "verdict") -> list[TrainShard]:
+def plan_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambda: float, ranks: int, pad_id: int,
+                rng: random.Random, signal: str = "verdict") -> list[tuple[ShardPlan, list[int]]]:
     """Advantages per group (fill groups and failed verifications left out of every statistic),
-    then the responses shuffled and cut into one shard per learner rank."""
+    then the responses shuffled and cut into one share per learner rank: (its ShardPlan, the
+    step's parts it reads, in the order its plan indexes them). The ranks fetch those parts
+    themselves (learner.batch.collate_plan)."""
     every = groups + fill
     rewards = torch.tensor([g.rewards for g in every], dtype=torch.float32)  # (P, G)
     correct = torch.tensor([g.correct for g in every])  # (P, G) bool
     verified = torch.tensor([g.verified for g in every])  # (P, G) bool
     is_fill = torch.tensor([False] * len(groups) + [True] * len(fill))[:, None]  # (P, 1)
     adv = compute_advantages(rewards, correct, verified & ~is_fill, estimator, w_lambda, signal).flatten()  # (P*G,)
-    size = len(every[0].rewards)
-    prompt_ids = [g.prompt.token_ids for g in every for _ in range(size)]
-    resp = [r for g in every for r in g.response_ids]
-    behaviour_logp = [lp for g in every for lp in g.behaviour_logp]
-    model_mask = [m for g in every for m in (g.model_mask or [None] * size)]
+    source = [(g.part, row) for g in every for row in g.rows()]  # (P*G,) where each response lives
     trained = verified.flatten().tolist()  # a failed verification's tokens are out of every term
-    order = list(range(len(resp)))
+    order = list(range(len(source)))
     rng.shuffle(order)  # mini-batches then draw from every group rather than a few prompts
     per = len(order) // ranks
-    return [
-        collate([prompt_ids[i] for i in idx], [resp[i] for i in idx], [behaviour_logp[i] for i in idx],
-                [float(adv[i]) for i in idx], pad_id, trained=[trained[i] for i in idx], sample_ids=idx,
-                model_mask=[model_mask[i] for i in idx])
-        for idx in (order[r * per:(r + 1) * per] for r in range(ranks))
-    ]
+    out = []
+    for idx in (order[r * per:(r + 1) * per] for r in range(ranks)):
+        parts = sorted({source[i][0] for i in idx})
+        local = {p: k for k, p in enumerate(parts)}
+        out.append((ShardPlan([(local[source[i][0]], source[i][1]) for i in idx], [float(adv[i]) for i in idx],
+                              [trained[i] for i in idx], idx, pad_id), parts))
+    return out
 
 
-def rollout_metrics(rollouts: list[RolloutBatch], results: list[list[RewardResult]], groups: list[Group],
+def rollout_metrics(summaries: list[RolloutSummary], results: list[list[RewardResult]], groups: list[Group],
                     version: int) -> dict:
     """Reward and length over every response sampled this step; staleness over the trained groups.
-    results[i]: the results of rollouts[i]'s responses."""
+    results[i]: the results of part i's responses, summaries[i] its numbers."""
     flat = [r for part in results for r in part]
     rewards = [r.score for r in flat]
-    lengths = [len(x) for p in rollouts for x in p.response_ids]
-    finished = [f for p in rollouts for f in p.finished]
+    lengths = [n for p in summaries for n in p.lengths]
+    finished = [f for p in summaries for f in p.finished]
     statuses = Counter(r.status for r in flat)
     out = {
         "reward/mean": sum(rewards) / len(rewards),
@@ -148,7 +149,7 @@ def rollout_metrics(rollouts: list[RolloutBatch], results: list[list[RewardResul
     }
     out.update({f"reward/status_{k}": v / len(flat) for k, v in sorted(statuses.items())})
     out.update(extras_metrics(flat))
-    out.update(env_metrics(rollouts))
+    out.update(env_metrics(summaries))
     return out
 
 
@@ -162,21 +163,20 @@ def extras_metrics(results: list[RewardResult]) -> dict:
     return {f"reward/fn/{name}": sum(v) / len(v) for name, v in sorted(sums.items())}
 
 
-def env_metrics(rollouts: list[RolloutBatch]) -> dict:
+def env_metrics(summaries: list[RolloutSummary]) -> dict:
     """Multi-turn rollouts only: turns, tool calls and how they ended, the model's share of the
     tokens, and how many trajectories ran out of token budget."""
-    trajs = [t for p in rollouts for t in (p.turns or ())]
+    trajs = [t for p in summaries for t in (p.trajectories or ())]
     if not trajs:
         return {}
-    calls = [turn.tool for t in trajs for turn in t if turn.tool]
-    masks = [m for p in rollouts for m in p.model_mask]
-    tokens = sum(len(m) for m in masks)
+    calls = [c for t in trajs for c in t.tool_calls]
+    tokens = sum(t.tokens for t in trajs)
     return {
-        "env/turns_mean": sum(len(t) for t in trajs) / len(trajs),
+        "env/turns_mean": sum(t.turns for t in trajs) / len(trajs),
         "env/tool_calls_mean": len(calls) / len(trajs),
         "env/tool_error_fraction": sum(c in ("error", "env_error") for c in calls) / max(len(calls), 1),
         "env/tool_timeout_fraction": sum(c == "timeout" for c in calls) / max(len(calls), 1),
-        "env/model_token_fraction": sum(sum(m) for m in masks) / max(tokens, 1),
-        "env/budget_truncated_fraction": sum(t[-1].end == "budget" for t in trajs) / len(trajs),
-        "env/max_turns_fraction": sum(t[-1].end == "max_turns" for t in trajs) / len(trajs),
+        "env/model_token_fraction": sum(t.model_tokens for t in trajs) / max(tokens, 1),
+        "env/budget_truncated_fraction": sum(t.end == "budget" for t in trajs) / len(trajs),
+        "env/max_turns_fraction": sum(t.end == "max_turns" for t in trajs) / len(trajs),
     }

@@ -162,20 +162,23 @@ class RunTracker:
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
-    def log_rollout_records(self, step: int, records: list[dict]) -> None:
-        """rollouts/step_N.jsonl: every response trained at this step (written whole, then renamed);
-        every `completions_every` steps also a wandb table of them (as TRL's log_completions)."""
-        if self.wandb is not None and self.completions_every and step % self.completions_every == 0:
-            import wandb
+    def records_path(self, step: int) -> str | None:
+        """rollouts/step_N.jsonl: every response trained at this step, written whole by
+        launch/records.py; None when tracking.log_rollouts is off."""
+        return str(self.run_dir / "rollouts" / f"step_{step}.jsonl") if self.log_rollouts else None
 
-            columns = ["step", "prompt", "response", "answer", "reward", "status"]
-            rows = [[r[c] for c in columns] for r in records[: self.completions_rows]]
-            self.wandb.log({"completions": wandb.Table(columns=columns, data=rows)}, step=step)
-        if not self.log_rollouts:
-            return
-        out = self.run_dir / "rollouts" / f"step_{step}.jsonl"
-        out.parent.mkdir(exist_ok=True)
-        write_atomic(out, "".join(json.dumps(r) + "\n" for r in records))
+    def completions_due(self, step: int) -> int:
+        """How many of this step's records the wandb completions table wants (0: none this step)."""
+        due = self.wandb is not None and self.completions_every and step % self.completions_every == 0
+        return self.completions_rows if due else 0
+
+    def log_completions(self, step: int, records: list[dict]) -> None:
+        """A wandb table of the step's first trained responses (as TRL's log_completions)."""
+        import wandb
+
+        columns = ["step", "prompt", "response", "answer", "reward", "status"]
+        self.wandb.log({"completions": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in records])},
+                       step=step)
 
     def log(self, metrics: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

@@ -99,3 +99,26 @@ def collate(
     ids_t = torch.tensor(sample_ids if sample_ids is not None else range(n), dtype=torch.int64)
     return TrainShard(ids, attn, valid, behaviour, torch.tensor(advantages, dtype=torch.float32), ids_t,
                       torch.tensor([len(p) for p in prompt_ids], dtype=torch.int64))
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One rank's share of a step, as the driver decides it: which rows of which rollout batches,
+    and their advantages. The rank fetches those batches from the object store itself and
+    collates them (collate_plan), so response tokens never pass through the driver."""
+
+    rows: list[tuple[int, int]]  # (n,) (index into the batches this rank is handed, row in that batch)
+    advantages: list[float]  # (n,)
+    trained: list[bool]  # (n,) False: a failed verification, out of every loss term
+    sample_ids: list[int]  # (n,) each response's id in the whole batch
+    pad_id: int
+
+
+def collate_plan(plan: ShardPlan, rollouts: tuple) -> TrainShard:
+    """The TrainShard of `plan` from the rollout batches it indexes (RolloutBatch: prompts,
+    group_size, response_ids, behaviour_logp, model_mask)."""
+    picked = [(rollouts[b], r) for b, r in plan.rows]
+    return collate([b.prompts[r // b.group_size].token_ids for b, r in picked],
+                   [b.response_ids[r] for b, r in picked], [b.behaviour_logp[r] for b, r in picked],
+                   plan.advantages, plan.pad_id, trained=plan.trained, sample_ids=plan.sample_ids,
+                   model_mask=[None if b.model_mask is None else b.model_mask[r] for b, r in picked])

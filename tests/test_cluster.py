@@ -39,3 +39,102 @@ def test_three_nodes_place_every_group_train_and_refuse_what_cannot_fit(tiny_mod
         last = res.stderr.strip().splitlines()[-1]
         assert re.match(r"forkrl: error: cluster.learner_placement: 2 x \{'CPU': 1(\.0)?\} \(strict_pack\) could not "
                         r"be reserved within cluster.placement_timeout_s=10 s; free per node: ", last), last
+
+
+class Producer:
+    """Stands in for a generation actor's object output: (summary, batch) with num_returns=2."""
+
+    def make(self, batch):
+        return batch.summary(), batch
+
+
+def test_ranks_fetch_rollouts_across_nodes_and_a_batch_lost_with_its_node_is_found_before_training():
+    """Rollout batches made on node B are fetched by learner ranks on node A straight from B's
+    object store (not through the driver); when B dies holding the only copy of a batch, staging
+    fails with RolloutsLost (the driver then samples the step again), fast, before any rank enters
+    the step's collectives."""
+    import random
+    import time
+
+    import ray
+
+    from actors.learner import LearnerWorker
+    from actors.types import Prompt, RolloutBatch
+    from launch.config_load import load_config
+    from launch.errors import RolloutsLost
+    from launch.groups import ActorGroups
+    from launch.rollouts import plan_shards, to_groups
+    from rewards.result import RewardResult
+    from tests.test_e2e import REPO
+
+    def batch(uid):  # 2 prompts x 2 responses of 20k tokens: ~1 MB, so it lives in B's object store
+        resp = [[5] * 20_000 for _ in range(4)]
+        return RolloutBatch([Prompt(uid, [1, 2], "y"), Prompt(uid + 1, [1, 3], "y")], 2, resp, [[-0.5] * 20_000] * 4,
+                            ["x"] * 4, [True] * 4, 0, 0.1)
+
+    cfg = load_config(REPO / "configs/tiny.yaml", [])
+    with local_cluster([{"num_cpus": 1, "resources": {"a": 1}}, {"num_cpus": 1, "resources": {"b": 1}}]) as cluster:
+        ray.init(address=cluster.address, log_to_driver=False)
+        try:
+            learners = [ray.remote(LearnerWorker).options(num_cpus=0, resources={"a": 0.1}).remote(cfg.learner, r, 2)
+                        for r in range(2)]
+            producer = ray.remote(Producer).options(num_cpus=0, resources={"b": 0.1}).remote()
+            actors = ActorGroups(cfg, [], [], learners)
+            results = [[RewardResult(1.0, "correct"), RewardResult(0.0, "wrong")] * 2] * 2
+
+            def step(uid):
+                (s1, b1), (s2, b2) = [producer.make.options(num_returns=2).remote(batch(u)) for u in (uid, uid + 2)]
+                summaries = ray.get([s1, s2])
+                groups = to_groups([[Prompt(u, [], "")] * 2 for u in (uid, uid + 2)], summaries, results)
+                return plan_shards(groups, [], "grpo", 0.1, 2, 0, random.Random(0)), [b1, b2]
+
+            plans, refs = step(0)
+            staged = ray.get([w.stage.remote(p, *[refs[i] for i in used]) for w, (p, used) in zip(learners, plans)])
+            assert staged == [4, 4]  # every row, fetched by the ranks from node B
+
+            plans, refs = step(10)
+            cluster.remove_node(cluster.list_all_nodes()[1])
+            t0 = time.monotonic()
+            with pytest.raises(RolloutsLost):
+                actors.train(plans, refs)
+            assert time.monotonic() - t0 < 60
+        finally:
+            ray.shutdown()
+
+
+def test_a_node_lost_with_the_generator_mid_run_loses_no_prompt(tiny_model, yes_data, tmp_path):
+    """The node holding the generation actor is removed after step 1 and a replacement node joins
+    (as an autoscaler brings one): Ray restarts the actor there, it gets the current weights, the
+    batch lost with the node is sampled again, and the run finishes having trained exactly the
+    prompts of an uninterrupted run, step by step, none lost or doubled."""
+    import subprocess
+
+    from tests.test_e2e import BIN, REPO
+    from tests.test_resume import rollout_rows, wait_for_steps
+
+    args = ["steps=8", "learner.num_ranks=1", "learner.num_cpus=0.5", "generation.num_cpus=0.5", "reward.num_cpus=0.25",
+            "cluster.generation_node_resource=gen", "max_staleness=1", "tracking.wandb_mode=disabled",
+            "reward.overlong_weight=1.0", "reward.overlong_cache=4", "learner.signal=reward"]
+    with local_cluster([{"num_cpus": 1}, {"num_cpus": 1, "resources": {"gen": 1}}]) as cluster:
+        straight = tmp_path / "straight"
+        res = forkrl(*tiny_args(tiny_model, yes_data, straight), f"address={cluster.address}", *args, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
+        with open(stderr_path, "w") as err_file:
+            proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
+                                     f"address={cluster.address}", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                    stderr=err_file, text=True)
+            wait_for_steps(proc, run_dir, 1)
+            gen_node = next(n for n in cluster.list_all_nodes() if n is not cluster.head_node)
+            cluster.remove_node(gen_node)
+            cluster.add_node(num_cpus=1, resources={"gen": 1}, object_store_memory=200 * 2**20)
+            proc.wait(timeout=900)
+        err = stderr_path.read_text()
+        assert proc.returncode == 0, err[-3000:]
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert rows[-1]["fault/actor_restarts"] >= 1, err[-3000:]
+    assert "actor failure" in err or "rollouts lost" in err or "was restarted" in err, err[-3000:]
+    ra, rb = rollout_rows(straight), rollout_rows(run_dir)
+    assert [[r["prompt_id"] for r in ra[s]] for s in range(1, 9)] == [[r["prompt_id"] for r in rb[s]] for s in range(1, 9)]
+    assert all(r["status"] not in ("error", "timeout", "crashed") for s in rb for r in rb[s])

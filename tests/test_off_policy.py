@@ -13,7 +13,8 @@ from pathlib import Path
 from actors.types import Prompt, RolloutBatch
 from launch.errors import ConfigError
 from launch.config_load import load_config
-from launch.rollouts import choose_groups, to_groups, train_shards
+from launch.rollouts import choose_groups, plan_shards, to_groups
+from learner.batch import collate_plan
 from learner.advantages import compute_advantages, group_is_informative
 from learner.losses import (BatchCounts, clipped_pg_loss, importance_weights, kl_penalty, kl_sample_weights,
                             token_weights)
@@ -168,6 +169,15 @@ def rollout(n_prompts, g, version=0):
                         version, 0.1)
 
 
+def scored(part, results):  # results: [the part's results]
+    """Groups of one rollout batch, and a function giving the ranks' shards the way they collate them."""
+    groups = to_groups([part.prompts], [part.summary()], results)
+
+    def shards(chosen, fill, *args):
+        return [collate_plan(plan, tuple([part] * len(used))) for plan, used in plan_shards(chosen, fill, *args)]
+    return groups, shards
+
+
 def res(*specs):
     """('correct'|'wrong'|'timeout'|..., score) pairs -> RewardResults."""
     return [RewardResult(score, status) for status, score in specs]
@@ -175,21 +185,21 @@ def res(*specs):
 
 @pytest.mark.parametrize("estimator", ["grpo", "drgrpo", "rloo", "reinforce_pp", "w_reinforce"])
 def test_fill_groups_get_zero_advantage_under_every_estimator(estimator):
-    groups = to_groups([rollout(3, 2)], [res(("correct", 1.0), ("wrong", 0.0), ("wrong", 0.0), ("wrong", 0.0),
+    groups, shards = scored(rollout(3, 2), [res(("correct", 1.0), ("wrong", 0.0), ("wrong", 0.0), ("wrong", 0.0),
                                              ("correct", 1.0), ("correct", 1.0))])
     good = [g for g in groups if g.informative(estimator, 0.1)]
     dull = [g for g in groups if not g.informative(estimator, 0.1)]
     chosen, fill = choose_groups(good[:1], dull + good[1:], 3)  # one informative group, two fill groups
-    (shard,) = train_shards(chosen, fill, estimator, 0.1, 1, 0, random.Random(0))
+    (shard,) = shards(chosen, fill, estimator, 0.1, 1, 0, random.Random(0))
     # the fill groups' responses are exactly those with advantage 0; the real group's are non-zero
     assert int((shard.advantages == 0).sum()) == 4
     assert int((shard.advantages != 0).sum()) == 2
 
 
 def test_failed_verifications_leave_the_baseline_and_the_gradient():
-    groups = to_groups([rollout(1, 4)], [res(("correct", 1.0), ("crashed", 0.0), ("wrong", 0.0), ("error", 0.0))])
+    groups, shards = scored(rollout(1, 4), [res(("correct", 1.0), ("crashed", 0.0), ("wrong", 0.0), ("error", 0.0))])
     assert groups[0].verified == [True, False, True, False]
-    (shard,) = train_shards(groups, [], "drgrpo", 0.1, 1, 0, random.Random(0))
+    (shard,) = shards(groups, [], "drgrpo", 0.1, 1, 0, random.Random(0))
     # baseline over the two verified responses only: mean 0.5 -> +0.5 / -0.5; failed ones 0
     by_row = sorted(zip(shard.advantages.tolist(), shard.valid.any(dim=1).tolist()))
     assert by_row == [(-0.5, True), (0.0, False), (0.0, False), (0.5, True)]
@@ -198,15 +208,15 @@ def test_failed_verifications_leave_the_baseline_and_the_gradient():
 def test_a_timeout_is_a_wrong_answer_not_an_excluded_one():
     """A solution that hangs (or an answer that keeps the verifier past its limit) must not fare
     better than a wrong one: it stays in the baseline and gets a wrong answer's advantage."""
-    groups = to_groups([rollout(1, 4)], [res(("correct", 1.0), ("timeout", 0.0), ("wrong", 0.0), ("wrong", 0.0))])
+    groups, shards = scored(rollout(1, 4), [res(("correct", 1.0), ("timeout", 0.0), ("wrong", 0.0), ("wrong", 0.0))])
     assert groups[0].verified == [True, True, True, True] and groups[0].informative("grpo", 0.1)
-    (shard,) = train_shards(groups, [], "drgrpo", 0.1, 1, 0, random.Random(0))
+    (shard,) = shards(groups, [], "drgrpo", 0.1, 1, 0, random.Random(0))
     adv = shard.advantages.tolist()
     assert sorted(adv) == pytest.approx([-0.25, -0.25, -0.25, 0.75])  # the timeout's is the wrong ones'
 
 
 def test_a_group_with_one_verified_response_has_no_baseline():
-    groups = to_groups([rollout(1, 3)], [res(("correct", 1.0), ("error", 0.0), ("crashed", 0.0))])
+    groups, shards = scored(rollout(1, 3), [res(("correct", 1.0), ("error", 0.0), ("crashed", 0.0))])
     assert not groups[0].informative("grpo", 0.1)
     assert groups[0].informative("w_reinforce", 0.1)  # no baseline needed: +lam on the verdict
 
@@ -293,12 +303,12 @@ def test_a_shaping_difference_alone_carries_no_signal(estimator):
     wrong = [RewardResult(0.0, "wrong")] * 7 + [RewardResult(-0.125, "wrong")]
     right = [RewardResult(1.0, "correct")] * 7 + [RewardResult(0.875, "correct")]
     mixed = [RewardResult(1.0, "correct")] + [RewardResult(0.0, "wrong")] * 6 + [RewardResult(-0.125, "wrong")]
-    groups = to_groups([rollout(3, 8)], [wrong + right + mixed])
+    groups, shards = scored(rollout(3, 8), [wrong + right + mixed])
     assert [g.informative(estimator, 0.1) for g in groups] == [False, False, True]
     chosen, fill = choose_groups([g for g in groups if g.informative(estimator, 0.1)],
                                  [g for g in groups if not g.informative(estimator, 0.1)], 1)
     assert [g.prompt.uid for g in chosen] == [2] and fill == []
-    (shard,) = train_shards(groups, [], estimator, 0.1, 1, 0, random.Random(0))
+    (shard,) = shards(groups, [], estimator, 0.1, 1, 0, random.Random(0))
     trained = {round(float(a), 6) for a in shard.advantages}
     adv = compute_advantages(torch.tensor([[r.score for r in g] for g in (wrong, right, mixed)]),
                              torch.tensor([[r.status == "correct" for r in g] for g in (wrong, right, mixed)]),

@@ -3,7 +3,8 @@ import random
 import pytest
 
 from actors.types import Prompt, RolloutBatch
-from launch.rollouts import choose_groups, to_groups, train_shards
+from learner.batch import collate_plan
+from launch.rollouts import choose_groups, plan_shards, to_groups
 from rewards.result import RewardResult
 
 
@@ -14,13 +15,22 @@ def rollout(n_prompts, g, version, base=0):
     return RolloutBatch(prompts, g, resp, lps, ["x"] * len(resp), [True] * len(resp), version, 0.1)
 
 
+def groups_of(parts, results):
+    return to_groups([p.prompts for p in parts], [p.summary() for p in parts], results)
+
+
+def shards_of(parts, groups, fill, *args):
+    """What each learner rank collates from its plan and the parts it was handed."""
+    return [collate_plan(plan, tuple(parts[i] for i in used)) for plan, used in plan_shards(groups, fill, *args)]
+
+
 def results(scores):
     return [RewardResult(float(s), "correct" if s else "wrong") for s in scores]
 
 
 def test_groups_follow_rollout_order_and_drop_uninformative():
     parts = [rollout(2, 3, 4), rollout(1, 3, 5, base=10)]
-    groups = to_groups(parts, [results([1, 0, 1, 0, 0, 0]), results([1, 1, 1])])
+    groups = groups_of(parts, [results([1, 0, 1, 0, 0, 0]), results([1, 1, 1])])
     assert [g.prompt.uid for g in groups] == [0, 1, 10]
     assert [g.rewards for g in groups] == [[1, 0, 1], [0, 0, 0], [1, 1, 1]]
     assert [g.informative("grpo", 0.1) for g in groups] == [True, False, False]
@@ -34,8 +44,9 @@ def test_groups_follow_rollout_order_and_drop_uninformative():
 
 
 def test_train_shards_split_evenly_with_group_advantages():
-    groups = to_groups([rollout(4, 2, 0)], [results([1, 0, 0, 0, 1, 1, 0, 1])])
-    shards = train_shards(groups, [], "drgrpo", 0.1, 2, 0, random.Random(0))
+    parts = [rollout(4, 2, 0)]
+    groups = groups_of(parts, [results([1, 0, 0, 0, 1, 1, 0, 1])])
+    shards = shards_of(parts, groups, [], "drgrpo", 0.1, 2, 0, random.Random(0))
     assert [len(s) for s in shards] == [4, 4]
     advs = sorted(float(a) for s in shards for a in s.advantages)
     assert advs == [-0.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]
@@ -48,3 +59,39 @@ def test_contiguous_slices_cover_every_item_once_in_order(n, parts):
     cut = contiguous_slices(n, parts)
     assert len(cut) <= parts and all(s.stop > s.start for s in cut)
     assert [i for s in cut for i in range(n)[s]] == list(range(n))  # concatenated results line up
+
+
+def test_ranks_collate_from_their_plans_exactly_what_the_whole_batch_holds():
+    """Two parts, multi-turn masks on one, two ranks: every response lands on exactly one rank,
+    with its own prompt, tokens, log-probs, model mask and advantage, and the ranks read only the
+    parts their rows are in."""
+    import torch
+
+    from actors.types import Turn
+    from learner.batch import collate
+
+    a = rollout(2, 2, 0)
+    b = RolloutBatch([Prompt(7, [9, 9, 9], "no")], 2, [[4, 4, 4], [3]], [[-0.1, -0.2, -0.3], [-0.4]], ["u", "v"],
+                     [True, False], 0, 0.1, model_mask=[[True, False, True], [True]],
+                     turns=[(Turn("u", "obs", "ok", "done"),), (Turn("v", "", "", "budget"),)])
+    parts = [a, b]
+    groups = groups_of(parts, [results([1, 0, 0, 1]), results([1, 0])])
+    plans = plan_shards(groups, [], "grpo", 0.1, 2, 0, random.Random(3))
+    flat = [(p, i) for p, part in enumerate(parts) for i in range(len(part))]
+    seen = []
+    for plan, used in plans:
+        got = collate_plan(plan, tuple(parts[i] for i in used))
+        rows = [(used[k], r) for k, r in plan.rows]
+        assert set(used) == {p for p, _ in rows}  # a rank is handed only the parts it reads
+        want = collate([parts[p].prompts[r // 2].token_ids for p, r in rows], [parts[p].response_ids[r] for p, r in rows],
+                       [parts[p].behaviour_logp[r] for p, r in rows], plan.advantages, 0, sample_ids=plan.sample_ids,
+                       model_mask=[None if parts[p].model_mask is None else parts[p].model_mask[r] for p, r in rows])
+        for f in ("input_ids", "attention_mask", "valid", "behaviour_logp", "advantages", "sample_ids", "prompt_lens"):
+            assert torch.equal(getattr(got, f), getattr(want, f)), f
+        seen += [flat.index(x) for x in rows]
+        assert plan.sample_ids == [flat.index(x) for x in rows]  # ids in the whole batch, whatever rank holds them
+    assert sorted(seen) == list(range(6))
+    s = b.summary(123)
+    assert (s.lengths, s.finished, s.payload_bytes) == ([3, 1], [True, False], 123)
+    assert [(t.turns, t.tool_calls, t.end, t.model_tokens, t.tokens) for t in s.trajectories] == \
+        [(1, ("ok",), "done", 2, 3), (1, (), "budget", 1, 1)]

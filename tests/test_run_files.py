@@ -156,15 +156,23 @@ def test_wandb_auto_goes_online_with_any_wandb_login_and_says_why_when_not(tmp_p
 def test_a_completions_table_goes_to_wandb_every_n_steps(tmp_path):
     """Real wandb, offline: the table's file is in the run's wandb folder at steps 2 and 4 only,
     with the step's responses as rows."""
+    from actors.types import Prompt, RolloutBatch
+    from launch.records import write_records
     from launch.tracking import RunTracker
 
     tracker = RunTracker(tmp_path / "run", {"a": 1}, "t", "forkrl-test", "offline", completions_every=2,
                          completions_rows=3)
     for step in range(1, 5):
-        records = [{"step": step, "prompt": f"q{i}", "response": f"r{step}-{i}", "answer": "a", "reward": 1.0,
-                    "status": "correct", "policy_version": 0, "fill": False, "prompt_id": i} for i in range(5)]
+        texts = [f"r{step}-{i}" for i in range(5)]
+        batch = RolloutBatch([Prompt(0, [1], "a")], 5, [[2]] * 5, [[-0.1]] * 5, texts, [True] * 5, 0, 0.0)
+        rows = [{"step": step, "prompt": f"q{i}", "response": None, "answer": "a", "reward": 1.0,
+                 "status": "correct", "policy_version": 0, "fill": False, "prompt_id": i, "_src": (0, i)}
+                for i in range(5)]
         tracker.log({"step": step, "reward/mean": 1.0})
-        tracker.log_rollout_records(step, records)
+        keep = tracker.completions_due(step)  # what the driver does, the writer being a Ray task there
+        kept = write_records(tracker.records_path(step), rows, keep, batch)
+        if keep:
+            tracker.log_completions(step, kept)
     tracker.close()
     tables = sorted((tmp_path / "run").glob("wandb/offline-run-*/files/media/table/completions_*.table.json"))
     assert [int(t.name.split("_")[1]) for t in tables] == [2, 4]

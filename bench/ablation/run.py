@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -121,9 +122,73 @@ def report(runs: dict, out: Path, seconds: float) -> None:
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / "gains.png", dpi=100)
+    plot_entropy(runs, out / "entropy.png")
+    lines += ["", *confidence_lines({arm: [100 * gain(r) for r in by_seed.values()] for arm, by_seed in runs.items()
+                                      if by_seed})]
     lines.append(f"\nWall time of this invocation: {seconds / 60:.1f} min.")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def bootstrap(values: list[float], other: list[float] | None = None, n: int = 20_000, seed: int = 0):
+    """95% percentile-bootstrap interval of the mean of `values` (or of mean(values) - mean(other),
+    each arm resampled on its own: the arms' seeds are independent runs)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = rng.choice(np.asarray(values), size=(n, len(values))).mean(axis=1)
+    if other is not None:
+        a = a - rng.choice(np.asarray(other), size=(n, len(other))).mean(axis=1)
+    return float(np.percentile(a, 2.5)), float(np.percentile(a, 97.5))
+
+
+PAIRS = [("top", "none"), ("none", "bottom"), ("top", "random"), ("top", "bottom")]
+
+
+def confidence_lines(gains: dict[str, list[float]]) -> list[str]:
+    """Each arm's mean gain with its 95% bootstrap interval, and the paper's orderings as
+    differences of means with theirs: an ordering holds at that confidence when its interval
+    lies above 0."""
+    lines = ["| arm | seeds | mean gain (points) | 95% CI (bootstrap) |", "| --- | --- | --- | --- |"]
+    for arm, g in gains.items():
+        lo, hi = bootstrap(g) if len(g) > 1 else (math.nan, math.nan)
+        lines.append(f"| {ARMS[arm][0]} | {len(g)} | {statistics.mean(g):+.1f} | [{lo:+.1f}, {hi:+.1f}] |")
+    lines += ["", "| ordering | difference of means (points) | 95% CI (bootstrap) | holds at 95%? |",
+              "| --- | --- | --- | --- |"]
+    for a, b in PAIRS:
+        if len(gains.get(a, ())) > 1 and len(gains.get(b, ())) > 1:
+            lo, hi = bootstrap(gains[a], gains[b])
+            d = statistics.mean(gains[a]) - statistics.mean(gains[b])
+            verdict = "yes" if lo > 0 else ("no: reversed" if hi < 0 else "not shown (CI spans 0)")
+            lines.append(f"| {a} > {b} | {d:+.1f} | [{lo:+.1f}, {hi:+.1f}] | {verdict} |")
+    return lines
+
+
+def plot_entropy(runs: dict, path: Path) -> None:
+    """Per arm, the mean entropy of the tokens that got gradient and of those masked out, step by
+    step (mean over seeds): the paper's picture of where RLVR moves high-entropy tokens."""
+    import matplotlib.pyplot as plt
+
+    arms = [a for a, by_seed in runs.items() if by_seed]
+    if not arms:
+        return
+    fig, axes = plt.subplots(1, len(arms), figsize=(4 * len(arms), 3.4), sharey=True, squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        for key, label in (("entropy/kept_mean", "kept (trained)"), ("entropy/dropped_mean", "dropped"),
+                           ("entropy/mean", "all response tokens")):
+            curves = [{r["step"]: r[key] for r in rows if isinstance(r.get(key), (int, float))}
+                      for rows in runs[arm].values()]
+            steps = sorted(set().union(*curves))
+            ys = [statistics.mean(c[s] for c in curves if s in c) for s in steps]
+            if steps:
+                ax.plot(steps, ys, label=label, lw=1.2)
+        ax.set_title(ARMS[arm][0], fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean token entropy (nats)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
