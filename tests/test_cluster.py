@@ -113,9 +113,10 @@ def test_a_node_lost_with_the_generator_mid_run_loses_no_prompt(tiny_model, yes_
     from tests.test_resume import rollout_rows, wait_for_steps
 
     args = ["steps=8", "learner.num_ranks=1", "learner.num_cpus=0.5", "generation.num_cpus=0.5", "reward.num_cpus=0.25",
-            "cluster.generation_node_resource=gen", "max_staleness=1", "tracking.wandb_mode=disabled",
+            "cluster.generation_node_resource=gen", "cluster.learner_node_resource=main",
+            "cluster.reward_node_resource=main", "max_staleness=1", "tracking.wandb_mode=disabled",
             "reward.overlong_weight=1.0", "reward.overlong_cache=4", "learner.signal=reward"]
-    with local_cluster([{"num_cpus": 1}, {"num_cpus": 1, "resources": {"gen": 1}}]) as cluster:
+    with local_cluster([{"num_cpus": 1, "resources": {"main": 1}}, {"num_cpus": 1, "resources": {"gen": 1}}]) as cluster:
         straight = tmp_path / "straight"
         res = forkrl(*tiny_args(tiny_model, yes_data, straight), f"address={cluster.address}", *args, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -125,12 +126,14 @@ def test_a_node_lost_with_the_generator_mid_run_loses_no_prompt(tiny_model, yes_
                                      f"address={cluster.address}", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                                     stderr=err_file, text=True)
             wait_for_steps(proc, run_dir, 1)
-            gen_node = next(n for n in cluster.list_all_nodes() if n is not cluster.head_node)
-            cluster.remove_node(gen_node)
+            cluster.remove_node(next(n for n in cluster.list_all_nodes() if n is not cluster.head_node))
             cluster.add_node(num_cpus=1, resources={"gen": 1}, object_store_memory=200 * 2**20)
             proc.wait(timeout=900)
         err = stderr_path.read_text()
         assert proc.returncode == 0, err[-3000:]
+    line = next(x for x in (run_dir / "train.log").read_text().splitlines() if "placement (node" in x)
+    groups = {k: v.strip() for k, v in re.findall(r"(learner|generation|reward): ([^|]+)", line)}
+    assert groups["generation"] != groups["learner"] == groups["reward"], line  # the generator had a node of its own
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert rows[-1]["fault/actor_restarts"] >= 1, err[-3000:]
