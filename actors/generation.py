@@ -93,7 +93,8 @@ class GenerationWorker:
                                 [t.model_text for t in trajs], [t.end != "budget" for t in trajs], self.version,
                                 time.perf_counter() - t0, self.instance, model_mask=[t.model for t in trajs],
                                 turns=[tuple(t.turns) for t in trajs])
-        params = SamplingParams(n=c.group_size, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens, logprobs=0)
+        params = SamplingParams(n=c.group_size, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens,
+                                logprobs=0, ignore_eos=c.ignore_eos)
         t0 = time.perf_counter()
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
         ids, lps, texts, finished = [], [], [], []

@@ -65,6 +65,9 @@ class GenerationConfig:
     """Responses sampled per prompt (G)."""
     max_new_tokens: int = 64
     """Longest response, in tokens."""
+    ignore_eos: bool = False
+    """Sample every single-turn training response to exactly max_new_tokens (vLLM's ignore_eos):
+    for speed and memory benchmarks at a fixed length, never for training (evaluation is unaffected)."""
     temperature: float = 1.0
     """Sampling temperature; the learner scores tokens at the same temperature."""
     top_p: float = 1.0
