@@ -4,7 +4,9 @@ checkpoints, and recovery when an actor dies.
 A batch fans out over the generation actors (prompts j, j+k, ... to generator j of k, seeded per
 part) and each part's reward scoring is chained on it over the reward actors, so verification
 starts without a hop through the driver. Results come back per part, so nothing downstream
-depends on the order in which parts were flattened. Weights fan in from every learner rank's
+depends on the order in which parts were flattened. The driver fetches only each part's summary
+and rewards; the batch itself goes by reference to the reward actors, the learner ranks (each
+stages its own rows before any trains) and the rollout-record task. Weights fan in from every learner rank's
 ZeRO-3 slice to every generator. Generation and reward actors are restarted by Ray
 (fault.max_actor_restarts) and their lost batch is sampled again; a learner rank cannot be, so
 its death is raised as LearnerLost.

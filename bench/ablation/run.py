@@ -49,12 +49,15 @@ def run_one(arm: str, seed: int, args) -> list[dict]:
            f"tracking.run_dir={run_dir}", f"tracking.name=ablation-{arm}-seed{seed}", "tracking.wandb_mode=offline",
            f"steps={args.steps}", *ARMS[arm][1], *args.extra]
     print(f"[{time.strftime('%H:%M:%S')}] running {arm} seed {seed}: {' '.join(cmd[2:])}", flush=True)
-    if run_dir.exists():  # an unfinished earlier attempt: start it again from nothing
-        import shutil
+    for attempt in (1, 2):  # a run that dies (an actor killed by a memory spike elsewhere) gets a second try
+        if run_dir.exists():  # an unfinished earlier attempt: start it again from nothing
+            import shutil
 
-        shutil.rmtree(run_dir)
-    subprocess.run(cmd, cwd=REPO, check=True)
-    return read_rows(run_dir)
+            shutil.rmtree(run_dir)
+        if subprocess.run(cmd, cwd=REPO).returncode == 0:
+            break
+        print(f"[{time.strftime('%H:%M:%S')}] {arm} seed {seed} failed (attempt {attempt})", flush=True)
+    return read_rows(run_dir)  # a run that failed twice is left unfinished: the report leaves it out
 
 
 def gain(rows: list[dict]) -> float:
