@@ -186,11 +186,12 @@ def train_steps(run: Run, bar) -> dict:
         batch = generate_and_verify(run)
         t_wait = time.perf_counter() - t0
         t1 = time.perf_counter()
-        try:
-            learned = learn(run, plan(run, batch), batch.collected.payloads, step)
-        except RolloutsLost as e:  # a node died with a batch only it held: sample the step's prompts again
-            batch = resample(run, batch, str(e))
-            learned = learn(run, plan(run, batch), batch.collected.payloads, step)
+        while True:
+            try:
+                learned = learn(run, plan(run, batch), batch.collected.payloads, step)
+                break
+            except RolloutsLost as e:  # a node died with a batch only it held: sample the step's prompts
+                batch = resample(run, batch, str(e))  # again (bounded by fault.max_actor_restarts)
         t_learn = time.perf_counter() - t1
         metrics = {"step": step, **batch.metrics}
 
