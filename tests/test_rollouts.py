@@ -95,3 +95,48 @@ def test_ranks_collate_from_their_plans_exactly_what_the_whole_batch_holds():
     assert (s.lengths, s.finished, s.payload_bytes) == ([3, 1], [True, False], 123)
     assert [(t.turns, t.tool_calls, t.end, t.model_tokens, t.tokens) for t in s.trajectories] == \
         [(1, ("ok",), "done", 2, 3), (1, (), "budget", 1, 1)]
+
+
+def test_a_step_whose_rollouts_were_lost_samples_its_batches_again_and_selects_as_before():
+    """driver.resample: every batch of the step (dynamic sampling's rounds too) is submitted again
+    with its batch number (hence its seeds) and prompts, in order; the loss counts as one actor
+    failure; the step's groups are chosen from the new responses by the same rule."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from launch import driver
+    from launch.config_load import load_config
+    from launch.groups import Collected, FaultCounts, InFlight
+    from launch.resume import Progress
+    from launch.rollouts import RewardHealth
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/tiny.yaml",
+                      ["prompts_per_step=2", "generation.group_size=2", "dynamic_sampling=true", "learner.signal=verdict"])
+
+    class Actors:  # the driver's side of ActorGroups: what resample calls
+        def __init__(self):
+            self.faults, self.submitted, self.failures = FaultCounts(), [], []
+
+        def count_restart(self, cause):
+            self.failures.append(cause)
+
+        def submit(self, prompts, batch):
+            self.submitted.append((batch, [p.uid for p in prompts]))
+            return InFlight([], batch, prompts, 0, 0)
+
+        def collect(self, b):  # prompt uid 0 mod 3: all wrong; others mixed
+            part = RolloutBatch(b.prompts, 2, [[5]] * 4, [[-0.1]] * 4, ["x"] * 4, [True] * 4, 0, 0.1)
+            res = [r for p in b.prompts for r in results([0, 0] if p.uid % 3 == 0 else [1, 0])]
+            return Collected([b.prompts], [part.summary()], [f"ref{b.batch}"], [res], 0.1, [b], 10)
+
+    actors = Actors()
+    run = SimpleNamespace(cfg=cfg, actors=actors, progress=Progress(random.Random(0)), health=RewardHealth("f", 1.0, 3))
+    first = [Prompt(0, [1], "y"), Prompt(3, [1], "y")]  # no signal: dynamic sampling took a second round
+    second = [Prompt(4, [1], "y"), Prompt(5, [1], "y")]
+    lost = actors.collect(InFlight([], 7, first, 0, 0))
+    lost.extend(actors.collect(InFlight([], 8, second, 0, 0)))
+    out = driver.resample(run, driver.select(run, lost), "node gone")
+    assert actors.submitted == [(7, [0, 3]), (8, [4, 5])]  # the same batches, in order
+    assert actors.failures == ["node gone"] and actors.faults.resubmitted_prompts == 4
+    assert [g.prompt.uid for g in out.groups] == [4, 5] and out.collected.payloads == ["ref7", "ref8"]
+    assert out.metrics["dynamic/rounds"] == 2 and [g.part for g in out.groups] == [1, 1]

@@ -177,14 +177,14 @@ def plot_entropy(runs: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(arms), figsize=(4 * len(arms), 3.4), sharey=True, squeeze=False)
     for ax, arm in zip(axes[0], arms):
-        for key, label in (("entropy/kept_mean", "kept (trained)"), ("entropy/dropped_mean", "dropped"),
-                           ("entropy/mean", "all response tokens")):
+        for key, label, color in (("entropy/kept_mean", "kept (trained)", "C0"), ("entropy/dropped_mean", "dropped", "C1"),
+                                  ("entropy/mean", "all response tokens", "C2")):
             curves = [{r["step"]: r[key] for r in rows if isinstance(r.get(key), (int, float))}
                       for rows in runs[arm].values()]
             steps = sorted(set().union(*curves))
             ys = [statistics.mean(c[s] for c in curves if s in c) for s in steps]
             if steps:
-                ax.plot(steps, ys, label=label, lw=1.2)
+                ax.plot(steps, ys, label=label, lw=1.2, color=color, ls="--" if color == "C2" else "-")
         ax.set_title(ARMS[arm][0], fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
