@@ -28,7 +28,7 @@ from launch.config import TrainConfig
 from launch.config_load import to_dict
 from launch.console import Console, duration, log_step, summary_line
 from launch.data import PromptStream, load_eval_prompts, load_prompts
-from launch.errors import ActorFailures, LearnerLost, NonFiniteSteps, RolloutsLost, RunStopped
+from launch.errors import ActorFailures, LearnerLost, NonFiniteSteps, ResourceError, RolloutsLost, RunStopped
 from launch.evaluation import eval_max_tokens, evaluate
 from launch.groups import ActorGroups, Collected, InFlight
 from launch.models import check_chat_wrap, check_lora_targets, resolve_model_path
@@ -36,7 +36,8 @@ from launch.network import remove_rendezvous_files, start_ray
 from launch.placement import check_resources, launch_actors
 from launch.resume import (STATE_DIR, DriverState, LearnerRestarts, Progress, check_shared_storage,
                            latest_checkpoint, restore, save_checkpoint, to_universal)
-from launch.rollouts import Group, RewardHealth, choose_groups, plan_shards, rollout_metrics, to_groups
+from launch.rollouts import (Group, RewardHealth, choose_groups, plan_shards, rank_token_imbalance, rollout_metrics,
+                             to_groups)
 from launch.signals import StopSignal
 from launch.tracking import RunLock, RunTracker, check_fresh
 from envs.registry import check_env
@@ -104,9 +105,17 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     with RunLock(run_dir), Console(run_dir / "train.log", verbose) as console:
         ckpt, saved = latest_checkpoint(run_dir) if resume else (None, None)
         restarts = LearnerRestarts(run_dir)  # fault.learner_restarts bounds the whole run
+        restarted_after = None  # the LearnerLost that this attempt restarts after
         while True:
             try:
                 return train_run(cfg, run_dir, inputs, ckpt, saved, console, restarts)
+            except ResourceError as e:
+                if restarted_after is None:
+                    raise
+                # The dead rank's node went with it and no node that remains (nor a replacement
+                # within cluster.placement_timeout_s) can hold the group: bounded, and resumable.
+                raise ResourceError(f"{e} (restarting after {restarted_after}); once the cluster can hold "
+                                    f"the actors again: `forkrl train --resume {run_dir}`") from None
             except LearnerLost as e:  # train_run has shut Ray down: every actor, the dead rank's hung peers too
                 if not (run_dir / STATE_DIR / "latest").is_file():
                     raise ActorFailures(f"{e} before the run's first checkpoint: nothing to resume from; start "
@@ -117,6 +126,7 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
                                             f" (fault.learner_restarts={cfg.fault.learner_restarts} used up)"
                                             if cfg.fault.learner_restarts else "")) from None
                 restarts.add()
+                restarted_after = e
                 ckpt, saved = latest_checkpoint(run_dir)
                 logger.warning("%s: restarting every actor from %s (learner restart %d of %d)", e, ckpt,
                                restarts.count, cfg.fault.learner_restarts)
@@ -188,7 +198,8 @@ def train_steps(run: Run, bar) -> dict:
         t1 = time.perf_counter()
         while True:
             try:
-                learned = learn(run, plan(run, batch), batch.collected.payloads, step)
+                plans = plan(run, batch)
+                learned = learn(run, plans, batch.collected.payloads, step)
                 break
             except RolloutsLost as e:  # a node died with a batch only it held: sample the step's prompts
                 batch = resample(run, batch, str(e))  # again (bounded by fault.max_actor_restarts)
@@ -199,6 +210,7 @@ def train_steps(run: Run, bar) -> dict:
         p.step, p.version = step, p.version + 1
         load_s = actors.publish(p.version)
         metrics.update(learned)
+        metrics["learner/rank_token_imbalance"] = rank_token_imbalance(plans)
         metrics.update({**actors.faults.metrics(), **run.learner_restarts.metrics(), "policy_version": p.version,
                         "train/skipped_steps": p.skipped_total,
                         "timing/generate_s": max(r.generate_s for r in batch.collected.summaries),
@@ -305,7 +317,7 @@ def plan(run: Run, batch: Rollouts) -> list:
     """Which rows each learner rank trains, with their advantages (launch/rollouts.py)."""
     cfg = run.cfg
     return plan_shards(batch.groups, batch.fill, cfg.learner.advantage, cfg.learner.w_lambda, cfg.learner.num_ranks,
-                       run.inputs.pad_id, run.progress.shard_rng, cfg.learner.signal)
+                       run.inputs.pad_id, run.progress.shard_rng, cfg.learner.signal, cfg.learner.share_prompt)
 
 
 def learn(run: Run, plans: list, payloads: list, step: int) -> dict:

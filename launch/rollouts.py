@@ -30,6 +30,11 @@ class Group:
     statuses: tuple[Status, ...] = ()  # (G,) the verifier's status per response
     part: int = 0  # index of the rollout batch holding these responses, in the step's parts
     first_row: int = 0  # rows first_row .. first_row + G - 1 of that batch
+    lengths: tuple[int, ...] = ()  # (G,) response tokens, from the summary: what the learner will forward
+
+    def tokens(self, share_prompt: bool) -> int:
+        """Tokens the learner forwards for this group: its prompt once (shared) or once per response."""
+        return len(self.prompt.token_ids) * (1 if share_prompt else len(self.rewards)) + sum(self.lengths)
 
     def rows(self) -> range:
         return range(self.first_row, self.first_row + len(self.rewards))
@@ -88,7 +93,7 @@ def to_groups(prompts: list[list[Prompt]], summaries: list[RolloutSummary], resu
             res = part_results[rows]
             groups.append(Group(prompt, [r.score for r in res], [r.status == Status.CORRECT for r in res],
                                 [r.status not in FAILED for r in res], part.policy_version,
-                                tuple(r.status for r in res), first_part + i, j * g))
+                                tuple(r.status for r in res), first_part + i, j * g, tuple(part.lengths[rows])))
     return groups
 
 
@@ -100,12 +105,32 @@ def choose_groups(informative: list[Group], uninformative: list[Group], needed: 
     return chosen, uninformative[: needed - len(chosen)]
 
 
+def balance_groups(tokens: list[int], ranks: int) -> list[list[int]]:
+    """Whole groups to ranks, the same number on each (ZeRO-3 ranks run the same micro-batches),
+    the token totals balanced so that no rank waits long for the others in a collective: longest
+    group first, each to the lightest rank that has room (ties to the lower index, so the plan is
+    a function of the lengths alone). Returns each rank's group indexes. len(tokens) % ranks == 0."""
+    per = len(tokens) // ranks
+    shares: list[list[int]] = [[] for _ in range(ranks)]
+    load = [0] * ranks
+    for i in sorted(range(len(tokens)), key=lambda i: (-tokens[i], i)):
+        r = min((r for r in range(ranks) if len(shares[r]) < per), key=lambda r: (load[r], r))
+        shares[r].append(i)
+        load[r] += tokens[i]
+    return shares
+
+
 def plan_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambda: float, ranks: int, pad_id: int,
-                rng: random.Random, signal: str = "verdict") -> list[tuple[ShardPlan, list[int]]]:
+                rng: random.Random, signal: str = "verdict",
+                share_prompt: bool = True) -> list[tuple[ShardPlan, list[int]]]:
     """Advantages per group (fill groups and failed verifications left out of every statistic),
-    then the responses shuffled and cut into one share per learner rank: (its ShardPlan, the
-    step's parts it reads, in the order its plan indexes them). The ranks fetch those parts
-    themselves (learner.batch.collate_plan)."""
+    then one share per learner rank: (its ShardPlan, the step's parts it reads, in the order its
+    plan indexes them). The ranks fetch those parts themselves (learner.batch.collate_plan).
+    With several ranks and a group count they divide, each group goes whole to one rank
+    (balance_groups): its prompt is then forwarded once, not once per rank its responses reach,
+    the rank reads fewer batches, and the ranks' token counts are balanced. Otherwise the
+    responses are shuffled and cut by count. Within a rank the order is shuffled, so mini-batches
+    draw from every group; the update does not depend on which rank trains which row."""
     every = groups + fill
     rewards = torch.tensor([g.rewards for g in every], dtype=torch.float32)  # (P, G)
     correct = torch.tensor([g.correct for g in every])  # (P, G) bool
@@ -114,16 +139,44 @@ def plan_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambda
     adv = compute_advantages(rewards, correct, verified & ~is_fill, estimator, w_lambda, signal).flatten()  # (P*G,)
     source = [(g.part, row) for g in every for row in g.rows()]  # (P*G,) where each response lives
     trained = verified.flatten().tolist()  # a failed verification's tokens are out of every term
-    order = list(range(len(source)))
-    rng.shuffle(order)  # mini-batches then draw from every group rather than a few prompts
-    per = len(order) // ranks
+    group_of = [k for k, g in enumerate(every) for _ in g.rows()]  # (P*G,)
+    lengths = [n for g in every for n in (g.lengths or [0] * len(g.rewards))]  # (P*G,) response tokens
+    if ranks > 1 and len(every) % ranks == 0:
+        starts = [0]
+        for g in every:
+            starts.append(starts[-1] + len(g.rewards))
+        shares = []
+        for mine in balance_groups([g.tokens(share_prompt) for g in every], ranks):
+            idx = [i for k in sorted(mine) for i in range(starts[k], starts[k + 1])]
+            rng.shuffle(idx)
+            shares.append(idx)
+    else:
+        order = list(range(len(source)))
+        rng.shuffle(order)  # mini-batches then draw from every group rather than a few prompts
+        per = len(order) // ranks
+        shares = [order[r * per:(r + 1) * per] for r in range(ranks)]
     out = []
-    for idx in (order[r * per:(r + 1) * per] for r in range(ranks)):
+    for idx in shares:
         parts = sorted({source[i][0] for i in idx})
         local = {p: k for k, p in enumerate(parts)}
         out.append((ShardPlan([(local[source[i][0]], source[i][1]) for i in idx], [float(adv[i]) for i in idx],
-                              [trained[i] for i in idx], idx, pad_id), parts))
+                              [trained[i] for i in idx], idx, pad_id,
+                              forwarded_tokens(every, group_of, lengths, idx, share_prompt)), parts))
     return out
+
+
+def forwarded_tokens(every: list[Group], group_of: list[int], lengths: list[int], idx: list[int],
+                     share_prompt: bool) -> int:
+    """Tokens a rank forwards for rows `idx`: their responses, and each group's prompt once per
+    rank it is on (shared) or once per row."""
+    prompts = {group_of[i] for i in idx} if share_prompt else [group_of[i] for i in idx]
+    return sum(lengths[i] for i in idx) + sum(len(every[k].prompt.token_ids) for k in prompts)
+
+
+def rank_token_imbalance(plans: list[tuple[ShardPlan, list[int]]]) -> float:
+    """The busiest rank's tokens over the mean (1.0: balanced): how long the others wait for it."""
+    loads = [plan.tokens for plan, _ in plans]
+    return max(loads) / max(sum(loads) / len(loads), 1)
 
 
 def rollout_metrics(summaries: list[RolloutSummary], results: list[list[RewardResult]], groups: list[Group],

@@ -112,6 +112,7 @@ class ShardPlan:
     trained: list[bool]  # (n,) False: a failed verification, out of every loss term
     sample_ids: list[int]  # (n,) each response's id in the whole batch
     pad_id: int
+    tokens: int = 0  # tokens this rank forwards (shared prompts once): the driver's balance figure
 
 
 def collate_plan(plan: ShardPlan, rollouts: tuple) -> TrainShard:

@@ -141,3 +141,45 @@ def test_a_node_lost_with_the_generator_mid_run_loses_no_prompt(tiny_model, yes_
     ra, rb = rollout_rows(straight), rollout_rows(run_dir)
     assert [[r["prompt_id"] for r in ra[s]] for s in range(1, 9)] == [[r["prompt_id"] for r in rb[s]] for s in range(1, 9)]
     assert all(r["status"] not in ("error", "timeout", "crashed") for s in rb for r in rb[s])
+
+
+def test_a_node_lost_with_a_learner_rank_restarts_the_run_on_the_nodes_that_remain(tiny_model, yes_data, tmp_path):
+    """fault.learner_restarts=1, the learner rank pinned to the two `worker` nodes. After step 2 the
+    node holding the rank is removed, with its ZeRO-3 shard: the driver restarts every actor from
+    the latest checkpoint, the rank is placed on the worker node that remains, and the run
+    finishes, each step once in metrics.jsonl."""
+    import subprocess
+
+    from tests.test_e2e import BIN, REPO
+    from tests.test_resume import wait_for_line, wait_for_steps
+
+    args = ["steps=5", "checkpoint.every=1", "fault.learner_restarts=1", "learner.num_ranks=1", "learner.num_cpus=0.5",
+            "generation.num_cpus=0.5", "reward.num_cpus=0.25", "cluster.learner_node_resource=worker",
+            "cluster.generation_node_resource=main", "cluster.reward_node_resource=main", "max_staleness=0",
+            "tracking.wandb_mode=disabled", "reward.overlong_weight=1.0", "reward.overlong_cache=4",
+            "learner.signal=reward"]
+    worker = {"num_cpus": 1, "resources": {"worker": 1}}
+    with local_cluster([{"num_cpus": 1, "resources": {"main": 1}}, worker, worker]) as cluster:
+        run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
+        with open(stderr_path, "w") as err_file:
+            proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
+                                     f"address={cluster.address}", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                    stderr=err_file, text=True)
+            wait_for_steps(proc, run_dir, 2)
+            line = next(x for x in (run_dir / "train.log").read_text().splitlines() if "placement (node" in x)
+            first = re.search(r"learner: [^:|]+:(\w+)", line).group(1)
+            node = next(n for n in cluster.list_all_nodes() if n.node_id.startswith(first))
+            assert node is not cluster.head_node, line
+            cluster.remove_node(node)
+            wait_for_line(proc, stderr_path, ("restarting every actor from",))
+            proc.wait(timeout=600)
+        err = stderr_path.read_text()
+        assert proc.returncode == 0, err[-3000:]
+    assert re.search(r"learner rank 0 died .*restarting every actor from .*step_\d+ \(learner restart 1 of 1\)", err), \
+        err[-3000:]
+    placed = [re.search(r"learner: [^:|]+:(\w+)", x).group(1)
+              for x in (run_dir / "train.log").read_text().splitlines() if "placement (node" in x]
+    assert len(placed) == 2 and placed[0] == first and placed[1] != first, placed  # the other worker node
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # steps trained again replace the lost ones
+    assert rows[-1]["fault/learner_restarts"] == 1

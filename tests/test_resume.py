@@ -416,3 +416,44 @@ def test_an_evaluation_after_a_generator_restart_scores_the_current_weights(ray_
     out = actors.verify_eval(prompts, 1, 4, seed=0)
     assert out.policy_version == 1 and actors.faults.restarts == 1
     assert len(out.correct) == 3
+
+
+def test_a_restart_that_cannot_be_placed_stops_in_one_line_that_says_how_to_resume(tiny_model, yes_data, tmp_path,
+                                                                                  monkeypatch):
+    """A learner rank's node is gone and no node left (nor a replacement within
+    cluster.placement_timeout_s) can hold the restarted group: placement's own bounded refusal,
+    naming the rank that died and the resume command. The first attempt's refusal is left as is."""
+    from launch import driver
+    from launch.config_load import load_config
+    from launch.errors import LearnerLost, ResourceError
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(REPO / "configs/tiny.yaml", [f"model.path={tiny_model}", f"data.train_files={yes_data}",
+                                                   f"tracking.run_dir={run_dir}", "fault.learner_restarts=1",
+                                                   "checkpoint.every=1", "eval.every=0"])
+    refusal = ResourceError("cluster.learner_placement: 1 x {'CPU': 1.0} (pack) could not be reserved within "
+                            "cluster.placement_timeout_s=5 s; free per node: 127.0.0.1 {'CPU': 0.25}")
+    attempts = []
+
+    def train_run(*args):
+        attempts.append(args)
+        if len(attempts) == 1:
+            (run_dir / "state").mkdir(parents=True)
+            (run_dir / "state" / "latest").write_text("step_2")
+            raise LearnerLost("learner rank 0 died (the node it ran on was removed)")
+        raise refusal
+
+    monkeypatch.setattr(driver, "train_run", train_run)
+    monkeypatch.setattr(driver, "latest_checkpoint", lambda d: (d / "state" / "step_2", None))
+    with pytest.raises(ResourceError) as e:
+        driver.run(cfg)
+    assert len(attempts) == 2
+    msg = str(e.value)
+    assert msg.startswith(str(refusal)) and "\n" not in msg, msg
+    assert "(restarting after learner rank 0 died (the node it ran on was removed))" in msg, msg
+    assert msg.endswith(f"`forkrl train --resume {run_dir}`"), msg
+    monkeypatch.setattr(driver, "train_run", lambda *a: (_ for _ in ()).throw(refusal))
+    with pytest.raises(ResourceError) as e:
+        driver.run(load_config(REPO / "configs/tiny.yaml", [f"model.path={tiny_model}", f"data.train_files={yes_data}",
+                                                            f"tracking.run_dir={tmp_path / 'other'}", "eval.every=0"]))
+    assert e.value is refusal  # a first placement that fails needs no resume: nothing ran

@@ -140,3 +140,49 @@ def test_a_step_whose_rollouts_were_lost_samples_its_batches_again_and_selects_a
     assert actors.failures == ["node gone"] and actors.faults.resubmitted_prompts == 4
     assert [g.prompt.uid for g in out.groups] == [4, 5] and out.collected.payloads == ["ref7", "ref8"]
     assert out.metrics["dynamic/rounds"] == 2 and [g.part for g in out.groups] == [1, 1]
+
+
+def test_groups_go_whole_to_ranks_with_their_tokens_balanced():
+    """Four groups of very different lengths on two ranks: each group's responses all on one rank
+    (its prompt then runs once), two groups a rank, the ranks' forwarded tokens balanced (the
+    longest group with the shortest), each rank reading only the batches its groups are in. Three
+    groups on two ranks cannot go whole: responses are split by count, as before."""
+    from launch.rollouts import balance_groups, rank_token_imbalance
+
+    def long_rollout(n_prompts, g, lengths, base):
+        prompts = [Prompt(base + i, [1, 2, 3], "yes") for i in range(n_prompts)]
+        resp = [[5] * n for n in lengths]
+        return RolloutBatch(prompts, g, resp, [[-0.5] * n for n in lengths], ["x"] * len(resp), [True] * len(resp), 0, 0.1)
+
+    parts = [long_rollout(2, 2, [40, 40, 1, 1], 0), long_rollout(2, 2, [30, 30, 10, 10], 10)]
+    groups = groups_of(parts, [results([1, 0, 1, 0]), results([0, 1, 1, 0])])
+    assert [g.lengths for g in groups] == [(40, 40), (1, 1), (30, 30), (10, 10)]
+    assert [g.tokens(True) for g in groups] == [83, 5, 63, 23] and groups[0].tokens(False) == 86
+    plans = plan_shards(groups, [], "grpo", 0.1, 2, 0, random.Random(0))
+    by_rank = [{(used[b], r // 2) for b, r in plan.rows} for plan, used in plans]  # (part, group in part)
+    assert by_rank == [{(0, 0), (0, 1)}, {(1, 0), (1, 1)}]  # 83 + 5 against 63 + 23
+    assert [plan.tokens for plan, _ in plans] == [88, 86] and [used for _, used in plans] == [[0], [1]]
+    assert rank_token_imbalance(plans) == 88 / 87
+    flat = sorted(i for plan, _ in plans for i in plan.sample_ids)
+    assert flat == list(range(8))
+    # without a shared prompt each row's prompt counts
+    assert [p.tokens for p, _ in plan_shards(groups, [], "grpo", 0.1, 2, 0, random.Random(0), share_prompt=False)] \
+        == [94, 92]
+    # one rank: every row, shuffled as before (the single-rank plan is what it was)
+    (one, _), = plan_shards(groups, [], "grpo", 0.1, 1, 0, random.Random(5))
+    order = list(range(8))
+    random.Random(5).shuffle(order)
+    assert one.sample_ids == order
+    # three groups on two ranks: split by count
+    plans = plan_shards(groups[:3], [], "grpo", 0.1, 2, 0, random.Random(0))
+    assert [len(plan.rows) for plan, _ in plans] == [3, 3]
+    # the balance itself: equal counts, every group once, loads within the largest group's size
+    rng = random.Random(1)
+    for _ in range(50):
+        ranks = rng.choice([2, 3, 4])
+        tokens = [rng.randint(1, 1000) for _ in range(ranks * rng.randint(1, 6))]
+        shares = balance_groups(tokens, ranks)
+        assert sorted(i for s in shares for i in s) == list(range(len(tokens)))
+        assert len({len(s) for s in shares}) == 1
+        loads = [sum(tokens[i] for i in s) for s in shares]
+        assert max(loads) - min(loads) <= max(tokens)
