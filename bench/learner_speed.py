@@ -16,7 +16,8 @@ warm-up, and the medians of the rest are reported with their ratio.
 `--variant KEY=VALUE ...` adds a third side to the alternation: the learner under those overrides
 (for example `--variant learner.project_kept_only=false`, the path before), reported beside the
 default learner with its own ratio and peak memory.
-`--publish-ranks 1 2` also times the weight publish through Ray (learner ranks as actors).
+`--profile N` profiles one more step of the default learner (torch.profiler) and prints its N
+costliest operators. `--publish-ranks 1 2` also times the weight publish through Ray (learner ranks as actors).
 Results are appended to bench/results/learner_speed.jsonl.
 """
 from __future__ import annotations
@@ -67,7 +68,21 @@ def build_batch(cfg, model_path: str, resp_min: int, resp_max: int, seed: int, i
     return shard, torch.tensor(adv)
 
 
-def run_learner(cfg, model_path: str, shard, repeats: int) -> dict:
+def profile_step(step, rows: int) -> None:
+    """One more step under torch.profiler; prints its `rows` most expensive operators (self time,
+    on the GPU where there is one) to stderr: where the time goes, for the next change."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        step()
+        sync()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60), file=sys.stderr, flush=True)
+
+
+def run_learner(cfg, model_path: str, shard, repeats: int, profile: int = 0) -> dict:
     import deepspeed
     import torch
 
@@ -85,6 +100,8 @@ def run_learner(cfg, model_path: str, shard, repeats: int) -> dict:
         metrics = trainer.train_step(shard)
         sync()
         times.append(time.perf_counter() - t0)
+    if profile:
+        profile_step(lambda: trainer.train_step(shard), profile)
     t0 = time.perf_counter()
     trainer.weight_shard()
     return {"times": times, "shard_s": time.perf_counter() - t0, "peak_gb": metrics["memory/learner_peak_gb"],
@@ -147,8 +164,10 @@ def child(args) -> None:
     torch.set_num_threads(threads)
     model_path = str(resolve_model_path(cfg.model.path))
     shard, _ = build_batch(cfg, model_path, args.resp_min, args.resp_max, cfg.seed, args.informative, args.prompt_extra)
-    side = run_learner if args.child == "learner" else run_reference
-    out = side(cfg, model_path, shard, args.repeats)
+    if args.child == "learner":
+        out = run_learner(cfg, model_path, shard, args.repeats, args.profile)
+    else:
+        out = run_reference(cfg, model_path, shard, args.repeats)
     out.update(peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, threads=threads,
                device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                sequences=len(shard), tokens=int(shard.attention_mask.sum()), response_tokens=int(shard.valid.sum()))
@@ -158,9 +177,12 @@ def child(args) -> None:
 def run_child(side: str, args, extra: list[str] = ()) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--config", args.config, "--repeats", str(args.repeats),
            "--resp-min", str(args.resp_min), "--resp-max", str(args.resp_max), "--informative", str(args.informative),
-           "--prompt-extra", str(args.prompt_extra), *args.overrides, *extra]
+           "--prompt-extra", str(args.prompt_extra), "--profile", str(args.profile if side == "learner" and not extra else 0),
+           *args.overrides, *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if args.profile and side == "learner" and not extra:
+        print(proc.stderr[proc.stderr.find("-----"):], file=sys.stderr)  # the profile table
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -207,6 +229,8 @@ def main() -> None:
     ap.add_argument("--prompt-extra", type=int, default=0, help="tokens of shared context added to every prompt")
     ap.add_argument("--publish-ranks", type=int, nargs="*", default=[])
     ap.add_argument("--variant", nargs="*", default=[], help="overrides of a second learner side, run alongside")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="after the timed steps, profile one more learner step and print its N costliest operators")
     ap.add_argument("--child", choices=["learner", "reference"], help=argparse.SUPPRESS)
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "learner_speed.jsonl"))
     ap.add_argument("--label", default="", help="a note stored with the result row")
