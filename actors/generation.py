@@ -13,7 +13,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from actors.episodes import ObservationEncoder, Sampled, Trajectory, run_episodes
-from actors.types import EvalBatch, Prompt, RolloutBatch, RolloutSummary
+from actors.types import EvalBatch, EvalSummary, Prompt, RolloutBatch, RolloutSummary
 from envs.base import ToolLimits
 from envs.registry import load_env
 from learner.weights import WeightShard, assemble_weights, load_base_weights, merge_lora
@@ -131,6 +131,13 @@ class GenerationWorker:
         params = SamplingParams(n=samples, temperature=temperature, top_p=self.cfg.top_p, max_tokens=max_tokens)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params, use_tqdm=False)
         return EvalBatch(prompts, samples, [o.text for out in outs for o in out.outputs], self.version)
+
+    def evaluation(self, prompts: list[Prompt], samples: int, max_tokens: int,
+                   seed: int | None = None) -> tuple[EvalSummary, EvalBatch]:
+        """evaluate(), returned as two objects (called with num_returns=2): the driver fetches only
+        the summary; the texts go by reference to the reward actors."""
+        batch = self.evaluate(prompts, samples, max_tokens, seed)
+        return batch.summary(), batch
 
     def _episodes(self, prompts: list[Prompt], n: int, temperature: float, budget: int) -> list[Trajectory]:
         """n multi-turn trajectories per prompt, grouped by prompt (rows j*n .. j*n+n-1)."""

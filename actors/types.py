@@ -106,3 +106,14 @@ class EvalBatch:
     response_text: list[str]  # (B*samples,) what the model wrote (multi-turn: its turns joined)
     policy_version: int  # learner version whose weights wrote them
     tool_calls: tuple[int, ...] = ()  # (B*samples,) tool calls per response (multi-turn; () for single-turn)
+
+    def summary(self) -> "EvalSummary":
+        return EvalSummary(self.policy_version, self.tool_calls)
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """An EvalBatch as the driver sees it: no text. The texts go by reference to the reward actors."""
+
+    policy_version: int
+    tool_calls: tuple[int, ...] = ()  # (B*samples,) as in EvalBatch

@@ -37,9 +37,9 @@ class Part:
 
     generator: int  # index into ActorGroups.generators
     positions: range  # where its prompts sit in the batch
-    output: object  # ObjectRef of what the driver reads: a RolloutSummary, or an EvalBatch
-    payload: object  # ObjectRef of the RolloutBatch (= output for an EvalBatch): read by the reward
-    #   actors, the learner ranks and the record writer, never by the driver
+    output: object  # ObjectRef of what the driver reads: a RolloutSummary, or an EvalSummary
+    payload: object  # ObjectRef of the RolloutBatch (or EvalBatch): read by the reward actors, the
+    #   learner ranks and the record writer, never by the driver
     scores: list  # ObjectRef[(list[RewardResult], seconds)] per reward-actor slice, in response order
 
 
@@ -168,13 +168,13 @@ class ActorGroups:
         the current weights back and the evaluation runs again with the same seeds."""
         while True:
             parts = self._fan_out(prompts, samples,
-                                  lambda gen, mine, j: [gen.evaluate.remote(mine, samples, max_tokens,
-                                                                            sample_seed(seed, -1, j))] * 2,
+                                  lambda gen, mine, j: gen.evaluation.options(num_returns=2).remote(
+                                      mine, samples, max_tokens, sample_seed(seed, -1, j)),
                                   lambda rw, ref, sl: rw.score_eval.remote(ref, sl.start, sl.stop))
             try:
                 scored = [ray.get(part.scores) for part in parts]
-                batches = ray.get([part.output for part in parts])
-                if all(b.policy_version >= self.version for b in batches):
+                summaries = ray.get([part.output for part in parts])  # EvalSummary: no text
+                if all(b.policy_version >= self.version for b in summaries):
                     break
                 cause = "a generator answered with its initial weights: it was restarted"
             except (RayActorError, ActorUnavailableError) as e:
@@ -185,12 +185,12 @@ class ActorGroups:
             self._instances.clear()
         by_prompt: list[list[bool]] = [[] for _ in prompts]
         calls: list[tuple[int, ...]] = [() for _ in prompts]
-        for part, results, batch in zip(parts, scored, batches):
+        for part, results, batch in zip(parts, scored, summaries):
             flags = [r.status == Status.CORRECT for res, _ in results for r in res]
             for n, pos in enumerate(part.positions):
                 by_prompt[pos] = flags[n * samples:(n + 1) * samples]
                 calls[pos] = batch.tool_calls[n * samples:(n + 1) * samples]
-        return Verified([f for group in by_prompt for f in group], min(b.policy_version for b in batches),
+        return Verified([f for group in by_prompt for f in group], min(b.policy_version for b in summaries),
                         [c for group in calls for c in group])
 
     def _fan_out(self, prompts: list, per_prompt: int, generate: Callable, score: Callable) -> list[Part]:
