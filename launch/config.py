@@ -331,6 +331,10 @@ class FaultConfig:
     max_actor_restarts: int = 3
     """Generation / reward actor failures survived per run (Ray restarts the actor; its batch is sampled
     again); one more stops the run with the cause. Counted over the whole run, resumes included."""
+    actor_restart_timeout_s: float = 900.0
+    """How long a generation or reward actor that Ray is restarting may take to answer again (its
+    node lost and no other node able to hold it, say) before the run stops, naming the actor and
+    each node's free resources."""
     learner_restarts: int = 0
     """Learner rank deaths survived by restarting every actor from the latest full checkpoint, in the same
     driver (steps since that checkpoint are trained again); 0 = stop and print the --resume command.

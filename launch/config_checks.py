@@ -122,6 +122,7 @@ def validate(c) -> None:
     _check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
     _check(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     _check(c.fault.max_actor_restarts >= 0, "fault.max_actor_restarts", "must be >= 0")
+    _check(c.fault.actor_restart_timeout_s > 0, "fault.actor_restart_timeout_s", "must be > 0")
     _check(c.fault.learner_restarts >= 0, "fault.learner_restarts", "must be >= 0")
     _check(not c.fault.learner_restarts or c.checkpoint.every > 0, "fault.learner_restarts",
            "needs checkpoint.every > 0: a restart continues from the latest full checkpoint")

@@ -130,6 +130,11 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
                 ckpt, saved = latest_checkpoint(run_dir)
                 logger.warning("%s: restarting every actor from %s (learner restart %d of %d)", e, ckpt,
                                restarts.count, cfg.fault.learner_restarts)
+            except ActorFailures as e:  # generation / reward actors failed for good, or too often
+                if not (run_dir / STATE_DIR / "latest").is_file():
+                    raise
+                raise ActorFailures(f"{e}; continue from the latest checkpoint with "
+                                    f"`forkrl train --resume {run_dir}`") from None
 
 
 def train_run(cfg: TrainConfig, run_dir: Path, inputs: Inputs, ckpt: Path | None, saved: DriverState | None,

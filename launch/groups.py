@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 
 import ray
-from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, ObjectLostError, RayActorError
 
 from actors.types import Prompt, RolloutSummary
 from launch.config import TrainConfig
 from launch.errors import ActorFailures, LearnerLost, RolloutsLost
+from launch.nodes import free_per_node
 from rewards.result import RewardResult, Status
 
 logger = logging.getLogger("forkrl")
@@ -318,7 +319,8 @@ class ActorGroups:
     def _refresh_generators(self) -> None:
         """Give every generator that lags the latest policy version (a restarted one starts from
         the initial weights) those weights; waits until all answer (Ray restarts them meanwhile)."""
-        versions = [answer_when_up(g.policy_version) for g in self.generators]
+        versions = [answer_when_up(g.policy_version, self.cfg.fault.actor_restart_timeout_s, f"generation actor {j}")
+                    for j, g in enumerate(self.generators)]
         stale = [g for g, v in zip(self.generators, versions) if v < self.version]
         try:
             ray.get([g.load_weights.remote(self.version, *self.shards) for g in stale])
@@ -363,16 +365,20 @@ def contiguous_slices(n: int, parts: int) -> list[slice]:
     return [slice(i * per, min(n, (i + 1) * per)) for i in range(parts) if i * per < n]
 
 
-def answer_when_up(method, timeout_s: float = 900.0):
-    """Call an actor method, waiting while Ray restarts the actor (it answers 'unavailable' then);
-    an actor that is gone for good, or not back within `timeout_s`, stops the run."""
+def answer_when_up(method, timeout_s: float, who: str):
+    """Call an actor method, waiting while Ray restarts the actor (it answers 'unavailable', or
+    not at all while it waits for a node); an actor that is gone for good, or not back within
+    `timeout_s` (fault.actor_restart_timeout_s), stops the run, naming it and the nodes' free resources."""
     deadline = time.monotonic() + timeout_s
     while True:
+        left = deadline - time.monotonic()
         try:
-            return ray.get(method.remote())
-        except ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise ActorFailures(f"an actor did not come back within {timeout_s:.0f}s of failing") from None
+            return ray.get(method.remote(), timeout=max(left, 1.0))
+        except (ActorUnavailableError, GetTimeoutError):
+            if time.monotonic() >= deadline:
+                raise ActorFailures(f"{who} did not come back within fault.actor_restart_timeout_s={timeout_s:g} s of "
+                                    f"failing: no live node could hold it (free per node: {free_per_node()}); add a "
+                                    "node with the resources it asks for") from None
             time.sleep(1.0)
         except RayActorError as e:
-            raise ActorFailures(f"an actor is gone for good: {str(e).strip().splitlines()[0]}") from None
+            raise ActorFailures(f"{who} is gone for good: {str(e).strip().splitlines()[0]}") from None

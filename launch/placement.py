@@ -11,6 +11,7 @@ from actors.learner import LearnerWorker
 from actors.reward import RewardWorker
 from launch.errors import ResourceError
 from launch.groups import ActorGroups
+from launch.nodes import free_per_node
 from launch.network import actor_env, file_rendezvous, loopback_only
 
 logger = logging.getLogger("forkrl")
@@ -57,18 +58,6 @@ def reserve(group: str, bundle: dict[str, float], count: int, strategy: str, nod
         raise ResourceError(f"cluster.{group}_placement: {count} x {one} ({strategy}) could not be reserved within "
                             f"cluster.placement_timeout_s={timeout_s:g} s; free per node: {free_per_node()}")
     return pg
-
-
-def free_per_node() -> str:
-    from ray._private.state import available_resources_per_node  # the only per-node view of free resources
-
-    nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-    parts = []
-    for node, free in available_resources_per_node().items():
-        shown = {k: round(v, 3) for k, v in free.items() if k in ("CPU", "GPU") or not k.startswith(("node:", "memory",
-                                                                                                    "object_store"))}
-        parts.append(f"{nodes.get(node, node[:8])} {shown}")
-    return "; ".join(parts) or "no live node"
 
 
 @dataclass

@@ -457,3 +457,56 @@ def test_a_restart_that_cannot_be_placed_stops_in_one_line_that_says_how_to_resu
         driver.run(load_config(REPO / "configs/tiny.yaml", [f"model.path={tiny_model}", f"data.train_files={yes_data}",
                                                             f"tracking.run_dir={tmp_path / 'other'}", "eval.every=0"]))
     assert e.value is refusal  # a first placement that fails needs no resume: nothing ran
+
+
+def test_an_actor_that_cannot_come_back_stops_the_run_in_bounded_time_naming_it(monkeypatch):
+    """A generator whose node is gone and which no other node can hold: Ray keeps it restarting
+    (calls answer 'unavailable', or not at all). The wait ends after fault.actor_restart_timeout_s
+    with one line naming the actor and each node's free resources."""
+    import time
+
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError
+
+    from launch import groups
+    from launch.errors import ActorFailures
+
+    answers = iter([ActorUnavailableError("restarting", None), GetTimeoutError("no answer")] * 100)
+
+    def get(ref, timeout=None):
+        raise next(answers)
+
+    class Method:
+        def remote(self):
+            return "ref"
+
+    monkeypatch.setattr(groups.ray, "get", get)
+    monkeypatch.setattr(groups, "free_per_node", lambda: "127.0.0.1:ab12cd {'CPU': 0.25}")
+    monkeypatch.setattr(groups.time, "sleep", lambda s: None)
+    t0 = time.monotonic()
+    with pytest.raises(ActorFailures) as e:
+        groups.answer_when_up(Method(), 0.05, "generation actor 1")
+    assert time.monotonic() - t0 < 5
+    assert str(e.value) == ("generation actor 1 did not come back within fault.actor_restart_timeout_s=0.05 s of "
+                            "failing: no live node could hold it (free per node: 127.0.0.1:ab12cd {'CPU': 0.25}); "
+                            "add a node with the resources it asks for")
+
+
+def test_actor_failures_after_a_checkpoint_name_the_resume_command(tiny_model, yes_data, tmp_path, monkeypatch):
+    from launch import driver
+    from launch.config_load import load_config
+    from launch.errors import ActorFailures
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(REPO / "configs/tiny.yaml", [f"model.path={tiny_model}", f"data.train_files={yes_data}",
+                                                   f"tracking.run_dir={run_dir}", "eval.every=0"])
+
+    def train_run(*args):
+        (run_dir / "state").mkdir(parents=True, exist_ok=True)
+        (run_dir / "state" / "latest").write_text("step_2")
+        raise ActorFailures("generation actor 0 did not come back within fault.actor_restart_timeout_s=900 s")
+
+    monkeypatch.setattr(driver, "train_run", train_run)
+    with pytest.raises(ActorFailures) as e:
+        driver.run(cfg)
+    assert str(e.value) == ("generation actor 0 did not come back within fault.actor_restart_timeout_s=900 s; "
+                            f"continue from the latest checkpoint with `forkrl train --resume {run_dir}`")
