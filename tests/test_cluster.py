@@ -185,3 +185,39 @@ def test_a_node_lost_with_a_learner_rank_restarts_the_run_on_the_nodes_that_rema
     rb = rollout_rows(run_dir)  # the rewound steps trained the same prompts again, none twice
     assert [sorted({r["prompt_id"] for r in rb[s]}) for s in range(1, 6)] == expected_prompts(tiny_model, yes_data, 5)
     assert all(len(rb[s]) == 4 * 4 for s in range(1, 6))
+
+
+def test_a_generator_that_no_node_can_hold_stops_the_run_in_bounded_time(tiny_model, yes_data, tmp_path):
+    """The generator is pinned to the `gen` node, which is removed after step 2 with no
+    replacement: Ray cannot restart it anywhere. Within fault.actor_restart_timeout_s the run stops
+    with one line naming the actor, each node's free resources and the resume command."""
+    import subprocess
+    import time
+
+    from tests.test_e2e import BIN, REPO
+    from tests.test_resume import wait_for_steps
+
+    args = ["steps=4", "checkpoint.every=1", "learner.num_ranks=1", "learner.num_cpus=0.5", "generation.num_cpus=0.5",
+            "reward.num_cpus=0.25", "cluster.generation_node_resource=gen", "cluster.learner_node_resource=main",
+            "cluster.reward_node_resource=main", "max_staleness=0", "fault.actor_restart_timeout_s=20",
+            "tracking.wandb_mode=disabled", "reward.overlong_weight=1.0", "reward.overlong_cache=4",
+            "learner.signal=reward"]
+    with local_cluster([{"num_cpus": 1, "resources": {"main": 1}}, {"num_cpus": 1, "resources": {"gen": 1}}]) as cluster:
+        run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
+        with open(stderr_path, "w") as err_file:
+            proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
+                                     f"address={cluster.address}", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                    stderr=err_file, text=True)
+            wait_for_steps(proc, run_dir, 2)
+            cluster.remove_node(next(n for n in cluster.list_all_nodes() if n is not cluster.head_node))
+            t0 = time.monotonic()
+            proc.wait(timeout=300)
+            waited = time.monotonic() - t0
+        err = stderr_path.read_text()
+        assert proc.returncode == 1, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert re.match(r"forkrl: error: generation actor 0 did not come back within fault.actor_restart_timeout_s=20 s "
+                        r"of failing: no live node could hold it \(free per node: .*\); add a node with the resources it "
+                        r"asks for; continue from the latest checkpoint with `forkrl train --resume ", last), last
+        assert 20 <= waited < 120, waited
+        assert "bundle_group" not in last  # Ray's placement-group bookkeeping is not a node's free resources
