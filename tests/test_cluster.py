@@ -199,7 +199,7 @@ def test_a_generator_that_no_node_can_hold_stops_the_run_in_bounded_time(tiny_mo
 
     args = ["steps=4", "checkpoint.every=1", "learner.num_ranks=1", "learner.num_cpus=0.5", "generation.num_cpus=0.5",
             "reward.num_cpus=0.25", "cluster.generation_node_resource=gen", "cluster.learner_node_resource=main",
-            "cluster.reward_node_resource=main", "max_staleness=0", "fault.actor_restart_timeout_s=20",
+            "cluster.reward_node_resource=main", "max_staleness=0", "fault.actor_restart_timeout_s=10",
             "tracking.wandb_mode=disabled", "reward.overlong_weight=1.0", "reward.overlong_cache=4",
             "learner.signal=reward"]
     with local_cluster([{"num_cpus": 1, "resources": {"main": 1}}, {"num_cpus": 1, "resources": {"gen": 1}}]) as cluster:
@@ -216,8 +216,8 @@ def test_a_generator_that_no_node_can_hold_stops_the_run_in_bounded_time(tiny_mo
         err = stderr_path.read_text()
         assert proc.returncode == 1, err[-3000:]
         last = err.strip().splitlines()[-1]
-        assert re.match(r"forkrl: error: generation actor 0 did not come back within fault.actor_restart_timeout_s=20 s "
+        assert re.match(r"forkrl: error: generation actor 0 did not come back within fault.actor_restart_timeout_s=10 s "
                         r"of failing: no live node could hold it \(free per node: .*\); add a node with the resources it "
                         r"asks for; continue from the latest checkpoint with `forkrl train --resume ", last), last
-        assert 20 <= waited < 120, waited
+        assert 10 <= waited < 120, waited
         assert "bundle_group" not in last  # Ray's placement-group bookkeeping is not a node's free resources
