@@ -130,7 +130,8 @@ def plan_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambda
     (balance_groups): its prompt is then forwarded once, not once per rank its responses reach,
     the rank reads fewer batches, and the ranks' token counts are balanced. Otherwise the
     responses are shuffled and cut by count. Within a rank the order is shuffled, so mini-batches
-    draw from every group; the update does not depend on which rank trains which row."""
+    draw from every group. With one update per batch the update does not depend on which rank
+    trains which row; with several, each mini-batch's rows do (README, "Not done yet")."""
     every = groups + fill
     rewards = torch.tensor([g.rewards for g in every], dtype=torch.float32)  # (P, G)
     correct = torch.tensor([g.correct for g in every])  # (P, G) bool
