@@ -463,6 +463,7 @@ def test_an_actor_that_cannot_come_back_stops_the_run_in_bounded_time_naming_it(
     """A generator whose node is gone and which no other node can hold: Ray keeps it restarting
     (calls answer 'unavailable', or not at all). The wait ends after fault.actor_restart_timeout_s
     with one line naming the actor and each node's free resources."""
+    import itertools
     import time
 
     from ray.exceptions import ActorUnavailableError, GetTimeoutError
@@ -470,7 +471,7 @@ def test_an_actor_that_cannot_come_back_stops_the_run_in_bounded_time_naming_it(
     from launch import groups
     from launch.errors import ActorFailures
 
-    answers = iter([ActorUnavailableError("restarting", None), GetTimeoutError("no answer")] * 100)
+    answers = itertools.cycle([ActorUnavailableError("restarting", None), GetTimeoutError("no answer")])
 
     def get(ref, timeout=None):
         raise next(answers)
