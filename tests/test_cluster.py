@@ -19,6 +19,26 @@ SHAPE = ["learner.num_ranks=2", "learner.num_cpus=1", "generation.num_cpus=0.5",
          "learner.signal=reward"]
 
 
+# One learner rank and one generator, small enough for 1-CPU nodes; the node-loss tests pin them.
+ONE_RANK = ["learner.num_ranks=1", "learner.num_cpus=0.5", "generation.num_cpus=0.5", "reward.num_cpus=0.25",
+            "tracking.wandb_mode=disabled", "reward.overlong_weight=1.0", "reward.overlong_cache=4",
+            "learner.signal=reward"]
+
+
+def start_run(cluster, tiny_model, yes_data, tmp_path, *args):
+    """`forkrl train` joined to `cluster`, in the background: (process, run dir, its stderr file)."""
+    import subprocess
+
+    from tests.test_e2e import BIN, REPO
+
+    run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as err_file:  # the child keeps its own descriptor
+        proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
+                                 f"address={cluster.address}", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=err_file, text=True)
+    return proc, run_dir, stderr_path
+
+
 def test_three_nodes_place_every_group_train_and_refuse_what_cannot_fit(tiny_model, yes_data, tmp_path):
     with local_cluster([{"num_cpus": 1}] * 3) as cluster:
         run_dir = tmp_path / "run"
@@ -108,25 +128,16 @@ def test_a_node_lost_with_the_generator_mid_run_loses_no_prompt(tiny_model, yes_
     batch lost with the node is sampled again, and the run finishes having trained exactly the
     prompts the seeded stream issues (what an uninterrupted run trains), step by step, none lost
     or doubled."""
-    import subprocess
-
-    from tests.test_e2e import BIN, REPO
     from tests.test_resume import expected_prompts, rollout_rows, wait_for_steps
 
-    args = ["steps=8", "learner.num_ranks=1", "learner.num_cpus=0.5", "generation.num_cpus=0.5", "reward.num_cpus=0.25",
-            "cluster.generation_node_resource=gen", "cluster.learner_node_resource=main",
-            "cluster.reward_node_resource=main", "max_staleness=1", "tracking.wandb_mode=disabled",
-            "reward.overlong_weight=1.0", "reward.overlong_cache=4", "learner.signal=reward"]
+    args = ["steps=8", *ONE_RANK, "cluster.generation_node_resource=gen", "cluster.learner_node_resource=main",
+            "cluster.reward_node_resource=main", "max_staleness=1"]
     with local_cluster([{"num_cpus": 1, "resources": {"main": 1}}, {"num_cpus": 1, "resources": {"gen": 1}}]) as cluster:
-        run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
-        with open(stderr_path, "w") as err_file:
-            proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
-                                     f"address={cluster.address}", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                                    stderr=err_file, text=True)
-            wait_for_steps(proc, run_dir, 1)
-            cluster.remove_node(next(n for n in cluster.list_all_nodes() if n is not cluster.head_node))
-            cluster.add_node(num_cpus=1, resources={"gen": 1}, object_store_memory=200 * 2**20)
-            proc.wait(timeout=900)
+        proc, run_dir, stderr_path = start_run(cluster, tiny_model, yes_data, tmp_path, *args)
+        wait_for_steps(proc, run_dir, 1)
+        cluster.remove_node(next(n for n in cluster.list_all_nodes() if n is not cluster.head_node))
+        cluster.add_node(num_cpus=1, resources={"gen": 1}, object_store_memory=200 * 2**20)
+        proc.wait(timeout=900)
         err = stderr_path.read_text()
         assert proc.returncode == 0, err[-3000:]
     line = next(x for x in (run_dir / "train.log").read_text().splitlines() if "placement (node" in x)
@@ -147,31 +158,22 @@ def test_a_node_lost_with_a_learner_rank_restarts_the_run_on_the_nodes_that_rema
     node holding the rank is removed, with its ZeRO-3 shard: the driver restarts every actor from
     the latest checkpoint, the rank is placed on the worker node that remains, and the run
     finishes, each step once in metrics.jsonl."""
-    import subprocess
-
-    from tests.test_e2e import BIN, REPO
     from tests.test_resume import expected_prompts, rollout_rows, wait_for_line, wait_for_steps
 
-    args = ["steps=5", "checkpoint.every=1", "fault.learner_restarts=1", "learner.num_ranks=1", "learner.num_cpus=0.5",
-            "generation.num_cpus=0.5", "reward.num_cpus=0.25", "cluster.learner_node_resource=worker",
-            "cluster.generation_node_resource=main", "cluster.reward_node_resource=main", "max_staleness=0",
-            "tracking.wandb_mode=disabled", "reward.overlong_weight=1.0", "reward.overlong_cache=4",
-            "learner.signal=reward"]
+    args = ["steps=5", "checkpoint.every=1", "fault.learner_restarts=1", *ONE_RANK,
+            "cluster.learner_node_resource=worker", "cluster.generation_node_resource=main",
+            "cluster.reward_node_resource=main", "max_staleness=0"]
     worker = {"num_cpus": 1, "resources": {"worker": 1}}
     with local_cluster([{"num_cpus": 1, "resources": {"main": 1}}, worker, worker]) as cluster:
-        run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
-        with open(stderr_path, "w") as err_file:
-            proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
-                                     f"address={cluster.address}", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                                    stderr=err_file, text=True)
-            wait_for_steps(proc, run_dir, 2)
-            line = next(x for x in (run_dir / "train.log").read_text().splitlines() if "placement (node" in x)
-            first = re.search(r"learner: [^:|]+:(\w+)", line).group(1)
-            node = next(n for n in cluster.list_all_nodes() if n.node_id.startswith(first))
-            assert node is not cluster.head_node, line
-            cluster.remove_node(node)
-            wait_for_line(proc, stderr_path, ("restarting every actor from",))
-            proc.wait(timeout=600)
+        proc, run_dir, stderr_path = start_run(cluster, tiny_model, yes_data, tmp_path, *args)
+        wait_for_steps(proc, run_dir, 2)
+        line = next(x for x in (run_dir / "train.log").read_text().splitlines() if "placement (node" in x)
+        first = re.search(r"learner: [^:|]+:(\w+)", line).group(1)
+        node = next(n for n in cluster.list_all_nodes() if n.node_id.startswith(first))
+        assert node is not cluster.head_node, line
+        cluster.remove_node(node)
+        wait_for_line(proc, stderr_path, ("restarting every actor from",))
+        proc.wait(timeout=600)
         err = stderr_path.read_text()
         assert proc.returncode == 0, err[-3000:]
     assert re.search(r"learner rank 0 died .*restarting every actor from .*step_\d+ \(learner restart 1 of 1\)", err), \
@@ -191,28 +193,20 @@ def test_a_generator_that_no_node_can_hold_stops_the_run_in_bounded_time(tiny_mo
     """The generator is pinned to the `gen` node, which is removed after step 2 with no
     replacement: Ray cannot restart it anywhere. Within fault.actor_restart_timeout_s the run stops
     with one line naming the actor, each node's free resources and the resume command."""
-    import subprocess
     import time
 
-    from tests.test_e2e import BIN, REPO
     from tests.test_resume import wait_for_steps
 
-    args = ["steps=4", "checkpoint.every=1", "learner.num_ranks=1", "learner.num_cpus=0.5", "generation.num_cpus=0.5",
-            "reward.num_cpus=0.25", "cluster.generation_node_resource=gen", "cluster.learner_node_resource=main",
-            "cluster.reward_node_resource=main", "max_staleness=0", "fault.actor_restart_timeout_s=10",
-            "tracking.wandb_mode=disabled", "reward.overlong_weight=1.0", "reward.overlong_cache=4",
-            "learner.signal=reward"]
+    args = ["steps=4", "checkpoint.every=1", *ONE_RANK, "cluster.generation_node_resource=gen",
+            "cluster.learner_node_resource=main", "cluster.reward_node_resource=main", "max_staleness=0",
+            "fault.actor_restart_timeout_s=10"]
     with local_cluster([{"num_cpus": 1, "resources": {"main": 1}}, {"num_cpus": 1, "resources": {"gen": 1}}]) as cluster:
-        run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
-        with open(stderr_path, "w") as err_file:
-            proc = subprocess.Popen([str(BIN / "forkrl"), "train", *map(str, tiny_args(tiny_model, yes_data, run_dir)),
-                                     f"address={cluster.address}", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                                    stderr=err_file, text=True)
-            wait_for_steps(proc, run_dir, 2)
-            cluster.remove_node(next(n for n in cluster.list_all_nodes() if n is not cluster.head_node))
-            t0 = time.monotonic()
-            proc.wait(timeout=300)
-            waited = time.monotonic() - t0
+        proc, run_dir, stderr_path = start_run(cluster, tiny_model, yes_data, tmp_path, *args)
+        wait_for_steps(proc, run_dir, 2)
+        cluster.remove_node(next(n for n in cluster.list_all_nodes() if n is not cluster.head_node))
+        t0 = time.monotonic()
+        proc.wait(timeout=300)
+        waited = time.monotonic() - t0
         err = stderr_path.read_text()
         assert proc.returncode == 1, err[-3000:]
         last = err.strip().splitlines()[-1]
