@@ -175,13 +175,13 @@ def child(args) -> None:
 
 
 def run_child(side: str, args, extra: list[str] = ()) -> dict:
+    profiled = args.profile if side == "learner" and not extra else 0  # the default learner only
     cmd = [sys.executable, __file__, "--child", side, "--config", args.config, "--repeats", str(args.repeats),
            "--resp-min", str(args.resp_min), "--resp-max", str(args.resp_max), "--informative", str(args.informative),
-           "--prompt-extra", str(args.prompt_extra), "--profile", str(args.profile if side == "learner" and not extra else 0),
-           *args.overrides, *extra]
+           "--prompt-extra", str(args.prompt_extra), "--profile", str(profiled), *args.overrides, *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if args.profile and side == "learner" and not extra:
+    if profiled:
         print(proc.stderr[proc.stderr.find("-----"):], file=sys.stderr)  # the profile table
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):

@@ -186,11 +186,11 @@ class ActorGroups:
             self._instances.clear()
         by_prompt: list[list[bool]] = [[] for _ in prompts]
         calls: list[tuple[int, ...]] = [() for _ in prompts]
-        for part, results, batch in zip(parts, scored, summaries):
+        for part, results, summary in zip(parts, scored, summaries):
             flags = [r.status == Status.CORRECT for res, _ in results for r in res]
             for n, pos in enumerate(part.positions):
                 by_prompt[pos] = flags[n * samples:(n + 1) * samples]
-                calls[pos] = batch.tool_calls[n * samples:(n + 1) * samples]
+                calls[pos] = summary.tool_calls[n * samples:(n + 1) * samples]
         return Verified([f for group in by_prompt for f in group], min(b.policy_version for b in summaries),
                         [c for group in calls for c in group])
 

@@ -143,12 +143,9 @@ def plan_shards(groups: list[Group], fill: list[Group], estimator: str, w_lambda
     group_of = [k for k, g in enumerate(every) for _ in g.rows()]  # (P*G,)
     lengths = [n for g in every for n in (g.lengths or [0] * len(g.rewards))]  # (P*G,) response tokens
     if ranks > 1 and len(every) % ranks == 0:
-        starts = [0]
-        for g in every:
-            starts.append(starts[-1] + len(g.rewards))
         shares = []
-        for mine in balance_groups([g.tokens(share_prompt) for g in every], ranks):
-            idx = [i for k in sorted(mine) for i in range(starts[k], starts[k + 1])]
+        for mine in map(set, balance_groups([g.tokens(share_prompt) for g in every], ranks)):
+            idx = [i for i, k in enumerate(group_of) if k in mine]
             rng.shuffle(idx)
             shares.append(idx)
     else:
