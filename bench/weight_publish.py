@@ -1,7 +1,7 @@
 """Weight publish and load through the object store, across two Ray nodes, against model size.
 
 Usage: python bench/weight_publish.py [--models tiny smollm2-135m llama-1b] [--dtypes float32 bfloat16]
-       [--ranks 2] [--repeats 3]
+       [--ranks 2] [--repeats 3] [--ways views torch]
 
 A real 2-node Ray cluster on this machine (tests/cluster.py): `--ranks` publisher actors on node A
 stand in for the learner ranks (each holds its ZeRO-3-shaped slice of every weight, random
@@ -12,6 +12,12 @@ values, in the publish dtype) and one consumer actor on node B stands in for a g
 - fetch_assemble_s: the consumer receives every shard (Ray moves them from node A's store to
   node B's) and concatenates them into full HF-named tensors (learner.weights.assemble_weights,
   as GenerationWorker.load_weights does before handing them to vLLM).
+`--ways`: how a shard travels, alternated within each (model, dtype):
+- views (forkrl's way since 2026-12-05): the parts are views of the rank's partition, pickled as
+  numpy arrays, so the object store copies their bytes once, out of band, and the consumer reads
+  views of the store's memory (WeightShard.__reduce__);
+- torch (the way before): the rank copies its partition to new tensors, and torch's pickling
+  copies each storage in band, on both sides.
 vLLM's own reload_weights is not included (measured for the 135M model in bench/README.md "LoRA":
 it runs in the generator and does not depend on where the shards came from). Shapes come from
 each model's config on the meta device; no model is built.
@@ -50,22 +56,43 @@ def shapes_of(name: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(p.shape) for k, p in model.named_parameters()}
 
 
+def torch_pickled(shard):
+    """`shard` as it travelled before: torch's pickling, each part's storage in band."""
+    from learner.weights import WeightShard
+
+    class TorchPickledShard(WeightShard):
+        def __reduce__(self):
+            return WeightShard, (self.rank, self.world, self.parts, self.shapes, self.lora)
+
+    return TorchPickledShard(shard.rank, shard.world, shard.parts, shard.shapes, shard.lora)
+
+
 class Publisher:
-    """One learner rank's slice of every weight, random, in `dtype`."""
+    """One learner rank's slice of every weight, random, in `dtype`, held as one flat buffer as
+    ZeRO-3 holds a rank's partition."""
 
     def __init__(self, shapes: dict, rank: int, world: int, dtype: str):
         import torch
 
+        gen = torch.Generator().manual_seed(rank)
+        sizes = {k: math.ceil(math.prod(s) / world) for k, s in shapes.items()}
+        self.flat = torch.randn(sum(sizes.values()), generator=gen).to(getattr(torch, dtype))
+        self.parts, at = {}, 0
+        for k, n in sizes.items():
+            self.parts[k] = self.flat[at:at + n]
+            at += n
+        self.rank, self.world, self.shapes = rank, world, shapes
+
+    def publish(self, way: str):
+        """(the shard, its bytes) as num_returns=2: the driver reads the size, never the shard."""
         from learner.weights import WeightShard
 
-        gen = torch.Generator().manual_seed(rank)
-        dt = getattr(torch, dtype)
-        parts = {k: torch.randn(math.ceil(math.prod(s) / world), generator=gen).to(dt) for k, s in shapes.items()}
-        self.shard = WeightShard(rank, world, parts, shapes)
-
-    def publish(self):
-        """(the shard, its bytes) as num_returns=2: the driver reads the size, never the shard."""
-        return self.shard, self.shard.nbytes
+        if way == "views":  # learner.zero.weight_shard on CPU
+            shard = WeightShard(self.rank, self.world, self.parts, self.shapes)
+        else:  # before: a copy of the partition, pickled by torch
+            shard = torch_pickled(WeightShard(self.rank, self.world, {k: t.clone() for k, t in self.parts.items()},
+                                              self.shapes))
+        return shard, shard.nbytes
 
 
 class Consumer:
@@ -84,6 +111,7 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--object-store-mb", type=int, default=6000)
+    ap.add_argument("--ways", nargs="+", default=["views", "torch"], choices=["views", "torch"])
     args = ap.parse_args()
     import ray
 
@@ -100,30 +128,33 @@ def main() -> None:
             for dtype in args.dtypes:
                 pubs = [ray.remote(Publisher).options(num_cpus=0, resources={"a": 0.01}).remote(shapes, r, args.ranks, dtype)
                         for r in range(args.ranks)]
-                ray.get([p.publish.options(num_returns=2).remote()[1] for p in pubs])  # built and warm
-                pub_s, load_s, asm_s = [], [], []
+                ray.get([p.publish.options(num_returns=2).remote(w)[1] for p in pubs for w in args.ways])  # warm
+                times = {w: ([], [], []) for w in args.ways}
                 for _ in range(args.repeats):
-                    t0 = time.perf_counter()
-                    refs, sizes = zip(*[p.publish.options(num_returns=2).remote() for p in pubs])
-                    ray.wait(list(refs), num_returns=len(refs), fetch_local=False)
-                    nbytes = sum(ray.get(list(sizes)))
-                    t1 = time.perf_counter()
-                    asm, numel = ray.get(consumer.load.remote(*refs))
-                    t2 = time.perf_counter()
-                    pub_s.append(t1 - t0)
-                    load_s.append(t2 - t1)
-                    asm_s.append(asm)
-                    assert numel == params
-                    del refs
-                row = {"model": name, "params_m": round(params / 1e6, 1), "dtype": dtype, "ranks": args.ranks,
-                       "mb": round(nbytes / 2**20, 1), "publish_s": round(statistics.median(pub_s), 3),
-                       "fetch_assemble_s": round(statistics.median(load_s), 3),
-                       "assemble_s": round(statistics.median(asm_s), 3),
-                       "gb_per_s": round(nbytes / 1e9 / statistics.median(load_s), 2),
-                       "date": time.strftime("%Y-%m-%d")}
-                print(json.dumps(row), flush=True)
-                with open(out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                    for way in args.ways:  # alternated, so drift on the machine hits every way alike
+                        pub_s, load_s, asm_s = times[way]
+                        t0 = time.perf_counter()
+                        refs, sizes = zip(*[p.publish.options(num_returns=2).remote(way) for p in pubs])
+                        ray.wait(list(refs), num_returns=len(refs), fetch_local=False)
+                        nbytes = sum(ray.get(list(sizes)))
+                        t1 = time.perf_counter()
+                        asm, numel = ray.get(consumer.load.remote(*refs))
+                        t2 = time.perf_counter()
+                        pub_s.append(t1 - t0)
+                        load_s.append(t2 - t1)
+                        asm_s.append(asm)
+                        assert numel == params
+                        del refs
+                for way, (pub_s, load_s, asm_s) in times.items():
+                    row = {"model": name, "params_m": round(params / 1e6, 1), "dtype": dtype, "ranks": args.ranks,
+                           "way": way, "mb": round(nbytes / 2**20, 1), "publish_s": round(statistics.median(pub_s), 3),
+                           "fetch_assemble_s": round(statistics.median(load_s), 3),
+                           "assemble_s": round(statistics.median(asm_s), 3),
+                           "gb_per_s": round(nbytes / 1e9 / statistics.median(load_s), 2),
+                           "date": time.strftime("%Y-%m-%d")}
+                    print(json.dumps(row), flush=True)
+                    with open(out, "a") as f:
+                        f.write(json.dumps(row) + "\n")
                 for p in pubs:
                     ray.kill(p)
         ray.shutdown()

@@ -42,6 +42,35 @@ class WeightShard:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.parts.values())
 
+    def __reduce__(self):
+        # Each part travels as a numpy array: pickle protocol 5 (Ray's) then hands its bytes over
+        # out of band, so the object store copies them once, straight from the tensor, and a reader
+        # gets views of the store's memory. torch's own pickling copies a tensor's whole storage in
+        # band, once to write it and again to read it (bench/weight_publish.py: `--ways`).
+        return _rebuild_shard, (self.rank, self.world, {k: _as_array(t) for k, t in self.parts.items()},
+                                self.shapes, self.lora)
+
+
+def _as_array(t: torch.Tensor):
+    """(a numpy view of `t`'s memory, its torch dtype's name); bf16, which numpy lacks, as int16 bits."""
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy(), "bfloat16"
+    return t.numpy(), str(t.dtype).removeprefix("torch.")
+
+
+def _rebuild_shard(rank, world, arrays, shapes, lora) -> "WeightShard":
+    import warnings
+
+    parts = {}
+    with warnings.catch_warnings():
+        # Views of the object store's read-only memory: every reader copies them (assemble_weights
+        # concatenates), none writes into them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for name, (a, dtype) in arrays.items():
+            parts[name] = torch.from_numpy(a).view(getattr(torch, dtype))
+    return WeightShard(rank, world, parts, shapes, lora)
+
 
 def shard_weights(state: dict[str, torch.Tensor], rank: int, world: int, lora: LoraSpec | None = None) -> WeightShard:
     """Rank `rank`'s slice of full weights, laid out as ZeRO-3 partitions them."""

@@ -143,8 +143,12 @@ def load_zero(engine, path: str, universal: bool, rank: int) -> dict:
 
 def weight_shard(engine, rank: int, world: int, publish_dtype: str) -> WeightShard:
     """This rank's ZeRO-3 partition of every parameter (of the adapters only, under LoRA: the
-    frozen base never changes and every generator has it), copied to CPU in the publish dtype:
-    no collective and no gathering, so publishing scales with the ranks."""
+    frozen base never changes and every generator has it), on CPU in the publish dtype: no
+    collective and no gathering, so publishing scales with the ranks.
+
+    Where the partition already is a CPU tensor of that dtype, the parts are views of it, not
+    copies: an actor returning the shard serializes it before its next call can change the
+    weights. In process, copy (assemble) it before training again."""
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[publish_dtype]
     spec = lora_spec(engine)
     parts, shapes = {}, {}
@@ -154,6 +158,6 @@ def weight_shard(engine, rank: int, world: int, publish_dtype: str) -> WeightSha
                 continue
             name = name.replace(".default.", ".")  # peft's saved (adapter_model.safetensors) names
         part = p.ds_tensor.detach().flatten()[: p.ds_tensor.ds_numel]  # (ceil(numel / world),)
-        parts[name] = part.to("cpu", dtype or part.dtype, copy=True)
+        parts[name] = part.to("cpu", dtype or part.dtype)  # a view when nothing changes (see above)
         shapes[name] = tuple(p.ds_shape)
     return WeightShard(rank, world, parts, shapes, spec)

@@ -192,6 +192,29 @@ def test_weight_shards_reassemble_in_any_order(world):
             assemble_weights(shards[1:])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_weight_shard_pickles_only_its_own_bytes_out_of_band(dtype):
+    """A shard whose parts are views of a larger buffer (a ZeRO-3 partition's flat group) travels
+    as exactly its parts' bytes, out of band (what Ray writes into the object store without an
+    in-band copy), and comes back equal, in its dtype."""
+    import pickle
+
+    from learner.weights import LoraSpec, WeightShard
+
+    flat = torch.randn(1000).to(dtype)  # the live buffer the parts are views of
+    shard = WeightShard(0, 1, {"w": flat[100:300], "b": flat[300:310]}, {"w": (20, 10), "b": (10,)},
+                        LoraSpec(4, 8.0, ("q_proj",)))
+    buffers = []
+    data = pickle.dumps(shard, protocol=5, buffer_callback=buffers.append)
+    assert sorted(b.raw().nbytes for b in buffers) == sorted([10 * flat.element_size(), 200 * flat.element_size()])
+    assert len(data) < 1000  # names, shapes and dtypes only: no tensor storage in band
+    # Read back from copies, read-only as the object store's memory is to a reader.
+    back = pickle.loads(data, buffers=[bytes(b.raw()) for b in buffers])
+    assert back.lora == shard.lora and back.shapes == shard.shapes and (back.rank, back.world) == (0, 1)
+    for k in shard.parts:
+        assert back.parts[k].dtype == dtype and torch.equal(back.parts[k], shard.parts[k])
+
+
 def test_a_skipped_step_reports_the_keys_of_a_trained_one():
     """One key list (learner.step_metrics.STEP_KEYS) for trained and skipped steps: the dashboards
     and the driver's console line read the same names either way."""
