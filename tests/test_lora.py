@@ -161,26 +161,43 @@ def test_the_lora_reference_is_the_base_with_adapters_off(ray_local, tiny_model)
 
 
 @pytest.mark.ray
-def test_generation_loads_adapters_and_samples_from_the_merged_policy(ray_local, tiny_model):
+def test_generation_loads_adapters_and_a_restarted_generator_gets_the_base_plus_the_current_ones(ray_local,
+                                                                                                  tiny_model):
     """vLLM given adapter shards (two ranks' slices) samples with log-probs that match transformers
-    running the peft model with the same adapters, to the full-weight path's tolerance."""
+    running the peft model with the same adapters, to the full-weight path's tolerance. Killed, it
+    comes back with the base weights only; the driver's restart path (here an evaluation, which
+    notices the initial version) gives it the current adapters, merged into the base its new
+    incarnation reads again, and it samples from the same merged policy."""
+    import os
+    import signal
+
     import ray
 
-    from launch.placement import launch_generators
+    from launch.groups import ActorGroups
+    from launch.placement import launch_generators, launch_rewards
 
     model = peft_policy(tiny_model, seed=2)
     adapters = saved_adapters(model)
     spec = LoraSpec(4, 8.0, tuple(sorted(model.peft_config["default"].target_modules)))
-    cfg = tiny_cfg(tiny_model, "generation.group_size=3")
-    (gen,) = launch_generators(cfg, str(tiny_model))
+    cfg = tiny_cfg(tiny_model, "generation.group_size=3", "reward.fn=starts_with", "fault.max_actor_restarts=2")
+    actors = ActorGroups(cfg, launch_generators(cfg, str(tiny_model)), launch_rewards(cfg), [])
+    (gen,) = actors.generators
     prompts = [Prompt(0, [1, 5, 6], "yes"), Prompt(1, [1, 7], "no")]
+
+    def assert_samples_from_the_merged_policy():
+        out = ray.get(gen.generate.remote(prompts))
+        assert out.policy_version == 4
+        for i in range(len(out)):
+            ref = hf_logprobs(model, prompts[i // 3].token_ids, out.response_ids[i])
+            assert torch.allclose(torch.tensor(out.behaviour_logp[i]), ref, atol=1e-3), i
+
     for version in (3, 4):  # a second load merges onto the base again, not onto the first merge
-        ray.get(gen.load_weights.remote(version, *[ray.put(shard_weights(adapters, r, 2, spec)) for r in range(2)]))
-    out = ray.get(gen.generate.remote(prompts))
-    assert out.policy_version == 4
-    for i in range(len(out)):
-        ref = hf_logprobs(model, prompts[i // 3].token_ids, out.response_ids[i])
-        assert torch.allclose(torch.tensor(out.behaviour_logp[i]), ref, atol=1e-3), i
+        actors.version, actors.shards = version, [ray.put(shard_weights(adapters, r, 2, spec)) for r in range(2)]
+        ray.get(gen.load_weights.remote(version, *actors.shards))
+    assert_samples_from_the_merged_policy()
+    os.kill(ray.get(gen.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
+    assert actors.verify_eval(prompts, 1, 4, seed=0).policy_version == 4 and actors.faults.restarts == 1
+    assert_samples_from_the_merged_policy()
     ray.kill(gen)
 
 
