@@ -269,9 +269,9 @@ class LearnerConfig:
     row's explicit attention mask is T x T."""
     max_tokens_per_micro_batch: int = 0
     """When > 0, micro-batches are packed rows (no padding) of at most this many tokens, a
-    sequence longer than that alone, instead of micro_batch_size sequences each. Single pass only
-    (one update per batch and a shard within single_pass_max_tokens): the scoring-pass path needs
-    as many micro-batches on every mini-batch as DeepSpeed's accumulation steps."""
+    sequence longer than that alone, instead of micro_batch_size sequences each: in the single
+    pass, in the scoring pass and in each mini-batch's updates. A mini-batch's micro-batches then
+    vary in number; every rank runs as many as the busiest."""
     activation_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of holding them
     (transformers' checkpointing): memory for long responses, at the cost of a second forward

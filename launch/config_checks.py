@@ -111,13 +111,6 @@ def validate(c) -> None:
            f"mini-batch {mini} must split evenly into learner.num_ranks={l.num_ranks} x micro_batch_size={l.micro_batch_size}")
     _check(l.max_packed_tokens >= 1, "learner.max_packed_tokens", f"must be >= 1, got {l.max_packed_tokens}")
     _check(l.max_tokens_per_micro_batch >= 0, "learner.max_tokens_per_micro_batch", "must be >= 0 (0 = off)")
-    # the learner's own rule (learner/engine.py, PolicyTrainer.single_pass)
-    shard_tokens = batch // l.num_ranks * (c.data.max_prompt_tokens + g.max_new_tokens)
-    single_pass = l.epochs * (batch // mini) == 1 and shard_tokens <= l.single_pass_max_tokens
-    _check(not l.max_tokens_per_micro_batch or single_pass, "learner.max_tokens_per_micro_batch",
-           f"packs by tokens in the single pass only (one update per batch and a rank's shard of at most "
-           f"learner.single_pass_max_tokens={l.single_pass_max_tokens} tokens; here {shard_tokens}, "
-           f"{l.epochs * (batch // mini)} update(s)): set it to 0 or raise learner.single_pass_max_tokens")
     _check(c.tracking.save_every >= 0, "tracking.save_every", "must be >= 0")
     _check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
     _check(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")

@@ -204,11 +204,12 @@ class PolicyTrainer:
         current weights, and the reference policy's log-probs when a KL penalty is on (else None)."""
         n, width = shard.valid.shape
         logp, ent = torch.zeros(n, width), torch.zeros(n, width)
-        for s in range(0, n, self.cfg.micro_batch_size):
-            mb = shard.rows(s, s + self.cfg.micro_batch_size)
+        for idx in self._micro_rows(shard, every_row=True):
+            mb = self._micro(shard, idx)
             lp, h = self._forward(mb, with_entropy=True)
-            logp[s : s + len(mb), : lp.shape[1]] = lp.float().cpu()
-            ent[s : s + len(mb), : h.shape[1]] = h.float().cpu()
+            if mb.valid.any():  # not a filler
+                logp[idx, : lp.shape[1]] = lp.float().cpu()
+                ent[idx, : h.shape[1]] = h.float().cpu()
         return logp, ent, (self.reference_logp(shard) if self.has_reference else None)
 
     @torch.no_grad()
@@ -216,10 +217,11 @@ class PolicyTrainer:
         """(n, L-1) log-probs of the frozen reference policy."""
         n, width = shard.valid.shape
         out = torch.zeros(n, width)
-        for s in range(0, n, self.cfg.micro_batch_size):
-            mb = shard.rows(s, s + self.cfg.micro_batch_size)
+        for idx in self._micro_rows(shard, every_row=True):
+            mb = self._micro(shard, idx)
             lp = self._reference_forward(mb)
-            out[s : s + len(mb), : lp.shape[1]] = lp.float().cpu()
+            if mb.valid.any():
+                out[idx, : lp.shape[1]] = lp.float().cpu()
         return out
 
     @torch.no_grad()
@@ -274,20 +276,21 @@ class PolicyTrainer:
                 lr = self._lr()  # the rate this mini-batch's update will use (it changes at updates only)
                 lo, hi = mi * rows_per_mini, (mi + 1) * rows_per_mini
                 counts = self._global_counts(shard.valid[lo:hi], keep[lo:hi])
-                for s in range(lo, hi, c.micro_batch_size):
-                    mb = shard.rows(s, s + c.micro_batch_size)
-                    rows, cols = slice(s, s + len(mb)), slice(0, mb.valid.shape[1])
-                    mb_keep, mb_prox = keep[rows, cols], prox_logp[rows, cols]
+                micro_rows = self._micro_rows(shard, lo, hi, every_row=True)
+                for j, idx in enumerate(micro_rows):
+                    mb = self._micro(shard, idx)
+                    cols = slice(0, mb.valid.shape[1])
+                    mb_keep, mb_prox = keep[idx, cols] & mb.valid, prox_logp[idx, cols]  # a filler keeps nothing
                     logp, ent, projected = self._trained(mb, self._features(mb),
                                                          self._grad_positions(mb.valid, mb_keep), mb_prox[mb.valid],
                                                          with_entropy=c.entropy_coef > 0)
                     # With one update per batch the proximal policy *is* the current one (the
                     # optimizer steps only after the last micro-batch): this forward's, detached.
                     prox = logp.detach() if self.updates_per_batch == 1 else mb_prox
-                    mb_ref = ref_logp[rows, cols] if ref_logp is not None else None
+                    mb_ref = ref_logp[idx, cols] if ref_logp is not None else None
                     loss, stats = self._loss(mb, logp, ent, mb_keep, counts, prox, mb_ref)
                     stats["projected"], stats["forwarded"] = projected, self._forwarded_tokens(mb)
-                    self._backward(loss)
+                    self._backward(loss, boundary=j == len(micro_rows) - 1)
                     self._accumulate(sums, stats)
                 boundaries.append(self._after_boundary(lr))
         return self._finish(metrics, sums, boundaries, t0)
@@ -335,7 +338,7 @@ class PolicyTrainer:
         # One backward over every micro-batch's graph (DeepSpeed sees one accumulation step):
         # ZeRO-3's gradient hooks expect each forward phase to be followed by its own backward.
         lr = self._lr()
-        self._backward(total)
+        self._backward(total, boundary=True)
         return self._finish(metrics, sums, [self._after_boundary(lr)], t0)
 
     def _choose_mask(self, shard: TrainShard, all_valid: torch.Tensor, entropy: torch.Tensor,
@@ -378,15 +381,28 @@ class PolicyTrainer:
             parts.append(part[group_order(shard.input_ids[part], shard.prompt_lens[part])])
         return torch.cat(parts)
 
-    def _micro_rows(self, shard: TrainShard) -> list[torch.Tensor]:
-        """Row indices of each micro-batch: the in-scope sequences by length, micro_batch_size at a
-        time. Every rank runs as many micro-batches as the busiest one (ZeRO-3 gathers parameters
-        in every forward, collectively), the rest made of one sequence taking part in nothing."""
-        rows = torch.nonzero(shard.valid.any(dim=1)).flatten()  # (k,)
-        rows = rows[torch.argsort(shard.attention_mask[rows].sum(dim=1), stable=True)]
-        if self.cfg.share_prompt:  # a group's sequences side by side, so that they share one prompt
-            rows = rows[group_order(shard.input_ids[rows], shard.prompt_lens[rows])]
+    def _micro_rows(self, shard: TrainShard, lo: int = 0, hi: int | None = None,
+                    every_row: bool = False) -> list[torch.Tensor]:
+        """Row indices of each micro-batch of rows lo..hi: micro_batch_size at a time, or packed to
+        learner.max_tokens_per_micro_batch tokens. Every rank runs as many micro-batches as the
+        busiest one (ZeRO-3 gathers parameters in every forward, collectively), the rest made of one
+        sequence taking part in nothing.
+
+        The single pass forwards the in-scope sequences only, by length (every_row=False). The
+        scoring pass keeps its rows in their order (every_row=True), length-sorted and grouped
+        already; there, without a token budget, the split is exactly micro_batch_size rows at a
+        time, and every rank has the same number."""
+        hi = len(shard) if hi is None else hi
         size, budget = self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch
+        if every_row:
+            rows = torch.arange(lo, hi)
+            if not budget:
+                return [rows[i : i + size] for i in range(0, len(rows), size)]
+        else:
+            rows = lo + torch.nonzero(shard.valid[lo:hi].any(dim=1)).flatten()  # (k,)
+            rows = rows[torch.argsort(shard.attention_mask[rows].sum(dim=1), stable=True)]
+            if self.cfg.share_prompt:  # a group's sequences side by side, so that they share one prompt
+                rows = rows[group_order(shard.input_ids[rows], shard.prompt_lens[rows])]
         if budget:
             keys = prompt_keys(shard.input_ids, shard.prompt_lens)
             micro = [torch.tensor(r) for r in token_budget_micro_batches(
@@ -425,8 +441,11 @@ class PolicyTrainer:
         v, k, s, ks, rows = all_reduce_sum(local).tolist()
         return BatchCounts(valid_tokens=v, kept_tokens=k, sequences=s, kept_sequences=ks, rows=rows)
 
-    def _backward(self, loss: torch.Tensor) -> None:
-        """Back-propagate one accumulation step's loss; DeepSpeed steps at the boundary."""
+    def _backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        """Back-propagate one accumulation step's loss; DeepSpeed steps at the boundary, which is
+        set here, not counted by DeepSpeed: packed by tokens, a mini-batch's micro-batches vary
+        in number, and every rank's last one is the boundary."""
+        self.engine.set_gradient_accumulation_boundary(boundary)
         # Undo DeepSpeed's 1/accumulation and 1/world averaging: `loss` is already this part's
         # exact share of the global objective.
         self.engine.backward(loss * self.accumulation * self.world)

@@ -244,6 +244,8 @@ PADDED_FULL = ("learner.share_prompt=false", "learner.project_kept_only=false")
          "learner.mask.normalize=kept")),  # the KL weighs every in-scope token, the bonus the kept ones
     (1, ("learner.mask.mode=none", "learner.single_pass_max_tokens=0")),  # scoring pass, one update
     (1, ("learner.max_tokens_per_micro_batch=20", "learner.max_packed_tokens=12")),  # by tokens; some padded
+    (2, ("learner.mini_batch_size=4", "learner.epochs=2", "learner.max_tokens_per_micro_batch=8")),  # scoring
+    # pass and four updates by tokens, on two ranks: their micro-batches differ in number
     (1, ("multi_turn",)),  # environment tokens inside the responses
 ])
 def test_packing_sharing_and_the_kept_only_projection_are_the_same_update(ray_local, tiny_model, ranks, extra):
