@@ -39,7 +39,7 @@ from learner.batch import TrainShard, epoch_order, length_order
 from learner.collectives import all_reduce_max, all_reduce_sum, global_count
 from learner.logprobs import projected_logprobs_and_entropy
 from learner.losses import BatchCounts, clipped_pg_loss, kl_penalty, kl_sample_weights, token_weights
-from learner.packing import group_order, groups_of, pack, packed_tokens, prompt_keys, token_budget_micro_batches
+from learner.packing import group_order, groups_of, in_scope_order, pack, packed_tokens, split_rows
 from learner.masking import random_scores, scope_tokens, select_tokens
 from learner.step_metrics import (mask_metrics, off_policy_metrics, peak_memory_gb, skipped_metrics,
                                   update_metrics)
@@ -204,7 +204,7 @@ class PolicyTrainer:
         current weights, and the reference policy's log-probs when a KL penalty is on (else None)."""
         n, width = shard.valid.shape
         logp, ent = torch.zeros(n, width), torch.zeros(n, width)
-        for idx in self._micro_rows(shard, every_row=True):
+        for idx in self._micro_rows(shard, torch.arange(n)):
             mb = self._micro(shard, idx)
             lp, h = self._forward(mb, with_entropy=True)
             if mb.valid.any():  # not a filler
@@ -217,7 +217,7 @@ class PolicyTrainer:
         """(n, L-1) log-probs of the frozen reference policy."""
         n, width = shard.valid.shape
         out = torch.zeros(n, width)
-        for idx in self._micro_rows(shard, every_row=True):
+        for idx in self._micro_rows(shard, torch.arange(n)):
             mb = self._micro(shard, idx)
             lp = self._reference_forward(mb)
             if mb.valid.any():
@@ -276,7 +276,7 @@ class PolicyTrainer:
                 lr = self._lr()  # the rate this mini-batch's update will use (it changes at updates only)
                 lo, hi = mi * rows_per_mini, (mi + 1) * rows_per_mini
                 counts = self._global_counts(shard.valid[lo:hi], keep[lo:hi])
-                micro_rows = self._micro_rows(shard, lo, hi, every_row=True)
+                micro_rows = self._micro_rows(shard, torch.arange(lo, hi))  # scoring order, kept
                 for j, idx in enumerate(micro_rows):
                     mb = self._micro(shard, idx)
                     cols = slice(0, mb.valid.shape[1])
@@ -306,7 +306,8 @@ class PolicyTrainer:
         is not forwarded at all: under the default scope that is every zero-advantage group."""
         c = self.cfg
         n, width = shard.valid.shape
-        micro_rows = self._micro_rows(shard)
+        micro_rows = self._micro_rows(shard, in_scope_order(shard.valid, shard.attention_mask, shard.input_ids,
+                                                            shard.prompt_lens, c.share_prompt))
         logp_all, entropy = torch.zeros(n, width), torch.zeros(n, width)
         outs = []
         for idx in micro_rows:
@@ -381,35 +382,13 @@ class PolicyTrainer:
             parts.append(part[group_order(shard.input_ids[part], shard.prompt_lens[part])])
         return torch.cat(parts)
 
-    def _micro_rows(self, shard: TrainShard, lo: int = 0, hi: int | None = None,
-                    every_row: bool = False) -> list[torch.Tensor]:
-        """Row indices of each micro-batch of rows lo..hi: micro_batch_size at a time, or packed to
-        learner.max_tokens_per_micro_batch tokens. Every rank runs as many micro-batches as the
-        busiest one (ZeRO-3 gathers parameters in every forward, collectively), the rest made of one
-        sequence taking part in nothing.
-
-        The single pass forwards the in-scope sequences only, by length (every_row=False). The
-        scoring pass keeps its rows in their order (every_row=True), length-sorted and grouped
-        already; there, without a token budget, the split is exactly micro_batch_size rows at a
-        time, and every rank has the same number."""
-        hi = len(shard) if hi is None else hi
-        size, budget = self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch
-        if every_row:
-            rows = torch.arange(lo, hi)
-            if not budget:
-                return [rows[i : i + size] for i in range(0, len(rows), size)]
-        else:
-            rows = lo + torch.nonzero(shard.valid[lo:hi].any(dim=1)).flatten()  # (k,)
-            rows = rows[torch.argsort(shard.attention_mask[rows].sum(dim=1), stable=True)]
-            if self.cfg.share_prompt:  # a group's sequences side by side, so that they share one prompt
-                rows = rows[group_order(shard.input_ids[rows], shard.prompt_lens[rows])]
-        if budget:
-            keys = prompt_keys(shard.input_ids, shard.prompt_lens)
-            micro = [torch.tensor(r) for r in token_budget_micro_batches(
-                rows.tolist(), shard.attention_mask.sum(dim=1).tolist(), shard.prompt_lens.tolist(), keys, budget,
-                self.cfg.share_prompt)]
-        else:
-            micro = [rows[i : i + size] for i in range(0, len(rows), size)]
+    def _micro_rows(self, shard: TrainShard, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Row indices of each micro-batch of `rows`, in their order (learner.packing.split_rows).
+        Every rank runs as many micro-batches as the busiest one (ZeRO-3 gathers parameters in
+        every forward, collectively), the rest made of one sequence taking part in nothing."""
+        c = self.cfg
+        micro = split_rows(rows, shard.input_ids, shard.attention_mask, shard.prompt_lens, c.micro_batch_size,
+                           c.max_tokens_per_micro_batch, c.share_prompt)
         most = int(all_reduce_max(torch.tensor([float(len(micro))], dtype=torch.float64)).item())
         return micro + [torch.tensor([-1])] * (most - len(micro))
 

@@ -125,3 +125,25 @@ def group_order(input_ids: torch.Tensor, prompt_lens: torch.Tensor) -> torch.Ten
     keys = prompt_keys(input_ids, prompt_lens)
     rank = [first.setdefault(k, len(first)) for k in keys]
     return torch.argsort(torch.tensor(rank, dtype=torch.long), stable=True)
+
+
+def in_scope_order(valid: torch.Tensor, attention_mask: torch.Tensor, input_ids: torch.Tensor,
+                   prompt_lens: torch.Tensor, share: bool) -> torch.Tensor:
+    """(k,) the rows with an in-scope token (valid: (n, L-1)), shortest first; under `share`, a
+    group's rows side by side, so that a micro-batch forwards their prompt once."""
+    rows = torch.nonzero(valid.any(dim=1)).flatten()
+    rows = rows[torch.argsort(attention_mask[rows].sum(dim=1), stable=True)]
+    if share:
+        rows = rows[group_order(input_ids[rows], prompt_lens[rows])]
+    return rows
+
+
+def split_rows(rows: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor,
+               size: int, budget: int, share: bool) -> list[torch.Tensor]:
+    """`rows` in their order as micro-batches: `size` rows at a time, or, with a token `budget`,
+    packed to at most that many tokens (token_budget_micro_batches)."""
+    if not budget:
+        return [rows[i : i + size] for i in range(0, len(rows), size)]
+    keys = prompt_keys(input_ids, prompt_lens)
+    return [torch.tensor(r) for r in token_budget_micro_batches(
+        rows.tolist(), attention_mask.sum(dim=1).tolist(), prompt_lens.tolist(), keys, budget, share)]

@@ -84,3 +84,22 @@ def test_activation_checkpointing_recomputes_each_layer_and_keeps_dropout_off(ti
         assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.Dropout))
     assert calls == {False: 1, True: 2}  # forwarded again in the backward
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_rows_split_by_count_or_by_tokens_and_in_scope_rows_come_shortest_first_by_group():
+    from learner.packing import in_scope_order, split_rows
+
+    shard = grouped_shard()
+    rows = torch.arange(len(shard))
+    assert [r.tolist() for r in split_rows(rows, shard.input_ids, shard.attention_mask, shard.prompt_lens, 4, 0,
+                                           True)] == [[0, 1, 2, 3], [4, 5]]
+    lengths = shard.attention_mask.sum(dim=1).tolist()
+    by_tokens = split_rows(rows, shard.input_ids, shard.attention_mask, shard.prompt_lens, 4, 12, False)
+    assert torch.cat(by_tokens).tolist() == rows.tolist()  # every row once, in order
+    assert all(len(m) == 1 or sum(lengths[i] for i in m.tolist()) <= 12 for m in by_tokens)
+    valid = shard.valid.clone()
+    valid[1] = False  # out of scope: not forwarded
+    order = in_scope_order(valid, shard.attention_mask, shard.input_ids, shard.prompt_lens, share=True)
+    assert 1 not in order.tolist() and sorted(order.tolist()) == [0, 2, 3, 4, 5]
+    keys = [tuple(shard.input_ids[i, : int(shard.prompt_lens[i])].tolist()) for i in order.tolist()]
+    assert keys == sorted(keys, key=keys.index)  # a group's rows side by side
