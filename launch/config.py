@@ -264,9 +264,16 @@ class LearnerConfig:
     own earlier tokens), at its own positions. The same update (tests); the prompt's compute once
     instead of once per response (1.54x faster learner at the demo shape, bench/README.md).
     Micro-batches then hold a group's sequences side by side."""
+    segment_attention: bool = True
+    """Packed rows attend segment by segment (learner/attention.py): each response against its
+    prompt's keys and its own, at a cost that follows its own length rather than the row's (2.0x
+    faster forward and backward at 8 x 256..1024-token responses, bench/README.md). The same
+    hidden states as the explicit T x T mask, to float rounding (tests). A model whose attention it
+    cannot stand in for (sliding windows, soft-capping, or a start-up probe that disagrees) falls
+    back to the mask with a warning. false always uses the mask."""
     max_packed_tokens: int = 8192
-    """A packed micro-batch longer than this runs padded instead (the same update): the packed
-    row's explicit attention mask is T x T."""
+    """Under the explicit T x T mask (segment_attention off or unsupported), a packed micro-batch
+    longer than this runs padded instead (the same update); unused with segment attention."""
     max_tokens_per_micro_batch: int = 0
     """When > 0, micro-batches are packed rows (no padding) of at most this many tokens, a
     sequence longer than that alone, instead of micro_batch_size sequences each: in the single

@@ -39,8 +39,10 @@ from learner.batch import TrainShard, epoch_order, length_order
 from learner.collectives import all_reduce_max, all_reduce_sum, global_count
 from learner.logprobs import projected_logprobs_and_entropy
 from learner.losses import BatchCounts, clipped_pg_loss, kl_penalty, kl_sample_weights, token_weights
+from learner.attention import LAYOUT_KWARG
 from learner.packing import group_order, groups_of, in_scope_order, pack, packed_tokens, split_rows
 from learner.masking import random_scores, scope_tokens, select_tokens
+from learner.probes import head_is_projection, segment_attention_reason
 from learner.step_metrics import (mask_metrics, off_policy_metrics, peak_memory_gb, skipped_metrics,
                                   update_metrics)
 from learner.weights import WeightShard
@@ -75,7 +77,8 @@ class PolicyTrainer:
             torch.set_num_threads(cfg.torch_threads)
         self._engines = build_engines(model_path, ds_cfg, bf16, with_reference=cfg.kl_coef > 0,
                                       warmup_steps=cfg.warmup_steps, lora=cfg.lora,
-                                      checkpointing=cfg.activation_checkpointing)
+                                      checkpointing=cfg.activation_checkpointing,
+                                      segment_attention=cfg.segment_attention)
         self.engine, self.scheduler = self._engines.engine, self._engines.scheduler
         # The frozen initial policy, sharded like the policy; under LoRA none is built (the base with
         # the adapters off is that policy).
@@ -90,10 +93,18 @@ class PolicyTrainer:
         # The vocabulary projection runs apart from the model, with grad only where a loss term
         # weighs the token (`_trained`): under the top-20% mask that spares the other 80% of the
         # response tokens' logits in memory and the projection's backward for them.
-        self.split_head = cfg.project_kept_only and self._head_is_projection()
+        self.split_head = cfg.project_kept_only and head_is_projection(self.engine, self.device)
         if cfg.project_kept_only and not self.split_head:
             logger.warning("the model's logits are not its output projection of its last hidden state; the "
                            "projection is trained at every response position")
+        # Packed rows attend segment by segment (learner/attention.py) where the model's attention
+        # allows it; else through the explicit T x T mask, and rows over max_packed_tokens padded.
+        self.segments = False
+        if self.packed and cfg.segment_attention:
+            reason = segment_attention_reason(self.engine, self.device, self.act_dtype)
+            self.segments = reason is None
+            if reason:
+                logger.warning("packed rows use an explicit T x T attention mask: %s", reason)
 
     # -- scoring ---------------------------------------------------------------------------------
 
@@ -107,9 +118,12 @@ class PolicyTrainer:
         model = engine or self.engine
         if self._packs(mb):
             row = pack(mb.input_ids, mb.attention_mask.sum(dim=1), mb.prompt_lens, mb.valid, self.cfg.share_prompt,
-                       self.act_dtype)
-            inputs = dict(input_ids=row.input_ids.to(dev), attention_mask=row.attention_mask.to(dev),
-                          position_ids=row.position_ids.to(dev))
+                       self.act_dtype, dense=not self.segments)
+            inputs = dict(input_ids=row.input_ids.to(dev), position_ids=row.position_ids.to(dev))
+            if self.segments:  # an all-ones 2-D mask: transformers builds no T x T mask for it
+                inputs.update(attention_mask=torch.ones_like(inputs["input_ids"]), **{LAYOUT_KWARG: row.layout.to(dev)})
+            else:
+                inputs["attention_mask"] = row.attention_mask.to(dev)
             at = row.predictors.to(dev)
             if not self.split_head:
                 return model(**inputs, logits_to_keep=at).logits[0]  # (k, V)
@@ -167,7 +181,7 @@ class PolicyTrainer:
         its real tokens with each group's prompt once under share_prompt."""
         if self.packed:
             n = self._packed_tokens(mb)  # counted once: _packs would count it again
-            if n <= self.cfg.max_packed_tokens:
+            if self.segments or n <= self.cfg.max_packed_tokens:
                 return n
         return mb.input_ids.numel()
 
@@ -177,26 +191,15 @@ class PolicyTrainer:
         return packed_tokens(lengths, prompt_lens, groups_of(mb.input_ids, mb.prompt_lens, self.cfg.share_prompt))
 
     def _packs(self, mb: TrainShard) -> bool:
-        """Whether micro-batch `mb` runs packed: packing is on and its row fits max_packed_tokens
-        (the row's attention mask is T x T). Either way the update is the same."""
-        return self.packed and self._packed_tokens(mb) <= self.cfg.max_packed_tokens
+        """Whether micro-batch `mb` runs packed: packing is on and, unless attention runs by
+        segments, its row fits max_packed_tokens (its attention mask is T x T). Either way the update
+        is the same."""
+        return self.packed and (self.segments or self._packed_tokens(mb) <= self.cfg.max_packed_tokens)
 
     def _grad_positions(self, valid: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """(m, l-1) bool: the tokens a loss term weighs. The policy loss and the entropy bonus
         weigh the kept tokens only; the KL penalty weighs every in-scope token."""
         return valid if self.has_reference else keep & valid
-
-    def _head_is_projection(self) -> bool:
-        """Whether the model's logits are its output projection applied to its last hidden
-        state (so the projection can run apart, on chosen positions only). One tiny no-grad
-        forward, the same on every rank."""
-        ids = torch.arange(1, 9, device=self.device)[None]  # (1, 8)
-        with torch.no_grad():
-            out = self.engine(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
-            head = self.engine.module.get_output_embeddings()
-            if head is None or not out.hidden_states:
-                return False
-            return torch.allclose(head(out.hidden_states[-1]).float(), out.logits.float(), rtol=1e-4, atol=1e-4)
 
     @torch.no_grad()
     def score(self, shard: TrainShard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

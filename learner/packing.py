@@ -11,9 +11,10 @@ Every token therefore gets the hidden state it gets in its own padded sequence (
 at the same positions, attending to the same keys), and since the one prompt's activations feed
 every response of its group, the backward accumulates each response's gradient into them: the
 same gradient as forwarding the prompt once per response, for the prompt's compute once. This is
-the layout of "Prefix Grouper" (2025) for GRPO; here the attention mask is an explicit 4-D one,
-which every attention implementation transformers ships accepts (eager and SDPA on CPU and GPU).
-Pure functions; tested against the padded forward.
+the layout of "Prefix Grouper" (2025) for GRPO. The row carries its segments' positions
+(`SegmentLayout`, for learner/attention.py, whose cost follows each response's own length) and,
+when asked for, the same structure as an explicit 4-D mask (T x T), which any attention
+implementation accepts. Pure functions; tested against the padded forward.
 """
 from __future__ import annotations
 
@@ -21,14 +22,18 @@ from dataclasses import dataclass
 
 import torch
 
+from learner.attention import SegmentLayout, segment_layout
+
 
 @dataclass(frozen=True)
 class PackedRow:
     input_ids: torch.Tensor  # (1, T) long
     position_ids: torch.Tensor  # (1, T) long: each token's position in its own sequence
-    attention_mask: torch.Tensor  # (1, 1, T, T) additive: 0 where query t may attend key s, dtype min elsewhere
+    attention_mask: torch.Tensor | None  # (1, 1, T, T) additive: 0 where query t may attend key s, dtype min
+    #   elsewhere; None unless pack(dense=True)
     predictors: torch.Tensor  # (k,) long: for each valid token (row-major over `valid`), the position
     #   in the row whose hidden state predicts it
+    layout: SegmentLayout  # the same structure as positions: each prompt's and each response's
 
 
 def groups_of(input_ids: torch.Tensor, prompt_lens: torch.Tensor, share: bool) -> list[list[int]]:
@@ -53,9 +58,11 @@ def pack(
     valid: torch.Tensor,  # (m, L-1) bool: column c scores token c+1 (predicted from position c)
     share: bool,
     dtype: torch.dtype,  # the model's activation dtype (the additive mask's)
+    dense: bool = True,  # build the (T, T) mask too
 ) -> PackedRow:
     m = input_ids.shape[0]
     ids, pos, seg, owner, is_prompt = [], [], [], [], []
+    segments: list[tuple[list[int], list[list[int]]]] = []  # (prompt positions, [each response's])
     row_start = [0] * m  # where row i's own tokens (past the prompt) begin in the packed row
     prompt_start = [0] * m  # where row i's prompt begins
     cursor = 0
@@ -67,6 +74,7 @@ def pack(
         owner += [-1] * p
         is_prompt += [True] * p
         start, cursor = cursor, cursor + p
+        segments.append((list(range(start, cursor)), []))
         for i in group:
             n = int(lengths[i]) - p
             ids.append(input_ids[i, p : p + n])
@@ -75,20 +83,24 @@ def pack(
             owner += [i] * n
             is_prompt += [False] * n
             prompt_start[i], row_start[i] = start, cursor
+            segments[-1][1].append(list(range(cursor, cursor + n)))
             cursor += n
-    seg_t, owner_t, prompt_t = torch.tensor(seg), torch.tensor(owner), torch.tensor(is_prompt)
-    t = torch.arange(cursor)
-    # query q may attend key k: same segment, not later, and k is the prompt or q's own response
-    allow = (seg_t[:, None] == seg_t[None, :]) & (t[None, :] <= t[:, None]) & (
-        prompt_t[None, :] | (owner_t[None, :] == owner_t[:, None]))  # (T, T)
-    mask = torch.zeros(cursor, cursor, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+    mask = None
+    if dense:
+        seg_t, owner_t, prompt_t = torch.tensor(seg), torch.tensor(owner), torch.tensor(is_prompt)
+        t = torch.arange(cursor)
+        # query q may attend key k: same segment, not later, and k is the prompt or q's own response
+        allow = (seg_t[:, None] == seg_t[None, :]) & (t[None, :] <= t[:, None]) & (
+            prompt_t[None, :] | (owner_t[None, :] == owner_t[:, None]))  # (T, T)
+        mask = torch.zeros(cursor, cursor, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)[None, None]
     predictors = []
     for i in range(m):
         p = int(prompt_lens[i])
         cols = valid[i].nonzero().flatten()  # positions c predicting token c+1
         predictors.append(torch.where(cols < p, prompt_start[i] + cols, row_start[i] + cols - p))
-    return PackedRow(torch.cat(ids)[None], torch.cat(pos)[None], mask[None, None],
-                     torch.cat(predictors) if predictors else torch.zeros(0, dtype=torch.long))
+    return PackedRow(torch.cat(ids)[None], torch.cat(pos)[None], mask,
+                     torch.cat(predictors) if predictors else torch.zeros(0, dtype=torch.long),
+                     segment_layout(segments, cursor))
 
 
 def token_budget_micro_batches(order: list[int], lengths: list[int], prompt_lens: list[int], prompts: list[tuple],

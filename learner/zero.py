@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from learner.attention import SEGMENT_ATTENTION, register as register_segment_attention
 from learner.weights import LoraSpec, WeightShard
 
 
@@ -53,18 +54,24 @@ def warmup_factor(update: int, warmup_steps: int) -> float:
 
 
 def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: bool, warmup_steps: int = 0,
-                  lora=None, checkpointing: bool = False) -> Engines:
+                  lora=None, checkpointing: bool = False, segment_attention: bool = False) -> Engines:
     """The policy under ZeRO-3 (each rank materialises only its shard of the weights) and, with
     `with_reference`, the frozen initial policy sharded the same way. torch.distributed must be up.
     DeepSpeed steps the warm-up schedule after each applied update (a refused one does not count).
     With `lora` (learner.lora, rank > 0) peft wraps the policy: the base is frozen and the optimizer
-    holds the adapters only; the reference is then the base with adapters off, not a second copy."""
+    holds the adapters only; the reference is then the base with adapters off, not a second copy.
+    With `segment_attention` both models attend through learner/attention.py's function, which is
+    transformers' SDPA unless a forward passes a segment layout."""
     import deepspeed
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
     hf_ds = HfDeepSpeedConfig(ds_cfg)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    attn = {}
+    if segment_attention:
+        register_segment_attention()
+        attn = dict(attn_implementation=SEGMENT_ATTENTION)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32, **attn)
     model.config.use_cache = False
     if lora is not None and lora.rank > 0:
         model = wrap_lora(model, lora)
@@ -86,7 +93,7 @@ def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: boo
     reference = None
     if with_reference:
         ref_cfg = {k: v for k, v in ds_cfg.items() if k != "optimizer"}
-        ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=model.dtype)
+        ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=model.dtype, **attn)
         reference, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
         reference.eval()
     return Engines(engine, scheduler, reference, hf_ds)

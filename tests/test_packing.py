@@ -103,3 +103,83 @@ def test_rows_split_by_count_or_by_tokens_and_in_scope_rows_come_shortest_first_
     assert 1 not in order.tolist() and sorted(order.tolist()) == [0, 2, 3, 4, 5]
     keys = [tuple(shard.input_ids[i, : int(shard.prompt_lens[i])].tolist()) for i in order.tolist()]
     assert keys == sorted(keys, key=keys.index)  # a group's rows side by side
+
+
+def _segment_model(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from learner.attention import SEGMENT_ATTENTION, register
+
+    register()
+    return AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=SEGMENT_ATTENTION).eval()
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_segment_attention_gives_the_masked_rows_hidden_states_and_gradients(tiny_model, share):
+    """Attention by segments (no T x T mask) against the padded forward: the same hidden state for
+    every scored token and the same gradient of every parameter, with prompts of two lengths in
+    one row and, shared, responses that must not see each other."""
+    from learner.attention import LAYOUT_KWARG
+
+    model = _segment_model(tiny_model)
+    sh = grouped_shard()
+    row = pack(sh.input_ids, sh.attention_mask.sum(1), sh.prompt_lens, sh.valid, share, torch.float32, dense=False)
+    assert row.attention_mask is None
+    w = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    outs, grads = [], []
+    for packed in (False, True):
+        model.zero_grad()
+        if packed:
+            h = model(input_ids=row.input_ids, attention_mask=torch.ones_like(row.input_ids),
+                      position_ids=row.position_ids, output_hidden_states=True,
+                      **{LAYOUT_KWARG: row.layout}).hidden_states[-1][0, row.predictors]
+        else:
+            h = model(input_ids=sh.input_ids, attention_mask=sh.attention_mask,
+                      output_hidden_states=True).hidden_states[-1][:, :-1][sh.valid]
+        (h @ w).tanh().sum().backward()
+        outs.append(h.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(outs[1], outs[0], atol=1e-5)
+    # relative to the largest gradient: the embedding's sums many positions' terms in another order
+    assert (grads[1] - grads[0]).abs().max() <= 1e-5 * grads[0].abs().max() and grads[0].abs().sum() > 0
+
+
+def test_segment_layout_names_each_prompt_and_response_position():
+    from learner.attention import segment_layout
+
+    lay = segment_layout([([0, 1, 2], [[3, 4], [5]]), ([6], [[7, 8, 9]])], row_len=10)
+    assert lay.prompt_idx.tolist() == [[0, 1, 2], [6, 0, 0]] and lay.prompt_keys.tolist() == [
+        [True] * 3, [True, False, False]]
+    assert lay.resp_idx.tolist() == [[3, 4, 0], [5, 0, 0], [7, 8, 9]]
+    # each response's keys: its own prompt's positions (padded to 3), then its own
+    assert lay.key_idx.tolist() == [[0, 1, 2, 3, 4, 0], [0, 1, 2, 5, 0, 0], [6, 0, 0, 7, 8, 9]]
+    assert lay.resp_keys.tolist() == [[True, True, True, True, True, False], [True, True, True, True, False, False],
+                                      [True, False, False, True, True, True]]
+
+
+def test_the_probe_refuses_segment_attention_where_the_model_would_ignore_it(tiny_model, monkeypatch):
+    """The start-up probe passes the tiny Llama, names the attention a plainly loaded model uses,
+    and catches a model that attends across the whole row whatever the layout says."""
+    from transformers import AutoModelForCausalLM
+
+    import learner.attention as attention
+    from learner.probes import segment_attention_reason
+
+    class Engine:  # what the probe reads of a DeepSpeed engine: call and .module
+        def __init__(self, m):
+            self.module = m
+
+        def __call__(self, **kw):
+            return self.module(**kw)
+
+    cpu = torch.device("cpu")
+    assert segment_attention_reason(Engine(_segment_model(tiny_model)), cpu, torch.float32) is None
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
+    assert "attn_implementation='sdpa'" in segment_attention_reason(Engine(plain), cpu, torch.float32)
+
+    def whole_row(q, k, v, layout, scaling):  # causal over the row: the layout ignored
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
+                                                                enable_gqa=True)
+
+    monkeypatch.setattr(attention, "segment_attention", whole_row)
+    assert "differ" in segment_attention_reason(Engine(_segment_model(tiny_model)), cpu, torch.float32)
