@@ -109,9 +109,10 @@ def run_learner(cfg, model_path: str, shard, repeats: int, profile: int = 0) -> 
             "projected": metrics.get("train/projected_tokens")}
 
 
-def run_reference(cfg, model_path: str, shard, repeats: int) -> dict:
-    """Plain PyTorch: forward, response-token log-prob loss, backward per micro-batch; one AdamW
-    step. float32 weights; on CUDA under bf16 autocast, as the learner trains there."""
+def run_reference(cfg, model_path: str, shard, repeats: int, ref_micro: int = 0) -> dict:
+    """Plain PyTorch: forward, response-token log-prob loss, backward per micro-batch (ref_micro
+    sequences, default the learner's micro_batch_size); one AdamW step. float32 weights; on CUDA
+    under bf16 autocast, as the learner trains there."""
     import contextlib
 
     import torch
@@ -123,7 +124,7 @@ def run_reference(cfg, model_path: str, shard, repeats: int) -> dict:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, fused=True)
     autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
-    mb_size = cfg.learner.micro_batch_size
+    mb_size = ref_micro or cfg.learner.micro_batch_size
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -167,7 +168,7 @@ def child(args) -> None:
     if args.child == "learner":
         out = run_learner(cfg, model_path, shard, args.repeats, args.profile)
     else:
-        out = run_reference(cfg, model_path, shard, args.repeats)
+        out = run_reference(cfg, model_path, shard, args.repeats, args.ref_micro)
     out.update(peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, threads=threads,
                device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                sequences=len(shard), tokens=int(shard.attention_mask.sum()), response_tokens=int(shard.valid.sum()))
@@ -178,7 +179,8 @@ def run_child(side: str, args, extra: list[str] = ()) -> dict:
     profiled = args.profile if side == "learner" and not extra else 0  # the default learner only
     cmd = [sys.executable, __file__, "--child", side, "--config", args.config, "--repeats", str(args.repeats),
            "--resp-min", str(args.resp_min), "--resp-max", str(args.resp_max), "--informative", str(args.informative),
-           "--prompt-extra", str(args.prompt_extra), "--profile", str(profiled), *args.overrides, *extra]
+           "--prompt-extra", str(args.prompt_extra), "--profile", str(profiled), "--ref-micro", str(args.ref_micro),
+           *args.overrides, *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if profiled:
@@ -228,6 +230,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-extra", type=int, default=0, help="tokens of shared context added to every prompt")
     ap.add_argument("--publish-ranks", type=int, nargs="*", default=[])
+    ap.add_argument("--ref-micro", type=int, default=0,
+                    help="sequences per reference micro-batch (0: the learner's micro_batch_size); padded "
+                         "long sequences need fewer to fit in memory, as a user would choose")
     ap.add_argument("--variant", nargs="*", default=[], help="overrides of a second learner side, run alongside")
     ap.add_argument("--profile", type=int, default=0,
                     help="after the timed steps, profile one more learner step and print its N costliest operators")
@@ -250,7 +255,7 @@ def main() -> None:
             var = v
     med = statistics.median
     row = {"date": time.strftime("%Y-%m-%d %H:%M"), "label": args.label, "config": args.config,
-           "informative": args.informative, "prompt_extra": args.prompt_extra,
+           "informative": args.informative, "prompt_extra": args.prompt_extra, "ref_micro": args.ref_micro,
            "overrides": args.overrides, "sequences": lrn["sequences"], "tokens": lrn["tokens"],
            "response_tokens": lrn["response_tokens"], "threads": args.threads,
            "reference_s": med(ref["times"]), "learner_s": med(lrn["times"]),
