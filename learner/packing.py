@@ -62,7 +62,7 @@ def pack(
 ) -> PackedRow:
     m = input_ids.shape[0]
     ids, pos, seg, owner, is_prompt = [], [], [], [], []
-    segments: list[tuple[list[int], list[list[int]]]] = []  # (prompt positions, [each response's])
+    segments: list[tuple[int, int, list[tuple[int, int]]]] = []  # (prompt start, length, [(start, length)])
     row_start = [0] * m  # where row i's own tokens (past the prompt) begin in the packed row
     prompt_start = [0] * m  # where row i's prompt begins
     cursor = 0
@@ -74,7 +74,7 @@ def pack(
         owner += [-1] * p
         is_prompt += [True] * p
         start, cursor = cursor, cursor + p
-        segments.append((list(range(start, cursor)), []))
+        segments.append((start, p, []))
         for i in group:
             n = int(lengths[i]) - p
             ids.append(input_ids[i, p : p + n])
@@ -83,7 +83,7 @@ def pack(
             owner += [i] * n
             is_prompt += [False] * n
             prompt_start[i], row_start[i] = start, cursor
-            segments[-1][1].append(list(range(cursor, cursor + n)))
+            segments[-1][2].append((cursor, n))
             cursor += n
     mask = None
     if dense:

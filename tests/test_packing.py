@@ -144,17 +144,17 @@ def test_segment_attention_gives_the_masked_rows_hidden_states_and_gradients(tin
     assert (grads[1] - grads[0]).abs().max() <= 1e-5 * grads[0].abs().max() and grads[0].abs().sum() > 0
 
 
-def test_segment_layout_names_each_prompt_and_response_position():
+def test_segment_layout_builds_each_responses_mask_and_refuses_pieces_that_do_not_tile_the_row():
     from learner.attention import segment_layout
 
-    lay = segment_layout([([0, 1, 2], [[3, 4], [5]]), ([6], [[7, 8, 9]])], row_len=10)
-    assert lay.prompt_idx.tolist() == [[0, 1, 2], [6, 0, 0]] and lay.prompt_keys.tolist() == [
-        [True] * 3, [True, False, False]]
-    assert lay.resp_idx.tolist() == [[3, 4, 0], [5, 0, 0], [7, 8, 9]]
-    # each response's keys: its own prompt's positions (padded to 3), then its own
-    assert lay.key_idx.tolist() == [[0, 1, 2, 3, 4, 0], [0, 1, 2, 5, 0, 0], [6, 0, 0, 7, 8, 9]]
-    assert lay.resp_keys.tolist() == [[True, True, True, True, True, False], [True, True, True, True, False, False],
-                                      [True, False, False, True, True, True]]
+    lay = segment_layout([(0, 3, [(3, 2), (5, 1)]), (6, 1, [(7, 3)])], row_len=10)
+    assert [m.shape for m in lay.masks] == [(2, 5), (1, 4), (3, 4)]
+    # the second response's query sees the prompt's 3 keys and itself
+    assert lay.masks[1].tolist() == [[True, True, True, True]]
+    assert lay.masks[2].tolist() == [[True, True, False, False], [True, True, True, False], [True, True, True, True]]
+    for bad, row_len in (([(0, 3, [(4, 2)])], 6), ([(0, 3, [(3, 2)])], 6)):  # a gap; a row left uncovered
+        with pytest.raises(ValueError, match="segment layout"):
+            segment_layout(bad, row_len)
 
 
 def test_the_probe_refuses_segment_attention_where_the_model_would_ignore_it(tiny_model, monkeypatch):
