@@ -266,7 +266,7 @@ class LearnerConfig:
     Micro-batches then hold a group's sequences side by side."""
     segment_attention: bool = True
     """Packed rows attend segment by segment (learner/attention.py): each response against its
-    prompt's keys and its own, at a cost that follows its own length rather than the row's (2.0x
+    prompt's keys and its own, at a cost that follows its own length rather than the row's (2.0-2.5x
     faster forward and backward at 8 x 256..1024-token responses, bench/README.md). The same
     hidden states as the explicit T x T mask, to float rounding (tests). A model whose attention it
     cannot stand in for (sliding windows, soft-capping, or a start-up probe that disagrees) falls
