@@ -29,10 +29,9 @@ class SegmentLayout:
     segments: tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...]  # (prompt start, prompt length,
     #   ((response start, response length), ...)) per prompt
     masks: tuple[torch.Tensor, ...]  # per response, in order: (n, p + n) bool, query i sees keys <= p + i
-    row_len: int  # T
 
     def to(self, device) -> "SegmentLayout":
-        return SegmentLayout(self.segments, tuple(m.to(device) for m in self.masks), self.row_len)
+        return SegmentLayout(self.segments, tuple(m.to(device) for m in self.masks))
 
 
 def segment_layout(segments: list[tuple[int, int, list[tuple[int, int]]]], row_len: int) -> SegmentLayout:
@@ -49,7 +48,7 @@ def segment_layout(segments: list[tuple[int, int, list[tuple[int, int]]]], row_l
     if cursor != row_len:
         raise ValueError(f"segment layout: the pieces cover {cursor} of {row_len} positions")
     frozen = tuple((start, p, tuple(tuple(r) for r in responses)) for start, p, responses in segments)
-    return SegmentLayout(frozen, tuple(masks), row_len)
+    return SegmentLayout(frozen, tuple(masks))
 
 
 def segment_attention(

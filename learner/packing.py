@@ -61,37 +61,35 @@ def pack(
     dense: bool = True,  # build the (T, T) mask too
 ) -> PackedRow:
     m = input_ids.shape[0]
-    ids, pos, seg, owner, is_prompt = [], [], [], [], []
+    ids, pos = [], []
     segments: list[tuple[int, int, list[tuple[int, int]]]] = []  # (prompt start, length, [(start, length)])
     row_start = [0] * m  # where row i's own tokens (past the prompt) begin in the packed row
     prompt_start = [0] * m  # where row i's prompt begins
     cursor = 0
-    for s, group in enumerate(groups_of(input_ids, prompt_lens, share)):
+    for group in groups_of(input_ids, prompt_lens, share):
         p = int(prompt_lens[group[0]])
         ids.append(input_ids[group[0], :p])
         pos.append(torch.arange(p))
-        seg += [s] * p
-        owner += [-1] * p
-        is_prompt += [True] * p
         start, cursor = cursor, cursor + p
         segments.append((start, p, []))
         for i in group:
             n = int(lengths[i]) - p
             ids.append(input_ids[i, p : p + n])
             pos.append(torch.arange(p, p + n))
-            seg += [s] * n
-            owner += [i] * n
-            is_prompt += [False] * n
             prompt_start[i], row_start[i] = start, cursor
             segments[-1][2].append((cursor, n))
             cursor += n
+    layout = segment_layout(segments, cursor)
     mask = None
-    if dense:
-        seg_t, owner_t, prompt_t = torch.tensor(seg), torch.tensor(owner), torch.tensor(is_prompt)
-        t = torch.arange(cursor)
-        # query q may attend key k: same segment, not later, and k is the prompt or q's own response
-        allow = (seg_t[:, None] == seg_t[None, :]) & (t[None, :] <= t[:, None]) & (
-            prompt_t[None, :] | (owner_t[None, :] == owner_t[:, None]))  # (T, T)
+    if dense:  # the layout's own per-piece masks, placed in the row: nothing else may be attended
+        allow = torch.zeros(cursor, cursor, dtype=torch.bool)  # (T, T)
+        pieces = iter(layout.masks)
+        for start, p, responses in segments:
+            allow[start : start + p, start : start + p] = torch.ones(p, p, dtype=torch.bool).tril()
+            for r, n in responses:
+                piece = next(pieces)  # (n, p + n): the prompt's keys, then its own
+                allow[r : r + n, start : start + p] = piece[:, :p]
+                allow[r : r + n, r : r + n] = piece[:, p:]
         mask = torch.zeros(cursor, cursor, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)[None, None]
     predictors = []
     for i in range(m):
@@ -99,8 +97,7 @@ def pack(
         cols = valid[i].nonzero().flatten()  # positions c predicting token c+1
         predictors.append(torch.where(cols < p, prompt_start[i] + cols, row_start[i] + cols - p))
     return PackedRow(torch.cat(ids)[None], torch.cat(pos)[None], mask,
-                     torch.cat(predictors) if predictors else torch.zeros(0, dtype=torch.long),
-                     segment_layout(segments, cursor))
+                     torch.cat(predictors) if predictors else torch.zeros(0, dtype=torch.long), layout)
 
 
 def token_budget_micro_batches(order: list[int], lengths: list[int], prompt_lens: list[int], prompts: list[tuple],
