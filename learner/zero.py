@@ -100,29 +100,26 @@ def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: boo
     return Engines(engine, scheduler, reference, hf_ds)
 
 
-def share_master_weights(optimizer) -> int:
+def share_master_weights(optimizer) -> None:
     """Where the module's partition already is the master dtype on the optimizer's device (float32
-    training, as on CPU), let the optimizer update it in place instead of a second copy; returns the
-    bytes freed. DeepSpeed means to alias them then (stage3.py, `_create_fp32_partitions`: "we don't
-    need another copy of the weights"), but it compares the partition's torch.device with its own
-    device name, a string ('cpu'), which is never equal, so every float32 run kept a duplicate:
-    0.5 GB for a 135M model on one rank, a third of ZeRO-3's state without Adam. After the step it
-    copies the master into the partition, which is then a copy onto itself. The master tensors keep
-    their identity (the optimizer's param groups and Adam state are keyed by them); only their
-    storage becomes the partition's."""
+    training, as on CPU), let the optimizer update it in place instead of a second copy. DeepSpeed
+    means to alias them then (stage3.py, `_create_fp32_partitions`: "we don't need another copy of
+    the weights"), but it compares the partition's torch.device with its own device name, a string
+    ('cpu'), which is never equal, so every float32 run kept a duplicate: 0.5 GB for a 135M model on
+    one rank, a third of ZeRO-3's state without Adam. After the step it copies the master into the
+    partition, which is then a copy onto itself. The master tensors keep their identity (the
+    optimizer's param groups and Adam state are keyed by them); only their storage becomes the
+    partition's."""
     flats = getattr(optimizer, "fp32_partitioned_groups_flat", None)
     partitions = getattr(optimizer, "fp16_partitioned_groups_flat", None)
     if not flats or partitions is None or getattr(optimizer, "offload_optimizer", False):
-        return 0
-    freed = 0
+        return
     for master, part in zip(flats, partitions):
-        if (part is None or master is part or master.dtype != part.dtype or master.device != part.device
-                or master.numel() != part.numel() or master.data_ptr() == part.data_ptr()
-                or not torch.equal(master, part)):
+        # torch.equal also refuses a size mismatch; the dtype and device checks keep it defined
+        if (part is None or master.dtype != part.dtype or master.device != part.device
+                or master.data_ptr() == part.data_ptr() or not torch.equal(master, part)):
             continue
         master.data = part.data  # same values: the master was cloned from this partition
-        freed += part.numel() * part.element_size()
-    return freed
 
 
 def enable_checkpointing(model) -> None:

@@ -24,7 +24,7 @@ shard = collate(prompts, resp, logp, adv, 0)
 
 def trained(share):
     if not share:
-        learner.zero.share_master_weights = lambda optimizer: 0
+        learner.zero.share_master_weights = lambda optimizer: None
     t = PolicyTrainer(cfg.learner, {model!r}, temperature=1.0, max_new_tokens=6, max_prompt_tokens=16,
                       batch_size=len(shard), seed=0)
     opt = t.engine.optimizer
