@@ -6,7 +6,9 @@ from a range) is trained:
   scope and entropy mask, every micro-batch's forward and backward, the optimizer step);
 - by plain PyTorch: the same model, forward + log-prob loss over the same response tokens +
   backward on the same micro-batches, then one AdamW step.
-Each side runs in its own subprocess (own threads, own peak RSS), one after the other, `--repeats`
+Each side runs in its own subprocess (own threads, own peak RSS; a learner side with the host
+allocator a learner rank gets, learner.allocator, and the reference with the system's, as a plain
+PyTorch script runs), one after the other, `--repeats`
 times, and the pair is repeated `--rounds` times alternately; each process's first step is a
 warm-up, and the medians of the rest are reported with their ratio.
 
@@ -182,6 +184,11 @@ def run_child(side: str, args, extra: list[str] = ()) -> dict:
            "--prompt-extra", str(args.prompt_extra), "--profile", str(profiled), "--ref-micro", str(args.ref_micro),
            *args.overrides, *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+    if side == "learner":  # the allocator a learner rank gets at launch (learner.allocator)
+        from launch.config_load import load_config
+        from launch.placement import allocator_env
+
+        env.update(allocator_env(load_config(args.config, [*args.overrides, *extra]).learner.allocator))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if profiled:
         print(proc.stderr[proc.stderr.find("-----"):], file=sys.stderr)  # the profile table

@@ -109,12 +109,13 @@ def log_step(steps: int, step: int, m: dict, sample: tuple[float, str, str], eta
     logger = logging.getLogger("forkrl")
     logger.info(
         "step %d/%d | reward %.3f | accuracy %.3f | kept %.2f (tau %.3f) | entropy %.3f | stale %d | gen %.1fs "
-        "reward %.1fs learn %.1fs sync %.1fs | step %.1fs | learner peak %.1f GB | eta %s", step, steps,
+        "reward %.1fs learn %.1fs sync %.1fs | step %.1fs | learner peak %.1f GB (%.1f shared) | eta %s", step, steps,
         m["reward/mean"],
         m["reward/accuracy"],
         m["mask/kept_fraction"], m["mask/threshold"], m["entropy/mean"], m["staleness/max"], m["timing/generate_s"],
         m["timing/reward_s"], m["timing/learn_s"], m["timing/weight_sync_s"], m["timing/step_s"],
-        m["memory/learner_peak_gb"], duration(eta_s))
+        # shared: the object-store pages inside that peak (memory/learner_shared_gb)
+        m["memory/learner_peak_gb"], m.get("memory/learner_shared_gb", float("nan")), duration(eta_s))
     if step == 1 or step % 5 == 0 or step == steps:
         reward, answer, response = sample
         logger.info("sample (reward %.2f, answer %s): %r", reward, answer, response[:600])

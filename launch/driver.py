@@ -33,7 +33,7 @@ from launch.evaluation import eval_max_tokens, evaluate
 from launch.groups import ActorGroups, Collected, InFlight
 from launch.models import check_chat_wrap, check_lora_targets, resolve_model_path
 from launch.network import remove_rendezvous_files, start_ray
-from launch.placement import check_resources, launch_actors
+from launch.placement import allocator_env, check_resources, launch_actors
 from launch.resume import (STATE_DIR, DriverState, LearnerRestarts, Progress, check_shared_storage,
                            latest_checkpoint, restore, save_checkpoint, to_universal)
 from launch.rollouts import (Group, RewardHealth, choose_groups, plan_shards, rank_token_imbalance, rollout_metrics,
@@ -93,6 +93,7 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     check_chat_wrap(cfg, tokenizer)
     check_lora_targets(cfg.learner.lora, model_path)
+    allocator_env(cfg.learner.allocator)  # learner.allocator=jemalloc without the library stops here
     prompts = load_prompts(cfg.data, cfg.model, tokenizer)
     dry_call_reward(cfg.reward, prompts[0], f"row 1 of {','.join(cfg.data.train_files) or 'the synthetic data'}")
     inputs = Inputs(model_path, prompts,

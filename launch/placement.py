@@ -9,7 +9,7 @@ import ray
 from actors.generation import GenerationWorker
 from actors.learner import LearnerWorker
 from actors.reward import RewardWorker
-from launch.errors import ResourceError
+from launch.errors import ConfigError, ResourceError
 from launch.groups import ActorGroups
 from launch.nodes import free_per_node
 from launch.network import actor_env, file_rendezvous, loopback_only
@@ -20,6 +20,27 @@ logger = logging.getLogger("forkrl")
 # generates); its INFO logs would drown the driver's progress lines.
 GEN_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
 LEARNER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
+
+
+JEMALLOC = "libjemalloc.so.2"  # the soname: each node's own loader resolves it
+
+
+def allocator_env(allocator: str) -> dict[str, str]:
+    """The learner ranks' environment for learner.allocator: jemalloc preloaded (ahead of any
+    LD_PRELOAD this process has) where it is installed here, else nothing. Raises ConfigError
+    when 'jemalloc' was asked for and this node lacks it (checked before any actor starts)."""
+    import ctypes.util
+
+    if allocator == "system":
+        return {}
+    if ctypes.util.find_library("jemalloc") is None:
+        if allocator == "jemalloc":
+            raise ConfigError(f"learner.allocator=jemalloc: {JEMALLOC} is not installed on this node "
+                              "(Debian/Ubuntu: apt-get install libjemalloc2), or set learner.allocator=system")
+        return {}
+    import os
+
+    return {"LD_PRELOAD": ":".join(filter(None, [JEMALLOC, os.environ.get("LD_PRELOAD", "")]))}
 
 
 def check_resources(cfg) -> None:
@@ -125,7 +146,8 @@ def launch_learners(cfg, model_path: str, load_universal: bool = False, pg=None)
     `load_universal`: they will load a universal checkpoint (a resume on another number of ranks)."""
     l, g = cfg.learner, cfg.generation
     Lrn = ray.remote(num_cpus=l.num_cpus, num_gpus=l.num_gpus)(LearnerWorker)
-    env = dict(LEARNER_ENV, **actor_env(cfg), **({"OMP_NUM_THREADS": str(l.torch_threads)} if l.torch_threads else {}))
+    env = dict(LEARNER_ENV, **actor_env(cfg), **allocator_env(l.allocator),
+               **({"OMP_NUM_THREADS": str(l.torch_threads)} if l.torch_threads else {}))
     ranks = [Lrn.options(runtime_env={"env_vars": env}, **_in(pg, rank)).remote(l, rank, l.num_ranks)
              for rank in range(l.num_ranks)]
     # torch's TCP store listens on every interface whatever its host, so a loopback-only run meets

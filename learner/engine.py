@@ -43,7 +43,7 @@ from learner.attention import LAYOUT_KWARG
 from learner.packing import group_order, groups_of, in_scope_order, pack, packed_tokens, split_rows
 from learner.masking import random_scores, scope_tokens, select_tokens
 from learner.probes import head_is_projection, segment_attention_reason
-from learner.step_metrics import (mask_metrics, off_policy_metrics, peak_memory_gb, skipped_metrics,
+from learner.step_metrics import (mask_metrics, off_policy_metrics, memory_metrics, skipped_metrics,
                                   update_metrics)
 from learner.weights import WeightShard
 from learner.zero import build_engines, deepspeed_config, load_zero, save_zero, weight_shard
@@ -255,7 +255,7 @@ class PolicyTrainer:
             # No token of the batch, on any rank, is in any loss term: every gradient would be
             # exactly zero, so the passes and the optimizer step are skipped (all ranks agree).
             return skipped_metrics(global_count(all_valid), self.updates, self._lr(), time.perf_counter() - t0,
-                                   peak_memory_gb(self.device))
+                                   memory_metrics(self.device))
         if self.single_pass:  # it orders its own micro-batches (in-scope rows only, by length)
             return self._train_single_pass(shard, all_valid, t0)
         order = self._shared(shard, length_order(shard.attention_mask.sum(dim=1), self.minis_per_batch))
@@ -365,7 +365,7 @@ class PolicyTrainer:
                 t0: float) -> dict[str, float]:
         norms, lrs, refused = zip(*boundaries)
         metrics.update(update_metrics(sums, self.updates_per_batch, list(norms), lrs[-1], self.updates, sum(refused),
-                                      peak_memory_gb(self.device)))
+                                      memory_metrics(self.device)))
         metrics["timing/train_s"] = time.perf_counter() - t0  # the driver's timing/learn_s includes transfer
         return metrics
 

@@ -19,7 +19,7 @@ UPDATE_KEYS = ("losses/loss", "losses/policy_loss", "losses/clipfrac_low", "loss
                "losses/dual_clip_fraction", "losses/approx_kl", "losses/grad_norm", "losses/ref_kl",
                "losses/kept_entropy", "charts/lr", "charts/optimizer_updates", "train/skipped_no_signal",
                "train/nonfinite_updates", "train/projected_tokens",
-               "train/forwarded_tokens", "memory/learner_peak_gb")
+               "train/forwarded_tokens", "memory/learner_peak_gb", "memory/learner_shared_gb")
 TIMING_KEYS = ("timing/score_s", "timing/train_s")
 STEP_KEYS = MASK_KEYS + OFF_POLICY_KEYS + UPDATE_KEYS + TIMING_KEYS
 
@@ -68,7 +68,7 @@ def off_policy_metrics(valid: torch.Tensor, prox_logp: torch.Tensor, behaviour_l
 
 
 def update_metrics(sums: dict[str, float], passes: int, grad_norms: list[float], lr: float, updates: int,
-                   nonfinite: int, peak_gb: float) -> dict[str, float]:
+                   nonfinite: int, memory: dict[str, float]) -> dict[str, float]:
     """The losses' statistics (`sums`: each micro-batch's, added up on this rank) over `passes`
     updates, weighted by the loss weights they carry."""
     sums = reduce_named(sums, all_reduce_sum)
@@ -93,26 +93,43 @@ def update_metrics(sums: dict[str, float], passes: int, grad_norms: list[float],
         "train/projected_tokens": sums.get("projected", 0) / passes,
         # token positions the model ran with grad per update, padding and repeated prompts included
         "train/forwarded_tokens": sums.get("forwarded", 0) / passes,
-        "memory/learner_peak_gb": peak_gb,
+        **memory,
     }
 
 
-def skipped_metrics(response_tokens: int, updates: int, lr: float, train_s: float, peak_gb: float) -> dict[str, float]:
+def skipped_metrics(response_tokens: int, updates: int, lr: float, train_s: float,
+                    memory: dict[str, float]) -> dict[str, float]:
     """A step with no token in any loss term: nothing was masked, scored or updated."""
     out = dict.fromkeys(STEP_KEYS, math.nan)
     out.update({"mask/kept_fraction": 0.0, "mask/kept_tokens": 0, "mask/scope_fraction": 0.0,
                 "train/response_tokens": response_tokens, "train/skipped_no_signal": 1, "train/nonfinite_updates": 0,
                 "charts/optimizer_updates": updates, "charts/lr": lr, "timing/score_s": 0.0, "timing/train_s": train_s,
-                "memory/learner_peak_gb": peak_gb})
+                **memory})
     return out
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    """The largest rank's peak: GPU memory allocated since the last call, or on CPU the process's
-    peak resident set so far (Linux reports no per-step CPU peak)."""
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """The largest rank's memory/learner_peak_gb: GPU memory allocated since the last call, or on
+    CPU the process's peak resident set so far (Linux reports no per-step CPU peak). And its
+    memory/learner_shared_gb, on CPU: the shared-memory pages now resident in the rank, chiefly
+    the Ray object store's, where each weight publish is written. They count in the resident set,
+    so in the CPU peak, but they are the object store's memory, not the learner's; Ray's own
+    memory monitor leaves them out of a worker's usage. NaN where Linux's /proc is absent."""
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
-    return float(all_reduce_max(torch.tensor([peak], dtype=torch.float64)).item())
+    both = all_reduce_max(torch.tensor([peak, _resident_shared_gb()], dtype=torch.float64)).tolist()
+    return {"memory/learner_peak_gb": both[0], "memory/learner_shared_gb": both[1]}
+
+
+def _resident_shared_gb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssShmem:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return math.nan

@@ -85,6 +85,7 @@ def build_engines(model_path: str, ds_cfg: dict, bf16: bool, with_reference: boo
     engine, _, _, scheduler = deepspeed.initialize(model=model, config=ds_cfg, model_parameters=trained,
                                                    lr_scheduler=schedule)
     share_master_weights(engine.optimizer)
+    share_gradient_buffer(engine.optimizer)
     # Every forward in eval mode: dropout would add noise to the proximal log-probs, the entropies
     # that choose the mask and the importance ratios. from_pretrained happens to leave the model in
     # eval mode; this says so rather than relying on it. Gradients flow the same in eval mode.
@@ -120,6 +121,50 @@ def share_master_weights(optimizer) -> None:
                 or master.data_ptr() == part.data_ptr() or not torch.equal(master, part)):
             continue
         master.data = part.data  # same values: the master was cloned from this partition
+
+
+def share_gradient_buffer(optimizer) -> None:
+    """Let the optimizer step read the gradients where ZeRO-3 reduced them, not from a copy.
+    ZeRO-3 reduces every parameter's gradient into its slice of one flat buffer, kept for the run.
+    Before each step, DeepSpeed flattens those slices into a new tensor of the same size, which is
+    already laid out that way. That is a second full-size gradient live at the step, the learner's
+    memory peak on CPU: 0.5 GB for a 135M model on one rank. Where a sub-group's slices are one
+    contiguous run of that buffer in parameter order, its master's .grad becomes a view of the run.
+    The values are the same and the step reads them the same way. Unscaling and clipping then
+    scale the buffer in place. The next accumulation overwrites the buffer: its first backward
+    copies rather than adds. Anything else keeps DeepSpeed's own copy: CPU offload, or a buffer
+    in another dtype than the master, as bf16 training has."""
+    flats = getattr(optimizer, "fp32_partitioned_groups_flat", None)
+    prepare = getattr(optimizer, "_prepare_fp32_grad_for_sub_group", None)
+    if not flats or prepare is None or getattr(optimizer, "offload_optimizer", False):
+        return
+
+    def prepare_from_buffer(sub_group_id: int) -> None:
+        grads = optimizer.averaged_gradients[sub_group_id]
+        master = flats[sub_group_id]
+        run = _contiguous_run(grads)
+        if run is None or run.dtype != master.dtype or run.device != master.device or run.numel() != master.numel():
+            return prepare(sub_group_id)
+        master.grad = run
+        optimizer.averaged_gradients[sub_group_id] = None  # as DeepSpeed's own does: the step owns them now
+
+    optimizer._prepare_fp32_grad_for_sub_group = prepare_from_buffer
+
+
+def _contiguous_run(tensors) -> torch.Tensor | None:
+    """One 1-D view over `tensors` when they are contiguous 1-D slices of one storage, each
+    starting where the one before ends (what torch.cat of them would copy); else None."""
+    if not tensors:
+        return None
+    first = tensors[0]
+    offset = first.storage_offset()
+    for t in tensors:
+        if (t.dim() != 1 or not t.is_contiguous() or t.dtype != first.dtype or t.device != first.device
+                or t.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+                or t.storage_offset() != offset):
+            return None
+        offset += t.numel()
+    return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (offset - first.storage_offset(),))
 
 
 def enable_checkpointing(model) -> None:

@@ -228,8 +228,9 @@ def test_a_skipped_step_reports_the_keys_of_a_trained_one():
     assert tuple(off_policy_metrics(valid, logp, logp - 0.1, 2.0)) == OFF_POLICY_KEYS
     sums = dict.fromkeys(("loss", "policy_loss", "weight", "clip_low", "clip_high", "dual_clip", "approx_kl",
                           "ref_kl", "kl_weight", "entropy"), 1.0)
-    assert tuple(update_metrics(sums, 1, [0.5], 1e-5, 3, 0, 1.0)) == UPDATE_KEYS
-    skipped = skipped_metrics(3, 3, 1e-5, 0.1, 1.0)
+    memory = {"memory/learner_peak_gb": 1.0, "memory/learner_shared_gb": 0.5}
+    assert tuple(update_metrics(sums, 1, [0.5], 1e-5, 3, 0, memory)) == UPDATE_KEYS
+    skipped = skipped_metrics(3, 3, 1e-5, 0.1, memory)
     assert set(skipped) == set(STEP_KEYS) and skipped["train/skipped_no_signal"] == 1
     assert math.isnan(skipped["losses/loss"]) and skipped["mask/kept_tokens"] == 0
 
