@@ -4,6 +4,10 @@ Each commit is checked out into a temporary git worktree and runs the demo confi
 steps with evaluation off, one after the other (never at once: they would share the cores), with
 the same installed environment (the worktree goes first on PYTHONPATH, which Ray's workers inherit).
 The median `timing/step_s` over the steps after the first is compared.
+While each runs, the learner rank's process (`ray::LearnerWorker`) is sampled every 0.1 s from
+outside, the same way for both commits: its peak resident set split into its own memory (anonymous
+and file pages) and shared memory (chiefly the Ray object store's pages, where each weight publish
+is written). The exact peak the learner reports itself (ru_maxrss) is kept beside it.
 
     python bench/demo_speed.py --old 4b92d2e --new HEAD --steps 8
 
@@ -19,10 +23,55 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class LearnerMemory:
+    """Samples every `ray::LearnerWorker` process's /proc/<pid>/status until stopped: the largest
+    own (RssAnon + RssFile), shared (RssShmem) and total resident memory seen, in GB."""
+
+    def __init__(self, every_s: float = 0.1):
+        self.every_s, self.peak = every_s, {"own_gb": 0.0, "shared_gb": 0.0, "total_gb": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            for status in learner_statuses():
+                own, shared = status.get("RssAnon", 0) + status.get("RssFile", 0), status.get("RssShmem", 0)
+                for key, kb in (("own_gb", own), ("shared_gb", shared), ("total_gb", own + shared)):
+                    self.peak[key] = max(self.peak[key], kb / 2**20)
+
+
+def learner_statuses() -> list[dict[str, int]]:
+    """The kB fields of /proc/<pid>/status of each process named ray::LearnerWorker (Ray names an
+    actor's process by its class)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or not (proc / "cmdline").read_bytes().startswith(b"ray::LearnerWorker"):
+                continue
+            fields = {}
+            for line in (proc / "status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key.startswith("Rss"):
+                    fields[key] = int(value.split()[0])
+            out.append(fields)
+        except OSError:  # it exited meanwhile
+            continue
+    return out
 
 
 def run_commit(rev: str, steps: int, overrides: list[str], work: Path) -> dict:
@@ -36,7 +85,8 @@ def run_commit(rev: str, steps: int, overrides: list[str], work: Path) -> dict:
                "eval.every=0", f"tracking.run_dir={run_dir}", "tracking.wandb_mode=disabled", *overrides]
         env = dict(os.environ, PYTHONPATH=str(tree))
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+        with LearnerMemory() as memory:
+            proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"{sha}: run failed\n{proc.stderr[-3000:]}")
@@ -47,7 +97,8 @@ def run_commit(rev: str, steps: int, overrides: list[str], work: Path) -> dict:
                 "median_step_s": statistics.median(r["timing/step_s"] for r in later),
                 "median_learn_s": statistics.median(r["timing/learn_s"] for r in later),
                 "median_generate_s": statistics.median(r["timing/generate_s"] for r in later),
-                "learner_peak_gb": max((r.get("memory/learner_peak_gb", float("nan")) for r in rows), default=None)}
+                "learner_peak_gb": max((r.get("memory/learner_peak_gb", float("nan")) for r in rows), default=None),
+                "sampled_learner_gb": memory.peak}
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
 
@@ -69,7 +120,9 @@ def main() -> None:
            "old": old, "new": new, "speedup": old["median_step_s"] / new["median_step_s"]}
     for r in (old, new):
         print(f"{r['commit']}: median step {r['median_step_s']:.1f} s (learn {r['median_learn_s']:.1f} s, "
-              f"generate {r['median_generate_s']:.1f} s), wall {r['wall_s']:.0f} s")
+              f"generate {r['median_generate_s']:.1f} s), wall {r['wall_s']:.0f} s; learner peak "
+              f"{r['learner_peak_gb']:.2f} GB (sampled: own {r['sampled_learner_gb']['own_gb']:.2f}, shared "
+              f"{r['sampled_learner_gb']['shared_gb']:.2f}, total {r['sampled_learner_gb']['total_gb']:.2f} GB)")
     print(f"speed-up {row['speedup']:.2f}x")
     with (ROOT / "bench" / "results" / "demo_speed.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
