@@ -78,6 +78,7 @@ class PolicyTrainer:
         self._engines = build_engines(model_path, ds_cfg, bf16, with_reference=cfg.kl_coef > 0,
                                       warmup_steps=cfg.warmup_steps, lora=cfg.lora,
                                       checkpointing=cfg.activation_checkpointing,
+                                      pointwise_recompute=cfg.recompute_pointwise,
                                       segment_attention=cfg.segment_attention)
         self.engine, self.scheduler = self._engines.engine, self._engines.scheduler
         # The frozen initial policy, sharded like the policy; under LoRA none is built (the base with
