@@ -301,14 +301,17 @@ class LearnerConfig:
     output layer applied to the last hidden state (soft-capped ones) always take that path."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Training dtype: 'auto' is float32 on CPU and bfloat16 on GPU."""
-    allocator: Literal["auto", "jemalloc", "system"] = "auto"
-    """The learner ranks' host memory allocator. 'auto' preloads jemalloc (libjemalloc.so.2,
-    Debian/Ubuntu package libjemalloc2) where this node has it, else the system's (glibc) malloc.
-    'jemalloc' requires it; 'system' never uses it. glibc keeps the activations a CPU step frees in
-    its heaps and fragments them; at the demo's shape the learner's peak fell from 5.1-5.3 GB to
-    4.5 GB with jemalloc, in the same time, and its resting memory from 4.3-4.5 GB to 2.8 GB
-    (bench/README.md, "Host allocator"). The preload is set per rank at launch; a node without the
-    library runs that rank on glibc, and its log says the library could not be preloaded."""
+    allocator: Literal["auto", "tcmalloc", "jemalloc", "system"] = "auto"
+    """The learner ranks' host memory allocator, preloaded into each rank at launch: tcmalloc
+    (libtcmalloc_minimal.so.4), jemalloc (libjemalloc.so.2) or glibc's own malloc ('system').
+    'auto' is tcmalloc where the driver's node has it, else glibc's. Debian/Ubuntu packages:
+    libtcmalloc-minimal4 and libjemalloc2; scripts/install.sh installs both. glibc keeps the
+    activations a CPU step frees in fragmented heaps: at the demo's shape tcmalloc lowered the
+    learner's peak by 0.6 GB in the same step time (four pairs of processes), jemalloc by 0.3-0.6
+    GB at 8-10% more time (bench/README.md, "Host allocator"). Not measured on GPU, where the
+    activations are not in host memory. A library named here but missing on the driver's node
+    stops the run before it starts; a rank on a node without it runs on glibc (its log says that
+    the preload failed)."""
     mask: MaskConfig = field(default_factory=MaskConfig)
     """Entropy-percentile gradient mask."""
     lora: LoraConfig = field(default_factory=LoraConfig)

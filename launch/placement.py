@@ -22,25 +22,30 @@ GEN_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING
 LEARNER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
 
 
-JEMALLOC = "libjemalloc.so.2"  # the soname: each node's own loader resolves it
+# The sonames: each node's own loader resolves them. Debian/Ubuntu packages in ALLOCATOR_PACKAGES.
+ALLOCATORS = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
+ALLOCATOR_PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}
 
 
 def allocator_env(allocator: str) -> dict[str, str]:
-    """The learner ranks' environment for learner.allocator: jemalloc preloaded (ahead of any
-    LD_PRELOAD this process has) where it is installed here, else nothing. Raises ConfigError
-    when 'jemalloc' was asked for and this node lacks it (checked before any actor starts)."""
+    """The learner ranks' environment for learner.allocator: that library preloaded (ahead of any
+    LD_PRELOAD this process has), or nothing for glibc's malloc. 'auto' is tcmalloc where this
+    node has it, else glibc's. Raises ConfigError when a library asked for by name is missing here
+    (checked before any actor starts)."""
     import ctypes.util
-
-    if allocator == "system":
-        return {}
-    if ctypes.util.find_library("jemalloc") is None:
-        if allocator == "jemalloc":
-            raise ConfigError(f"learner.allocator=jemalloc: {JEMALLOC} is not installed on this node "
-                              "(Debian/Ubuntu: apt-get install libjemalloc2), or set learner.allocator=system")
-        return {}
     import os
 
-    return {"LD_PRELOAD": ":".join(filter(None, [JEMALLOC, os.environ.get("LD_PRELOAD", "")]))}
+    def installed(name: str) -> bool:
+        return ctypes.util.find_library(ALLOCATORS[name].removeprefix("lib").split(".so")[0]) is not None
+
+    if allocator == "auto":
+        allocator = "tcmalloc" if installed("tcmalloc") else "system"
+    if allocator == "system":
+        return {}
+    if not installed(allocator):
+        raise ConfigError(f"learner.allocator={allocator}: {ALLOCATORS[allocator]} is not installed on this node "
+                          f"(Debian/Ubuntu: apt-get install {ALLOCATOR_PACKAGES[allocator]}), or set learner.allocator=system")
+    return {"LD_PRELOAD": ":".join(filter(None, [ALLOCATORS[allocator], os.environ.get("LD_PRELOAD", "")]))}
 
 
 def check_resources(cfg) -> None:
