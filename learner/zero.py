@@ -130,13 +130,13 @@ def share_gradient_buffer(optimizer) -> None:
     """Let the optimizer step read the gradients where ZeRO-3 reduced them, not from a copy.
     ZeRO-3 reduces every parameter's gradient into its slice of one flat buffer, kept for the run.
     Before each step, DeepSpeed flattens those slices into a new tensor of the same size, which is
-    already laid out that way. That is a second full-size gradient live at the step, the learner's
-    memory peak on CPU: 0.5 GB for a 135M model on one rank. Where a sub-group's slices are one
+    already laid out that way. That is a second full-size gradient live at the step: 0.5 GB for a
+    135M model on one rank, on CPU the step's largest allocation. Where a sub-group's slices are one
     contiguous run of that buffer in parameter order, its master's .grad becomes a view of the run.
     The values are the same and the step reads them the same way. Unscaling and clipping then
     scale the buffer in place. The next accumulation overwrites the buffer: its first backward
     copies rather than adds. Anything else keeps DeepSpeed's own copy: CPU offload, or a buffer
-    in another dtype than the master, as bf16 training has."""
+    whose dtype differs from the master's (gradients accumulated in bf16)."""
     flats = getattr(optimizer, "fp32_partitioned_groups_flat", None)
     prepare = getattr(optimizer, "_prepare_fp32_grad_for_sub_group", None)
     if not flats or prepare is None or getattr(optimizer, "offload_optimizer", False):
@@ -207,10 +207,12 @@ def recompute_pointwise(model) -> int:
     changed = 0
     for module in model.modules():
         code = getattr(type(module).forward, "__code__", None)
-        if code is not None and code.co_code == swiglu.co_code and code.co_names == swiglu.co_names:
+        if code is not None and (code.co_code, code.co_names, code.co_consts) == (
+                swiglu.co_code, swiglu.co_names, swiglu.co_consts):
             module.forward = functools.partial(_swiglu_recomputing_activation, module)
         elif type(module).__name__.endswith("RMSNorm"):
-            module.forward = functools.partial(checkpoint, type(module).forward.__get__(module), use_reentrant=False)
+            module.forward = functools.partial(checkpoint, type(module).forward.__get__(module), use_reentrant=False,
+                                               preserve_rng_state=False)  # a norm draws no random numbers
         else:
             continue
         changed += 1
@@ -221,7 +223,8 @@ def _swiglu_recomputing_activation(mlp, x: torch.Tensor) -> torch.Tensor:
     """LlamaMLP.forward, down(act(gate(x)) * up(x)), with act(gate) * up in a checkpoint."""
     from torch.utils.checkpoint import checkpoint
 
-    product = checkpoint(_activation_times, mlp.act_fn.forward, mlp.gate_proj(x), mlp.up_proj(x), use_reentrant=False)
+    product = checkpoint(_activation_times, mlp.act_fn.forward, mlp.gate_proj(x), mlp.up_proj(x), use_reentrant=False,
+                         preserve_rng_state=False)  # an activation draws no random numbers
     return mlp.down_proj(product)
 
 
