@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from learner.step_metrics import resident_kb  # noqa: E402  (the learner's own reader of /proc/<pid>/status)
 
 
 class LearnerMemory:
@@ -56,21 +59,16 @@ class LearnerMemory:
 
 
 def learner_statuses() -> list[dict[str, int]]:
-    """The kB fields of /proc/<pid>/status of each process named ray::LearnerWorker (Ray names an
-    actor's process by its class)."""
+    """The resident-set fields (kB) of each process named ray::LearnerWorker (Ray names an actor's
+    process by its class)."""
     out = []
     for proc in Path("/proc").iterdir():
         try:
             if not proc.name.isdigit() or not (proc / "cmdline").read_bytes().startswith(b"ray::LearnerWorker"):
                 continue
-            fields = {}
-            for line in (proc / "status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key.startswith("Rss"):
-                    fields[key] = int(value.split()[0])
-            out.append(fields)
         except OSError:  # it exited meanwhile
             continue
+        out.append(resident_kb(proc.name))
     return out
 
 

@@ -115,7 +115,7 @@ def log_step(steps: int, step: int, m: dict, sample: tuple[float, str, str], eta
         m["mask/kept_fraction"], m["mask/threshold"], m["entropy/mean"], m["staleness/max"], m["timing/generate_s"],
         m["timing/reward_s"], m["timing/learn_s"], m["timing/weight_sync_s"], m["timing/step_s"],
         # shared: the object-store pages inside that peak (memory/learner_shared_gb)
-        m["memory/learner_peak_gb"], m.get("memory/learner_shared_gb", float("nan")), duration(eta_s))
+        m["memory/learner_peak_gb"], m["memory/learner_shared_gb"], duration(eta_s))
     if step == 1 or step % 5 == 0 or step == steps:
         reward, answer, response = sample
         logger.info("sample (reward %.2f, answer %s): %r", reward, answer, response[:600])

@@ -120,16 +120,21 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
-    both = all_reduce_max(torch.tensor([peak, _resident_shared_gb()], dtype=torch.float64)).tolist()
+    shared_kb = resident_kb().get("RssShmem", math.nan)
+    both = all_reduce_max(torch.tensor([peak, shared_kb / 2**20], dtype=torch.float64)).tolist()
     return {"memory/learner_peak_gb": both[0], "memory/learner_shared_gb": both[1]}
 
 
-def _resident_shared_gb() -> float:
+def resident_kb(pid: int | str = "self") -> dict[str, int]:
+    """The resident-set fields of /proc/<pid>/status (RssAnon, RssFile, RssShmem), in kB; empty
+    where Linux's /proc is absent or the process is gone."""
+    fields = {}
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("RssShmem:"):
-                    return int(line.split()[1]) / 2**20  # kB
+                key, _, value = line.partition(":")
+                if key.startswith("Rss"):
+                    fields[key] = int(value.split()[0])
     except OSError:
         pass
-    return math.nan
+    return fields
