@@ -220,12 +220,42 @@ def recompute_pointwise(model) -> int:
 
 
 def _swiglu_recomputing_activation(mlp, x: torch.Tensor) -> torch.Tensor:
-    """LlamaMLP.forward, down(act(gate(x)) * up(x)), with act(gate) * up in a checkpoint."""
+    """LlamaMLP.forward, down(act(gate(x)) * up(x)), with act(gate) * up in a checkpoint, and
+    down_proj holding a recipe for that product (its input, which its weight gradient needs)
+    instead of the product itself: the checkpoint already holds gate and up, and the backward
+    recomputes act(gate) * up from them when down_proj's gradient asks for it."""
     from torch.utils.checkpoint import checkpoint
 
-    product = checkpoint(_activation_times, mlp.act_fn.forward, mlp.gate_proj(x), mlp.up_proj(x), use_reentrant=False,
+    act, gate, up = mlp.act_fn.forward, mlp.gate_proj(x), mlp.up_proj(x)
+    product = checkpoint(_activation_times, act, gate, up, use_reentrant=False,
                          preserve_rng_state=False)  # an activation draws no random numbers
-    return mlp.down_proj(product)
+    storage, dtype, start = product.untyped_storage().data_ptr(), product.dtype, product.storage_offset()
+
+    def pack(t: torch.Tensor):
+        if t.untyped_storage().data_ptr() != storage or t.dtype != dtype:
+            return t  # the weight, or anything else down_proj (or a LoRA/ZeRO-3 hook on it) keeps
+        return _Recipe(act, gate, up, t.size(), t.stride(), t.storage_offset() - start)
+
+    # The product is the same whichever tensor the linear saved: a view of it (a flattened
+    # 2-D input) is rebuilt with that view's own sizes and strides from the recomputed copy.
+    with torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
+        return mlp.down_proj(product)
+
+
+class _Recipe(tuple):
+    """(act, gate, up, size, stride, offset): what _unpack rebuilds a saved product view from."""
+
+    def __new__(cls, *parts):
+        return super().__new__(cls, parts)
+
+
+def _unpack(saved):
+    if not isinstance(saved, _Recipe):
+        return saved
+    act, gate, up, size, stride, offset = saved
+    with torch.no_grad():
+        product = _activation_times(act, gate, up)  # the same operations: bit-identical values
+    return product.as_strided(size, stride, product.storage_offset() + offset)
 
 
 def _activation_times(act, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -90,24 +90,21 @@ def tiny(arch: str):
 
 
 def saved_bytes_and_grads(model, ids):
-    """(bytes of the distinct storages autograd holds for the backward, every parameter's gradient)."""
-    saved = {}
-
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    params = dict(model.named_parameters())
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    """(bytes the forward leaves allocated, which is what autograd holds for the backward plus the
+    loss, every parameter's gradient). Counted from the allocator's events (torch's profiler), so
+    a tensor that a saved-tensor hook still holds counts, whichever hook holds it."""
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         loss = model(input_ids=ids).logits.logsumexp(-1).sum()
-    held = sum(saved.values()) - sum(p.untyped_storage().nbytes() for p in params.values())
+    held = sum(e.self_cpu_memory_usage for e in prof.events())
     grads = torch.autograd.grad(loss, list(params.values()))
     return held, dict(zip(params, grads))
 
 
 def test_pointwise_recompute_holds_less_for_the_same_gradients():
-    """learner.recompute_pointwise: the norms' normalised copies and the MLPs' activations are
-    recomputed in the backward, not held; the gradients are bit-identical. Llama's and Qwen2's
+    """learner.recompute_pointwise: the norms' normalised copies, the MLPs' activations act(gate)
+    and their products act(gate) * up (down_proj's input) are recomputed in the backward, not
+    held; the gradients are bit-identical. Llama's and Qwen2's
     SwiGLU MLPs qualify; GPT-2 (a GELU MLP, LayerNorm) is left exactly as it was."""
     import copy
 
@@ -120,8 +117,30 @@ def test_pointwise_recompute_holds_less_for_the_same_gradients():
         assert recompute_pointwise(lean) == 2 + 5  # 2 MLPs; 2 norms a layer and the final one
         held_plain, g_plain = saved_bytes_and_grads(plain, ids)
         held_lean, g_lean = saved_bytes_and_grads(lean, ids)
-        act = 3 * 40 * 128 * 4  # one MLP's act(gate) in float32
+        act = 3 * 40 * 128 * 4  # one MLP's act(gate), or its product with up, in float32
         norm = 3 * 40 * 64 * 4  # one norm's normalised copy
-        assert held_lean <= held_plain - 2 * act - 4 * norm, (arch, held_plain, held_lean)
+        assert held_lean <= held_plain - 2 * 2 * act - 4 * norm, (arch, held_plain, held_lean)
         assert all(torch.equal(g_plain[k], g_lean[k]) for k in g_plain), arch
     assert recompute_pointwise(tiny("gpt2")) == 0
+
+
+def test_pointwise_recompute_under_lora_adapters():
+    """peft's LoRA layers wrap down_proj (its adapter saves the product too): the recomputed
+    product serves them as well, for less memory and bit-identical adapter gradients."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from learner.zero import recompute_pointwise
+
+    plain = get_peft_model(tiny("llama"), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, p in plain.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero: no gradient would reach lora_A
+            torch.nn.init.normal_(p)
+    lean = copy.deepcopy(plain)
+    assert recompute_pointwise(lean) == 2 + 5
+    ids = torch.randint(0, 100, (3, 40))
+    held_plain, g_plain = saved_bytes_and_grads(plain, ids)
+    held_lean, g_lean = saved_bytes_and_grads(lean, ids)
+    assert held_lean <= held_plain - 2 * 2 * 3 * 40 * 128 * 4, (held_plain, held_lean)
+    assert g_plain.keys() == g_lean.keys() and all(torch.equal(g_plain[k], g_lean[k]) for k in g_plain)
