@@ -93,7 +93,8 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     check_chat_wrap(cfg, tokenizer)
     check_lora_targets(cfg.learner.lora, model_path)
-    allocator_env(cfg.learner.allocator)  # a learner.allocator library missing here stops the run now
+    allocator_env(cfg.learner.allocator)  # an allocator library named but missing here stops the run now
+    allocator_env(cfg.generation.allocator, "generation.allocator")
     prompts = load_prompts(cfg.data, cfg.model, tokenizer)
     dry_call_reward(cfg.reward, prompts[0], f"row 1 of {','.join(cfg.data.train_files) or 'the synthetic data'}")
     inputs = Inputs(model_path, prompts,

@@ -27,11 +27,11 @@ ALLOCATORS = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.s
 ALLOCATOR_PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}
 
 
-def allocator_env(allocator: str) -> dict[str, str]:
-    """The learner ranks' environment for learner.allocator: that library preloaded (ahead of any
-    LD_PRELOAD this process has), or nothing for glibc's malloc. 'auto' is tcmalloc where this
-    node has it, else glibc's. Raises ConfigError when a library asked for by name is missing here
-    (checked before any actor starts)."""
+def allocator_env(allocator: str, key: str = "learner.allocator") -> dict[str, str]:
+    """An actor's environment for its allocator setting (`key`: learner.allocator or
+    generation.allocator): that library preloaded (ahead of any LD_PRELOAD this process has), or
+    nothing for glibc's malloc. 'auto' is tcmalloc where this node has it, else glibc's. Raises
+    ConfigError when a library asked for by name is missing here (checked before any actor starts)."""
     import ctypes.util
     import os
 
@@ -43,8 +43,8 @@ def allocator_env(allocator: str) -> dict[str, str]:
     if allocator == "system":
         return {}
     if not installed(allocator):
-        raise ConfigError(f"learner.allocator={allocator}: {ALLOCATORS[allocator]} is not installed on this node "
-                          f"(Debian/Ubuntu: apt-get install {ALLOCATOR_PACKAGES[allocator]}), or set learner.allocator=system")
+        raise ConfigError(f"{key}={allocator}: {ALLOCATORS[allocator]} is not installed on this node "
+                          f"(Debian/Ubuntu: apt-get install {ALLOCATOR_PACKAGES[allocator]}), or set {key}=system")
     return {"LD_PRELOAD": ":".join(filter(None, [ALLOCATORS[allocator], os.environ.get("LD_PRELOAD", "")]))}
 
 
@@ -134,7 +134,7 @@ def launch_generators(cfg, model_path: str, pg=None) -> list:
     # Ray restarts a dead generator or reward actor (same arguments); the driver gives it the
     # current weights and samples the lost batch again (launch/groups.py, ActorGroups.collect).
     Gen = ray.remote(num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=cfg.fault.max_actor_restarts)(GenerationWorker)
-    env = dict(GEN_ENV, **actor_env(cfg))
+    env = dict(GEN_ENV, **actor_env(cfg), **allocator_env(g.allocator, "generation.allocator"))
     return [Gen.options(runtime_env={"env_vars": env}, **_in(pg, i)).remote(g, model_path, cfg.seed + i, cfg.env,
                                                                            cfg.model.chat_template)
             for i in range(g.num_actors)]

@@ -34,6 +34,8 @@ def test_generation_samples_groups_and_loads_new_weights(ray_local, tiny_model):
 
     cfg = tiny_cfg(tiny_model, "generation.group_size=3")
     (gen,) = launch_generators(cfg, str(tiny_model))
+    # generation.allocator=auto: vLLM runs on tcmalloc where it is installed (scripts/install.sh)
+    assert "libtcmalloc" in ray.get(gen.__ray_call__.remote(lambda self: open("/proc/self/maps").read()))
     prompts = [Prompt(0, [1, 5, 6], "yes"), Prompt(1, [1, 7], "no")]
     out = ray.get(gen.generate.remote(prompts))
     assert len(out) == 6 and out.group_size == 3 and out.policy_version == 0
@@ -474,3 +476,5 @@ def test_a_missing_allocator_library_stops_the_run_before_it_starts(monkeypatch)
     assert allocator_env("system") == allocator_env("auto") == {}  # auto falls back to glibc's
     with pytest.raises(ConfigError, match="learner.allocator=jemalloc: libjemalloc.so.2 is not installed"):
         allocator_env("jemalloc")
+    with pytest.raises(ConfigError, match="generation.allocator=tcmalloc: .* or set generation.allocator=system"):
+        allocator_env("tcmalloc", "generation.allocator")

@@ -170,6 +170,18 @@ def test_no_unix_socket_or_network_is_in_reach(tmp_path):
         shutil.rmtree(folder)
 
 
+def test_sandboxed_code_inherits_no_environment(monkeypatch):
+    """A generation actor runs with tcmalloc preloaded (generation.allocator) and other variables
+    of its own; code run in the sandbox for it sees PATH, LANG and the PWD that bwrap sets, so a preload that the
+    sandbox cannot map never prints a loader error into the tool output the model reads."""
+    from rewards.sandbox import run
+
+    monkeypatch.setenv("LD_PRELOAD", "libtcmalloc_minimal.so.4")
+    monkeypatch.setenv("FORKRL_SECRET", "hunter2")
+    res = run("import os\nprint(sorted(os.environ))", "", SandboxLimits(timeout_s=30.0), mode="tool")
+    assert res.status == "ok" and res.stdout.strip() == "['LANG', 'PATH', 'PWD']", res
+
+
 def test_processes_started_by_a_solution_die_with_it():
     tag = f"{600 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6}"
     body = ("import os, subprocess\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
