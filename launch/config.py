@@ -299,8 +299,9 @@ class LearnerConfig:
     normalised input, and each SwiGLU MLP's activation act(gate) and its product with up (down_proj
     keeps a recipe for it, not the tensor), as Liger's kernels do. The same update bit for bit
     (tests); at the demo's shape the learner's forward holds 0.27 GB less with the norms and the
-    activation, and 0.08 GB less again with the product, in about the same step time (bench/README.md,
-    "Host allocator and recomputed pointwise results"). Models whose MLP is not transformers' LlamaMLP forward keep their MLP as is. Off
+    activation, and 0.08 GB less again with the product, in about the same step time
+    (bench/README.md, "Host allocator and recomputed pointwise results", "Half the learner's
+    memory"). Models whose MLP is not transformers' LlamaMLP forward keep their MLP as is. Off
     under activation_checkpointing, which recomputes whole layers."""
     project_kept_only: bool = True
     """Run the vocabulary projection with grad only on the tokens a loss term weighs (the kept

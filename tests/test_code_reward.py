@@ -172,8 +172,9 @@ def test_no_unix_socket_or_network_is_in_reach(tmp_path):
 
 def test_sandboxed_code_inherits_no_environment(monkeypatch):
     """A generation actor runs with tcmalloc preloaded (generation.allocator) and other variables
-    of its own; code run in the sandbox for it sees PATH, LANG and the PWD that bwrap sets, so a preload that the
-    sandbox cannot map never prints a loader error into the tool output the model reads."""
+    of its own; code run in the sandbox for it sees PATH, LANG and the PWD that bwrap sets, so a
+    preload that the sandbox cannot map never prints a loader error into the tool output the model
+    reads."""
     from rewards.sandbox import run
 
     monkeypatch.setenv("LD_PRELOAD", "libtcmalloc_minimal.so.4")

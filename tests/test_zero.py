@@ -91,7 +91,7 @@ def tiny(arch: str):
 
 def saved_bytes_and_grads(model, ids):
     """(bytes the forward leaves allocated, which is what autograd holds for the backward plus the
-    loss, every parameter's gradient). Counted from the allocator's events (torch's profiler), so
+    loss, every trainable parameter's gradient). Counted from the allocator's events (torch's profiler), so
     a tensor that a saved-tensor hook still holds counts, whichever hook holds it."""
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -104,8 +104,8 @@ def saved_bytes_and_grads(model, ids):
 def test_pointwise_recompute_holds_less_for_the_same_gradients():
     """learner.recompute_pointwise: the norms' normalised copies, the MLPs' activations act(gate)
     and their products act(gate) * up (down_proj's input) are recomputed in the backward, not
-    held; the gradients are bit-identical. Llama's and Qwen2's
-    SwiGLU MLPs qualify; GPT-2 (a GELU MLP, LayerNorm) is left exactly as it was."""
+    held; the gradients are bit-identical. Llama's and Qwen2's SwiGLU MLPs qualify; GPT-2 (a GELU
+    MLP, LayerNorm) is left exactly as it was."""
     import copy
 
     from learner.zero import recompute_pointwise
