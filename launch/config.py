@@ -86,8 +86,9 @@ class GenerationConfig:
     """The generation actors' host memory allocator, preloaded into each at launch, as
     learner.allocator is into the ranks: 'auto' is tcmalloc where the driver's node has it
     (vLLM's CPU backend asks for it at every start), else glibc's. On the demo, with tcmalloc the
-    weight load into vLLM took 0.56-0.6 s less and the step 0.7-1.3 s less, with sampling unchanged
-    (bench/README.md, "tcmalloc in the generation actors"). Code a model writes (tool calls) runs
+    weight load into vLLM took 0.56-0.6 s less and the step 0.7-1.3 s less in two pairs of runs,
+    with sampling unchanged; later runs did not separate the step time from noise (bench/README.md,
+    "tcmalloc in the generation actors"). Code a model writes (tool calls) runs
     in a sandbox that inherits none of this environment. A library named here but missing on the
     driver's node stops the run before it starts."""
 

@@ -18,17 +18,17 @@ if ! command -v bwrap >/dev/null 2>&1; then
     echo "[install] note: bubblewrap (bwrap) is missing; the code reward needs it (apt-get install bubblewrap)"
   fi
 fi
-# learner.allocator preloads tcmalloc (the default where installed) or jemalloc into the learner
-# ranks: a lower peak of host memory than glibc's malloc on CPU (README, "Speed"). Optional:
-# without them the learner uses glibc's.
+# learner.allocator and generation.allocator preload tcmalloc (the default where installed) or
+# jemalloc into the learner ranks and the vLLM actors: a lower peak of host memory than glibc's
+# malloc on CPU (README, "Speed"). Optional: without them the actors use glibc's.
 if ! ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2 || ! ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal.so.4; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[install] installing libjemalloc2 and libtcmalloc-minimal4 (learner.allocator)"
+    echo "[install] installing libjemalloc2 and libtcmalloc-minimal4 (learner.allocator, generation.allocator)"
     (apt-get install -y -q libjemalloc2 libtcmalloc-minimal4 >/dev/null 2>&1 \
       || { apt-get update -q >/dev/null && apt-get install -y -q libjemalloc2 libtcmalloc-minimal4 >/dev/null; }) \
-      || echo "[install] note: libjemalloc2 / libtcmalloc-minimal4 could not be installed; learner.allocator=system still works"
+      || echo "[install] note: libjemalloc2 / libtcmalloc-minimal4 could not be installed; the allocators' auto setting falls back to glibc's"
   else
-    echo "[install] note: learner.allocator=jemalloc / tcmalloc need libjemalloc2 / libtcmalloc-minimal4 (apt-get install)"
+    echo "[install] note: learner.allocator / generation.allocator=jemalloc / tcmalloc need libjemalloc2 / libtcmalloc-minimal4 (apt-get install)"
   fi
 fi
 stamp="$VENV/.forkrl-installed"
