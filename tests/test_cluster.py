@@ -128,14 +128,15 @@ def test_a_node_lost_with_the_generator_mid_run_loses_no_prompt(tiny_model, yes_
     batch lost with the node is sampled again, and the run finishes having trained exactly the
     prompts the seeded stream issues (what an uninterrupted run trains), step by step, none lost
     or doubled."""
-    from tests.test_resume import expected_prompts, rollout_rows, wait_for_steps
+    from tests.test_resume import driver_paused, expected_prompts, rollout_rows, wait_for_steps
 
     args = ["steps=8", *ONE_RANK, "cluster.generation_node_resource=gen", "cluster.learner_node_resource=main",
             "cluster.reward_node_resource=main", "max_staleness=1"]
     with local_cluster([{"num_cpus": 1, "resources": {"main": 1}}, {"num_cpus": 1, "resources": {"gen": 1}}]) as cluster:
         proc, run_dir, stderr_path = start_run(cluster, tiny_model, yes_data, tmp_path, *args)
         wait_for_steps(proc, run_dir, 1)
-        cluster.remove_node(next(n for n in cluster.list_all_nodes() if n is not cluster.head_node))
+        with driver_paused(proc):
+            cluster.remove_node(next(n for n in cluster.list_all_nodes() if n is not cluster.head_node))
         cluster.add_node(num_cpus=1, resources={"gen": 1}, object_store_memory=200 * 2**20)
         proc.wait(timeout=900)
         err = stderr_path.read_text()
@@ -158,7 +159,7 @@ def test_a_node_lost_with_a_learner_rank_restarts_the_run_on_the_nodes_that_rema
     node holding the rank is removed, with its ZeRO-3 shard: the driver restarts every actor from
     the latest checkpoint, the rank is placed on the worker node that remains, and the run
     finishes, each step once in metrics.jsonl."""
-    from tests.test_resume import expected_prompts, rollout_rows, wait_for_line, wait_for_steps
+    from tests.test_resume import driver_paused, expected_prompts, rollout_rows, wait_for_line, wait_for_steps
 
     args = ["steps=5", "checkpoint.every=1", "fault.learner_restarts=1", *ONE_RANK,
             "cluster.learner_node_resource=worker", "cluster.generation_node_resource=main",
@@ -171,7 +172,8 @@ def test_a_node_lost_with_a_learner_rank_restarts_the_run_on_the_nodes_that_rema
         first = re.search(r"learner: [^:|]+:(\w+)", line).group(1)
         node = next(n for n in cluster.list_all_nodes() if n.node_id.startswith(first))
         assert node is not cluster.head_node, line
-        cluster.remove_node(node)
+        with driver_paused(proc):
+            cluster.remove_node(node)
         wait_for_line(proc, stderr_path, ("restarting every actor from",))
         proc.wait(timeout=600)
         err = stderr_path.read_text()
@@ -191,19 +193,21 @@ def test_a_node_lost_with_a_learner_rank_restarts_the_run_on_the_nodes_that_rema
 
 def test_a_generator_that_no_node_can_hold_stops_the_run_in_bounded_time(tiny_model, yes_data, tmp_path):
     """The generator is pinned to the `gen` node, which is removed after step 2 with no
-    replacement: Ray cannot restart it anywhere. Within fault.actor_restart_timeout_s the run stops
+    replacement (the driver paused meanwhile, and 20 steps asked for, so that the run cannot end
+    first): Ray cannot restart it anywhere. Within fault.actor_restart_timeout_s the run stops
     with one line naming the actor, each node's free resources and the resume command."""
     import time
 
-    from tests.test_resume import wait_for_steps
+    from tests.test_resume import driver_paused, wait_for_steps
 
-    args = ["steps=4", "checkpoint.every=1", *ONE_RANK, "cluster.generation_node_resource=gen",
+    args = ["steps=20", "checkpoint.every=1", *ONE_RANK, "cluster.generation_node_resource=gen",
             "cluster.learner_node_resource=main", "cluster.reward_node_resource=main", "max_staleness=0",
             "fault.actor_restart_timeout_s=10"]
     with local_cluster([{"num_cpus": 1, "resources": {"main": 1}}, {"num_cpus": 1, "resources": {"gen": 1}}]) as cluster:
         proc, run_dir, stderr_path = start_run(cluster, tiny_model, yes_data, tmp_path, *args)
         wait_for_steps(proc, run_dir, 2)
-        cluster.remove_node(next(n for n in cluster.list_all_nodes() if n is not cluster.head_node))
+        with driver_paused(proc):
+            cluster.remove_node(next(n for n in cluster.list_all_nodes() if n is not cluster.head_node))
         t0 = time.monotonic()
         proc.wait(timeout=300)
         waited = time.monotonic() - t0

@@ -1,4 +1,5 @@
 """Durable runs: full checkpoints, resume, never overwriting a run, a record of what was trained."""
+import contextlib
 import json
 import os
 import re
@@ -119,7 +120,20 @@ def wait_for_steps(proc, run_dir: Path, n: int, timeout_s: float = 600) -> None:
     path = run_dir / "metrics.jsonl"
     while not path.is_file() or len(path.read_text().splitlines()) < n:
         assert proc.poll() is None and time.time() < deadline, f"run ended or stalled before step {n}"
-        time.sleep(0.2)
+        time.sleep(0.02)  # tiny steps take a tenth of a second: a slow poll lets the run get ahead
+
+
+@contextlib.contextmanager
+def driver_paused(proc):
+    """The driver stopped (SIGSTOP) while a test injects a fault, and continued after. Tiny steps take
+    a tenth of a second and removing a node takes seconds: a driver left running could finish
+    every step before the fault lands (CI saw a 4-step run end while its node was being removed).
+    The actors keep running; only the driver's next step waits."""
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
 
 
 def wait_for_line(proc, path: Path, texts: tuple[str, ...], timeout_s: float = 600) -> None:
@@ -151,7 +165,8 @@ def test_a_killed_actor_and_a_sigterm_lose_no_prompt(straight, tiny_model, yes_d
         wait_for_steps(proc, run_dir, 1)
         gens = [p for p in psutil.Process(proc.pid).children(recursive=True) if "GenerationWorker" in p.name()]
         assert len(gens) == 1, [p.name() for p in psutil.Process(proc.pid).children(recursive=True)]
-        gens[0].kill()
+        with driver_paused(proc):
+            gens[0].kill()
         wait_for_line(proc, stderr_path, ("forkrl: actor failure", "generation actor 0 was restarted"))
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=600)
@@ -207,14 +222,16 @@ def test_a_killed_learner_rank_restarts_the_run_then_stops_it_when_restarts_run_
         wait_for_steps(proc, run_dir, 2)
         first = learner_processes(proc)
         assert len(first) == 2, first
-        first[1].kill()
+        with driver_paused(proc):
+            first[1].kill()
         # Tiny steps are fast: step 3 may land before the kill does, so the restart is waited for by
         # its log line and its new ranks, not by a step count.
         wait_for_line(proc, stderr_path, ("restarting every actor from",))
         second = wait_for_new_learners(proc, {p.pid for p in first})
         rows = len((run_dir / "metrics.jsonl").read_text().splitlines())  # back at the checkpoint
         wait_for_steps(proc, run_dir, rows + 1)  # the new ranks have trained a step
-        second[0].kill()
+        with driver_paused(proc):
+            second[0].kill()
         proc.wait(timeout=900)
     err = stderr_path.read_text()
     assert proc.returncode == 1, err[-3000:]
@@ -340,7 +357,8 @@ def test_a_multi_turn_run_survives_a_killed_generator_and_resumes_the_same_promp
         wait_for_steps(proc, run_dir, 2)  # step 0's evaluation, then step 1
         gens = [p for p in psutil.Process(proc.pid).children(recursive=True) if "GenerationWorker" in p.name()]
         assert len(gens) == 1
-        gens[0].kill()
+        with driver_paused(proc):
+            gens[0].kill()
         wait_for_line(proc, stderr_path, ("forkrl: actor failure", "generation actor 0 was restarted"))
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=600)
