@@ -41,7 +41,7 @@ from launch.rollouts import (Group, RewardHealth, choose_groups, plan_shards, ra
 from launch.signals import StopSignal
 from launch.tracking import RunLock, RunTracker, check_fresh
 from envs.registry import check_env
-from rewards.registry import check_reward_config, dry_call_reward
+from rewards.registry import check_ground_truths, check_reward_config, dry_call_reward
 
 logger = logging.getLogger("forkrl")
 
@@ -100,6 +100,8 @@ def run(cfg: TrainConfig, resume: Path | None = None, verbose: bool = False) -> 
     inputs = Inputs(model_path, prompts,
                     load_eval_prompts(cfg.eval, cfg.data, cfg.model, tokenizer, prompts) if cfg.eval.every else [],
                     tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    check_ground_truths(cfg.reward, prompts, ",".join(cfg.data.train_files) or "the synthetic data")
+    check_ground_truths(cfg.reward, inputs.eval_prompts, ",".join(cfg.eval.files) or "the generated eval data")
     run_dir = resume or Path(cfg.tracking.run_dir.format(name=cfg.tracking.name))
     if not resume:
         check_fresh(run_dir)

@@ -71,7 +71,7 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     from launch.network import start_ray
     from launch.groups import ActorGroups
     from launch.placement import check_resources, launch_generators, launch_rewards
-    from rewards.registry import check_reward_config, dry_call_reward
+    from rewards.registry import check_ground_truths, check_reward_config, dry_call_reward
     from envs.registry import check_env
 
     check_reward_config(cfg.reward)
@@ -82,6 +82,7 @@ def run_eval(cfg: TrainConfig, model: str, data: str, samples: int, out: Path | 
     rows = load_rows([data], cfg.data.prompt_key, cfg.data.answer_key, "--data")
     prompts_of = prompts_per_model(cfg, models, rows, data)
     prompts = prompts_of[model]
+    check_ground_truths(cfg.reward, prompts, data)
     dry_call_reward(cfg.reward, prompts[0], f"row 1 of {data}")
     max_tokens = eval_max_tokens(cfg)
 

@@ -89,8 +89,49 @@ def split_assert(test: str) -> tuple[str, list[str], list[str]]:
         if used & local:
             raise ValueError(f"code ground truth: assert {test[:80]!r} calls the solution with a name bound "
                              "inside the assert; write one assert per case")
+    if not splitter.probes:  # it would check nothing of the solution's, so any code would pass it
+        raise ValueError(f"code ground truth: assert {test[:80]!r} calls no name of the solution's (builtins and "
+                         "standard-library names are always the judge's): rename the solution's function")
     names = {n.id for n in ast.walk(judged) if isinstance(n, ast.Name)}
     return ast.unparse(judged), splitter.probes, sorted(names & _STDLIB)
+
+
+def check_ground_truth(ground_truth: str) -> None:
+    """Raise ValueError naming the problem if `ground_truth` is not a code spec this module can judge
+    (see the module docstring). Runs nothing: the driver checks every row with it before training."""
+    try:
+        spec = json.loads(ground_truth)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"code ground truth is not JSON ({e.msg})") from None
+    if not isinstance(spec, dict) or not ({"tests", "asserts"} & spec.keys()):
+        raise ValueError("code ground truth needs a 'tests' or 'asserts' list")
+    cases = spec.get("asserts", spec.get("tests"))
+    if not isinstance(cases, list) or not cases:
+        raise ValueError("code ground truth has no test cases")
+    if "asserts" in spec:
+        for a in cases:
+            split_assert(str(a))
+    elif not all(isinstance(t, dict) and "output" in t for t in cases):
+        raise ValueError("code ground truth: each of 'tests' needs an 'output'")
+
+
+# A probe's value as the solution reported it is nested at most this deep. The judge's request
+# nests each value two levels deeper, and json's encoder recurses: a value just shallow enough to
+# read back could make the request raise, and an error leaves a wrong solution out of training.
+MAX_VALUE_DEPTH = 100
+
+
+def _shallow(value: object, limit: int = MAX_VALUE_DEPTH) -> bool:
+    todo = [(value, 0)]
+    while todo:
+        v, d = todo.pop()
+        if d > limit:
+            return False
+        if isinstance(v, dict):
+            todo.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            todo.extend((x, d + 1) for x in v)
+    return True
 
 
 def _assert_results(code: str, asserts: list[str], limits: SandboxLimits) -> tuple[int, bool]:
@@ -105,7 +146,8 @@ def _assert_results(code: str, asserts: list[str], limits: SandboxLimits) -> tup
         except (ValueError, RecursionError):  # whatever the solution wrote there is data, and may be junk
             continue
         if isinstance(msg, dict) and isinstance(msg.get("i"), int) and "value" in msg and msg["i"] not in values:
-            values[msg["i"]] = msg["value"]  # the first answer for a probe counts
+            values[msg["i"]] = msg["value"]  # the first answer for a probe counts (too deep: it fails)
+    values = {i: v for i, v in values.items() if _shallow(v)}
     tests, k, judgeable = [], 0, []
     for t, (expr, ps, modules) in enumerate(split):
         ids = range(k, k + len(ps))
@@ -132,15 +174,9 @@ def _same_output(got: str, want: str) -> bool:
 
 def score_code(response: str, ground_truth: str, limits: SandboxLimits = SandboxLimits()) -> tuple[float, Status]:
     """(fraction of tests passed, status). Bad ground truth raises ValueError naming the problem."""
-    try:
-        spec = json.loads(ground_truth)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"code ground truth is not JSON ({e.msg})") from None
-    if not isinstance(spec, dict) or not ({"tests", "asserts"} & spec.keys()):
-        raise ValueError("code ground truth needs a 'tests' or 'asserts' list")
+    check_ground_truth(ground_truth)
+    spec = json.loads(ground_truth)
     cases = spec.get("asserts", spec.get("tests"))
-    if not isinstance(cases, list) or not cases:
-        raise ValueError("code ground truth has no test cases")
     code = extract_code(response)
     if code is None:
         return 0.0, Status.NO_ANSWER

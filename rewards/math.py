@@ -124,14 +124,21 @@ def compare_answers(answer: str, gold: str) -> tuple[bool, str]:
     gold_parsed = parse(f"${gold}$", extraction_config=cfg)
     if not gold_parsed:
         raise ValueError(f"ground truth {gold[:80]!r} could not be parsed")
-    ans_parsed = parse(f"${normalise_answer(answer, gold)}$", extraction_config=cfg)
-    if not ans_parsed:
+    # The gold parsed, so whatever raises from here on was raised by the answer, and the answer is
+    # not right. It must not become status `error`: an errored response is left out of training,
+    # and a policy would learn to dodge a wrong answer's penalty by writing one that raises
+    # (`99\times10^{999999}` overflowed a Decimal; `[i, 5]` with i = sqrt(-1) is no interval).
+    try:
+        ans_parsed = parse(f"${normalise_answer(answer, gold)}$", extraction_config=cfg)
+        if not ans_parsed:
+            return False, Status.UNPARSEABLE
+        if verify(gold_parsed, ans_parsed):
+            return True, ""
+        if _IMAGINARY_RE.search(gold) or _IMAGINARY_RE.search(answer):
+            return bool(verify(_with_imaginary_unit(gold_parsed), _with_imaginary_unit(ans_parsed))), ""
+        return False, ""
+    except Exception:  # noqa: BLE001 - see above. A timeout kills the verifier process: it stays `timeout`
         return False, Status.UNPARSEABLE
-    if verify(gold_parsed, ans_parsed):
-        return True, ""
-    if _IMAGINARY_RE.search(gold) or _IMAGINARY_RE.search(answer):
-        return bool(verify(_with_imaginary_unit(gold_parsed), _with_imaginary_unit(ans_parsed))), ""
-    return False, ""
 
 
 def score_math(response: str, ground_truth: str) -> tuple[float, str]:

@@ -193,6 +193,21 @@ def extra_rewards(cfg) -> tuple[tuple[str, float], ...]:
     return tuple(zip(cfg.extra_fns, weights, strict=True))
 
 
+def check_ground_truths(cfg, prompts, source: str) -> None:
+    """Every row's ground truth, checked without running anything, where a built-in reward can (the
+    code reward's test specs): a malformed spec, or an assert that any code passes, stops the run
+    in one line naming the row, before any actor starts, not as errors in the middle of training."""
+    if "code" not in (cfg.fn, *(s for s, _ in extra_rewards(cfg))):
+        return
+    from rewards.code import check_ground_truth
+
+    for p in prompts:
+        try:
+            check_ground_truth(p.answer)
+        except ValueError as e:
+            raise RewardSpecError(f"{source} row {p.uid + 1}: {e}"[:600]) from None
+
+
 def dry_call_reward(cfg, prompt, where: str) -> None:
     """Call a user's reward (reward config `cfg`) once on a real data row, `prompt`, with the row's
     own answer as the response, in a verifier process, before any actor starts: a wrong signature,

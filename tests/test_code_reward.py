@@ -326,6 +326,61 @@ def test_bad_ground_truth_is_an_error_not_a_zero():
         score_code(sol("print(1)"), json.dumps({"cases": []}))
 
 
+def test_an_assert_that_checks_nothing_of_the_solution_is_refused():
+    """Builtins are always the judge's, so `assert max([1, 5, 3]) == 5` has no probe: any code, or
+    none, would pass it. It is bad ground truth, and the driver refuses the row up front."""
+    from rewards.code import check_ground_truth
+    from rewards.registry import RewardSpecError, check_ground_truths
+
+    gold = json.dumps({"asserts": ["assert max([1, 5, 3]) == 5", "assert sum([1, 2]) == 3"]})
+    with pytest.raises(ValueError, match="calls no name of the solution's"):
+        score_code(sol("pass"), gold)
+    with pytest.raises(ValueError, match="each of 'tests' needs an 'output'"):
+        check_ground_truth(json.dumps({"tests": [{"input": "1"}]}))
+    check_ground_truth(SQUARE)
+
+    class Cfg:
+        fn, extra_fns, extra_weights = "math", ["code"], []
+    rows = [type("P", (), {"uid": 0, "answer": SQUARE}), type("P", (), {"uid": 6, "answer": gold})]
+    with pytest.raises(RewardSpecError, match=r"^data.jsonl row 7: code ground truth: assert 'assert max"):
+        check_ground_truths(Cfg, rows, "data.jsonl")
+    Cfg.extra_fns = []
+    check_ground_truths(Cfg, rows, "data.jsonl")  # no code reward: the answers are not code specs
+
+
+def test_a_probe_value_nested_to_break_the_judge_fails_its_assert():
+    """A solution writes its own probe answers, nested so deep that they read back but cannot be
+    sent on to the judge (json's encoder recurses two levels deeper than its decoder did, so a
+    window of about three depths, set by the process's stack, read but could not be re-sent). The
+    encoder's RecursionError made the response an error, which is left out of training: a wrong
+    solution dodged its penalty. Depths 600-999 cover the window at any stack depth the scorer
+    runs at; too deep a value now fails its probe."""
+    asserts = json.dumps({"asserts": [f"assert f({i}) == {i + 1}" for i in range(400)]})
+    forger = """
+import os
+for fd in [int(x) for x in os.listdir('/proc/self/fd') if int(x) > 2]:
+    try:
+        for i in range(400):
+            n = 600 + i
+            os.write(fd, ('{"i":%d,"value":%s%s}\\n' % (i, '[' * n, ']' * n)).encode())
+    except OSError:
+        pass
+def f(x):
+    return 0
+"""
+    from rewards.registry import RewardScorer
+
+    scorer = RewardScorer("code", timeout_s=60)
+    try:
+        (res,) = scorer.score_batch([sol(forger)], [asserts])
+    finally:
+        scorer.close()
+    assert (res.score, res.status) == (0.0, "wrong"), res
+    deep = "[" * 150 + "1" + "]" * 150
+    gold = json.dumps({"asserts": [f"assert f(0) == {deep}", "assert f(1) == 2"]})
+    assert score_code(sol(f"def f(x):\n    return {deep} if x == 0 else 2"), gold) == (0.5, "wrong")
+
+
 def test_format_and_overlong_shaping():
     assert format_reward(r"so \boxed{3}", True) == 1.0
     assert format_reward(r"so \boxed{3}", False) == 0.0  # cut by the length limit

@@ -191,6 +191,23 @@ def test_malformed_data_row_names_file_and_row(tiny_model, tmp_path):
     assert f"{bad} row 2: missing field 'answer'" in res.stderr.strip().splitlines()[-1]
 
 
+def test_a_code_row_whose_assert_checks_nothing_names_file_and_row(tiny_model, tmp_path):
+    """An assert that calls only builtins would pass any code (builtins are the judge's): the run
+    refuses the row before any actor starts, naming the file and row."""
+    import json
+
+    bad = tmp_path / "code.jsonl"
+    rows = [{"prompt": "Write f(x) = x + 1.", "answer": json.dumps({"asserts": ["assert f(1) == 2"]})},
+            {"prompt": "Write max.", "answer": json.dumps({"asserts": ["assert max([1, 5]) == 5"]})}]
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = forkrl("--config", REPO / "configs/tiny.yaml", f"model.path={tiny_model}", f"data.train_files={bad}",
+                 "reward.fn=code", f"tracking.run_dir={tmp_path / 'run'}", timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert f"{bad} row 2: code ground truth: assert 'assert max([1, 5]) == 5' calls no name of the solution's" in last, last
+    assert not (tmp_path / "run").exists()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

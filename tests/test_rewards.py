@@ -225,6 +225,21 @@ def test_math_cases(scorer):
     assert not wrong, wrong
 
 
+# Answers that made the verifier raise. An errored response is left out of training, so a wrong
+# answer that raises dodges its penalty: each must score as wrong, with a status that is trained on.
+RAISING_ANSWERS = [
+    r"\boxed{99\times10^{999999}}",  # decimal.Overflow in the scientific-notation expansion
+    r"\boxed{[i, 5]}",  # i read as sqrt(-1) makes a non-real interval
+    r"\boxed{(i, 5]}",
+]
+
+
+@pytest.mark.parametrize("answer", RAISING_ANSWERS, ids=range(len(RAISING_ANSWERS)))
+def test_an_answer_that_makes_the_verifier_raise_is_wrong_not_an_error(scorer, answer):
+    (result,) = scorer.score_batch([answer], ["3"])
+    assert (result.score, result.status) in ((0.0, "wrong"), (0.0, "unparseable")), result
+
+
 def test_math_reward_contract():
     assert math_reward(r"\boxed{\frac{1}{2}}", "0.5") == 1.0
     assert math_reward("no answer", "0.5") == 0.0
