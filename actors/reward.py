@@ -35,7 +35,8 @@ class RewardWorker:
         shaped = [
             replace(r, score=shaped_score(r.score, rollout.response_text[i], rollout.finished[i], len(rollout.response_ids[i]),
                                           format_weight=c.format_weight, overlong_weight=c.overlong_weight,
-                                          max_len=self.max_new_tokens, overlong_cache=c.overlong_cache))
+                                          max_len=self.max_new_tokens, overlong_cache=c.overlong_cache,
+                                          form="code" if c.fn == "code" else "boxed"))
             for r, i in zip(results, range(start, stop))
         ]
         return shaped, seconds

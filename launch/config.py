@@ -151,7 +151,8 @@ class RewardConfig:
     """code reward: 'bwrap' runs each solution in its own bubblewrap namespaces (README, "The code
     sandbox"); 'none' runs it as this user with network, warned about at every start."""
     format_weight: float = 0.0
-    """Weight of the format reward (boxed answer and a response that ended by itself)."""
+    """Weight of the format reward: 1 for a response that ended by itself with its answer in the
+    reward's form (a non-empty \\boxed{...}; with reward.fn=code, a non-empty fenced code block)."""
     overlong_weight: float = 0.0
     """Weight of DAPO's soft overlong punishment (0 = off)."""
     overlong_cache: int = 0

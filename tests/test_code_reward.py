@@ -385,6 +385,11 @@ def test_format_and_overlong_shaping():
     assert format_reward(r"so \boxed{3}", True) == 1.0
     assert format_reward(r"so \boxed{3}", False) == 0.0  # cut by the length limit
     assert format_reward("so 3", True) == 0.0
+    assert format_reward(r"so \boxed{}", True) == format_reward(r"so \boxed{ }", True) == 0.0  # nothing in it
+    # the code reward's form is a code block: a junk box earns nothing there
+    assert format_reward("```python\nprint(1)\n```", True, "code") == 1.0
+    assert format_reward(r"I think \boxed{3}", True, "code") == 0.0
+    assert format_reward("```python\n\n```", True, "code") == 0.0
     # L_max = 100, L_cache = 20: free up to 80, linear to -1 at 100
     assert overlong_penalty(80, 100, 20) == 0.0
     assert overlong_penalty(90, 100, 20) == pytest.approx(-0.5)
