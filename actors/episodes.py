@@ -93,9 +93,14 @@ class ObservationEncoder:
             self.wrap = chat_wrap(tokenizer)
 
     def __call__(self, text: str, after_eos: bool) -> list[int]:
-        if after_eos:
-            text = self.wrap[0] + text + self.wrap[1]
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        # The observation is untrusted text (a tool prints what the model's code tells it to): its
+        # `<|im_end|>` must stay characters, not become the EOS or a forged turn of the template.
+        # Only the wrap, which the template wrote, is read for special tokens.
+        ids = self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        if not after_eos:
+            return ids
+        before, after = (self.tokenizer.encode(w, add_special_tokens=False) if w else [] for w in self.wrap)
+        return before + ids + after
 
 
 def chat_wrap(tokenizer) -> tuple[str, str]:
