@@ -31,6 +31,7 @@ class Sampled:
     logp: list[float]  # (t,) their log-probs under the sampling distribution
     text: str
     eos: bool  # ended with the end-of-sequence token (not at a stop string or its token limit)
+    cut: bool = False  # ended at its token limit (the turn's or the budget's), not by itself
 
 
 @dataclass
@@ -45,6 +46,16 @@ class Trajectory:
     model: list[bool] = field(default_factory=list)  # (T,) True where the model sampled the token
     turns: list[Turn] = field(default_factory=list)
     end: str = ""  # "" while live; done | max_turns | budget | env_error
+    cut: bool = False  # the last model turn ended at its token limit
+
+    @property
+    def finished(self) -> bool:
+        """The response ended by itself, as a single-turn one that stops at EOS or a stop string:
+        its last tokens are the model's (no observation cut at the budget after them) and that turn
+        was not cut at a token limit. A turn cut mid-prose at env.max_turn_tokens that the
+        environment takes as the answer is not finished: it counts as truncated, and the format
+        reward does not pay it."""
+        return bool(self.model) and self.model[-1] and not self.cut
 
     def context(self) -> list[int]:
         return self.prompt_ids + self.ids
@@ -58,6 +69,7 @@ class Trajectory:
         self.ids += s.ids
         self.logp += s.logp
         self.model += [True] * len(s.ids)
+        self.cut = s.cut
         self.turns.append(Turn(s.text))
 
     def add_observation(self, ids: list[int], obs: Observation) -> None:

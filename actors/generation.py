@@ -90,7 +90,7 @@ class GenerationWorker:
             t0 = time.perf_counter()
             trajs = self._episodes(prompts, c.group_size, c.temperature, c.max_new_tokens)
             return RolloutBatch(prompts, c.group_size, [t.ids for t in trajs], [t.logp for t in trajs],
-                                [t.model_text for t in trajs], [t.end != "budget" for t in trajs], self.version,
+                                [t.model_text for t in trajs], [t.finished for t in trajs], self.version,
                                 time.perf_counter() - t0, self.instance, model_mask=[t.model for t in trajs],
                                 turns=[tuple(t.turns) for t in trajs])
         params = SamplingParams(n=c.group_size, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens,
@@ -152,7 +152,8 @@ class GenerationWorker:
             for out in outs:
                 o = out.outputs[0]
                 turns.append(Sampled(list(o.token_ids), sampled_logprobs(o), o.text,
-                                     o.finish_reason == "stop" and not isinstance(o.stop_reason, str)))
+                                     o.finish_reason == "stop" and not isinstance(o.stop_reason, str),
+                                     cut=o.finish_reason == "length"))
             return turns
 
         trajs = [Trajectory(self.env_cls(p.text, p.answer, self.limits), p.token_ids, budget)

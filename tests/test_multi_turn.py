@@ -36,7 +36,8 @@ class Sampler:
         for ctx, m in zip(contexts, max_tokens):
             j = ctx[0]
             ids = [10 * j + turn] * min(turn + 1, m)
-            out.append(Sampled(ids, [-0.5 * turn] * len(ids), f"t{turn}", eos=turn == self.eos_on_turn))
+            out.append(Sampled(ids, [-0.5 * turn] * len(ids), f"t{turn}", eos=turn == self.eos_on_turn,
+                               cut=turn + 1 > m))
         return out
 
 
@@ -54,6 +55,7 @@ def test_scripted_episodes_interleave_the_sampled_ids_and_the_observations_exact
         assert [(x.text, x.output, x.tool, x.end) for x in t.turns] == [
             ("t1", " obs1 ", "ok", ""), ("t2", " obs2 ", "ok", ""), ("t3", "", "", "done")]
         assert t.model_text == "t1t2t3"  # what the reward reads: the model's turns, never the observations
+        assert t.finished  # the environment took the last turn, which ended by itself, as the answer
     # each turn is sampled from exactly the ids so far: prompt + every sampled and appended id
     assert sampler.calls[2][0][0] == [1, 99] + trajs[0].ids[:-4]
 
@@ -66,10 +68,18 @@ def test_limits_end_a_trajectory_by_turns_or_by_budget():
     # budget 5: turn 1 (2 ids), then the 6-character observation is cut to 3 ids and the trajectory ends
     (t,) = run_episodes(Sampler(), encode, [Trajectory(Scripted("q", "a", ToolLimits()), [1], 5)], 5, pool, ())
     assert len(t.ids) == 5 and t.model == [True, True, False, False, False] and t.end == "budget"
+    assert not t.finished  # an observation cut at the budget: the model never got to answer
     # a per-turn cap: every turn is at most 1 token
     s = Sampler()
     (t,) = run_episodes(s, encode, [Trajectory(Scripted("q", "a", ToolLimits()), [1], 64)], 5, pool, (), max_turn_tokens=1)
     assert [m for _, ms in s.calls for m in ms] == [1, 1, 1] and sum(t.model) == 3
+    # ... and the environment took the last, cut, turn as the answer: done, but not finished (it
+    # counts as truncated, and the format reward does not pay it)
+    assert t.end == "done" and not t.finished
+    # a turn that ends with EOS on the budget's last token ended by itself
+    (t,) = run_episodes(Sampler(eos_on_turn=1), encode, [Trajectory(Scripted("q", "a", ToolLimits()), [1], 2)], 5,
+                        pool, ())
+    assert t.end == "budget" and t.model == [True, True] and t.finished
 
 
 class GoOn:
