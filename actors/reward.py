@@ -18,7 +18,7 @@ class RewardWorker:
         limits = SandboxLimits(timeout_s=cfg.code_test_timeout_s, memory_mb=cfg.code_memory_mb,
                                isolation=cfg.code_isolation)
         self.scorer = RewardScorer(cfg.fn, cfg.timeout_s, cfg.workers_per_actor, code_limits=limits, shape=cfg.shape,
-                                   extra=extra_rewards(cfg))
+                                   extra=extra_rewards(cfg), math_form=cfg.math_answer_form)
         self.scorer.start()  # pay the verifier processes' start-up before the first batch
 
     def score(self, samples: list[Sample]) -> tuple[list[RewardResult], float]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import re
 
-from rewards.normalize import normalise_answer, normalise_gold
+from rewards.normalize import is_written_number, normalise_answer, normalise_gold
 from rewards.result import Status
 
 MAX_ANSWER_CHARS = 1000  # longer "final answers" are treated as unparseable, not verified
@@ -113,10 +113,12 @@ def _with_imaginary_unit(parsed: list) -> list:
     return out
 
 
-def compare_answers(answer: str, gold: str) -> tuple[bool, str]:
+def compare_answers(answer: str, gold: str, number_form: bool = False) -> tuple[bool, str]:
     """Runs inside the verifier process: (equal, status). Both sides parsed as LaTeX only, after
     forkrl's conventions (rewards.normalize). `i` is the imaginary unit: when the plain comparison
-    fails and either side uses `i`, both are compared again with i = sqrt(-1)."""
+    fails and either side uses `i`, both are compared again with i = sqrt(-1). `number_form`
+    (reward.math_answer_form=number): where the gold is a number, an answer not written as one
+    (`345+678`, `2^{10}`) is wrong whatever its value."""
     from math_verify import parse, verify
 
     cfg = _latex_only_config()
@@ -129,7 +131,10 @@ def compare_answers(answer: str, gold: str) -> tuple[bool, str]:
     # and a policy would learn to dodge a wrong answer's penalty by writing one that raises
     # (`99\times10^{999999}` overflowed a Decimal; `[i, 5]` with i = sqrt(-1) is no interval).
     try:
-        ans_parsed = parse(f"${normalise_answer(answer, gold)}$", extraction_config=cfg)
+        written = normalise_answer(answer, gold)
+        if number_form and is_written_number(gold) and not is_written_number(written):
+            return False, ""
+        ans_parsed = parse(f"${written}$", extraction_config=cfg)
         if not ans_parsed:
             return False, Status.UNPARSEABLE
         if verify(gold_parsed, ans_parsed):
@@ -141,12 +146,13 @@ def compare_answers(answer: str, gold: str) -> tuple[bool, str]:
         return False, Status.UNPARSEABLE
 
 
-def score_math(response: str, ground_truth: str) -> tuple[float, str]:
-    """(score, status) for one response. Unbounded in time: call it through a RewardScorer."""
+def score_math(response: str, ground_truth: str, number_form: bool = False) -> tuple[float, str]:
+    """(score, status) for one response (`number_form`: see compare_answers). Unbounded in time:
+    call it through a RewardScorer."""
     answer = extract_final_answer(response)
     if answer is None:
         return 0.0, Status.NO_ANSWER
     if not answer or len(answer) > MAX_ANSWER_CHARS:
         return 0.0, Status.UNPARSEABLE
-    equal, why = compare_answers(answer, _as_gold(ground_truth))
+    equal, why = compare_answers(answer, _as_gold(ground_truth), number_form)
     return (1.0, Status.CORRECT) if equal else (0.0, why or Status.WRONG)

@@ -126,3 +126,26 @@ def normalise_answer(answer: str, gold: str) -> str:
     """The answer as compared with `gold` (already normalised): a unit after a number dropped
     unless the gold uses that symbol, then the same conventions as the gold."""
     return _conventions(strip_units(answer.strip(), protected=gold_symbols(gold), single_letters=True))
+
+
+# A number as written, after normalise_answer (separators dropped, notation expanded, units gone):
+# an integer or decimal, a fraction of integers, or a mixed number (`(1+\frac{1}{2})`), signed.
+_INT = r"[+-]?\d+"
+_DIGIT_OR_GROUP = rf"(?:\d|\{{{_INT}\}})"
+_NUMBER_RE = re.compile(
+    rf"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"  # 12, -3.5, .5
+    rf"|[+-]?\\[dt]?frac{_DIGIT_OR_GROUP}{_DIGIT_OR_GROUP}"  # \frac{3}{4}, \frac12, \dfrac{-1}{2}
+    rf"|{_INT}/\d+"  # 3/4
+    rf"|[+-]?\(\d+\+\\frac\{{\d+\}}\{{\d+\}}\)")  # a mixed number, as mixed_number writes it
+_WRAPPERS = re.compile(r"\$|\\left|\\right|\\[!,;: ]|\s|\\%|%|\\\$|\.$")
+
+
+def is_written_number(text: str) -> bool:
+    """`text` (normalised) is a number as written, not an expression of several: `1023`, `-\frac{1}{2}`
+    and `x = 4` are; `345+678`, `2^{10}` and `5!` are not."""
+    t = re.sub(r"^[A-Za-z]\w*=", "", _WRAPPERS.sub("", text))  # x = 4: the value after the variable
+    t = re.sub(r"^\\(?:text|mathrm|textbf|mathbf)\{(.*)\}$", r"\1", t)
+    while len(t) > 2 and t[0] + t[-1] in ("{}", "()") and _NUMBER_RE.fullmatch(t[1:-1]):
+        t = t[1:-1]
+    return _NUMBER_RE.fullmatch(t) is not None
+

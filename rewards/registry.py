@@ -88,16 +88,17 @@ def _import_fn(spec: str):
 
 
 def score_one(spec: str, sample: Sample, code_limits=None, shape: str = "auto",
-              extra: tuple[tuple[str, float], ...] = ()) -> tuple:
+              extra: tuple[tuple[str, float], ...] = (), math_form: str = "value") -> tuple:
     """Runs inside the verifier process: (score, status, extras). `extra`: (spec, weight) of more
     rewards added to the score with their weights (TRL's reward_funcs and reward_weights); the
-    verdict stays `spec`'s, and each one's own score is reported among the extras by its name."""
-    score, status, extras = _score(spec, sample, code_limits, shape)
+    verdict stays `spec`'s, and each one's own score is reported among the extras by its name.
+    `math_form`: reward.math_answer_form, for the math reward."""
+    score, status, extras = _score(spec, sample, code_limits, shape, math_form)
     if not extra:
         return score, status, extras
     parts = [(reward_name(spec), score)]
     for other, weight in extra:
-        value = _score(other, sample, code_limits, "auto")[0]
+        value = _score(other, sample, code_limits, "auto", math_form)[0]
         parts.append((reward_name(other), value))
         score += weight * value
     return score, status, extras + tuple(parts)
@@ -108,9 +109,9 @@ def reward_name(spec: str) -> str:
     return spec.rsplit(":", 1)[-1]
 
 
-def _score(spec: str, sample: Sample, code_limits=None, shape: str = "auto") -> tuple:
+def _score(spec: str, sample: Sample, code_limits=None, shape: str = "auto", math_form: str = "value") -> tuple:
     if spec == "math":
-        return (*score_math(sample.response, sample.ground_truth), ())
+        return (*score_math(sample.response, sample.ground_truth, math_form == "number"), ())
     if spec == "code":
         from rewards.code import score_code
         from rewards.sandbox import SandboxLimits
@@ -132,12 +133,14 @@ class RewardScorer:
     """Scores batches in parallel over `num_workers` killable processes, `timeout_s` per response."""
 
     def __init__(self, spec: str, timeout_s: float, num_workers: int = 1, memory_limit_mb: int = 4096,
-                 code_limits=None, shape: str = "auto", extra: tuple[tuple[str, float], ...] = ()):
+                 code_limits=None, shape: str = "auto", extra: tuple[tuple[str, float], ...] = (),
+                 math_form: str = "value"):
         isolation = code_limits.isolation if code_limits is not None else "bwrap"
         check_reward(spec, isolation, shape)
         for other, _ in extra:
             check_reward(other, isolation)
         self.spec, self.timeout_s, self.code_limits, self.shape = spec, timeout_s, code_limits, shape
+        self.math_form = math_form
         self.extra = tuple((str(s), float(w)) for s, w in extra)
         modules = [s.split(":")[0] for s in (spec, *(o for o, _ in extra)) if not (s in BUILTINS or is_file_spec(s))]
         preload = ("rewards.registry", *dict.fromkeys(modules))
@@ -153,7 +156,8 @@ class RewardScorer:
         for sample in items:
             t0 = time.perf_counter()
             try:
-                res = proc.call(score_one, (self.spec, sample, self.code_limits, self.shape, self.extra), self.timeout_s)
+                res = proc.call(score_one, (self.spec, sample, self.code_limits, self.shape, self.extra, self.math_form),
+                                self.timeout_s)
             except RuntimeError as e:  # the verifier process could not start: an error, not a verdict
                 res = CallResult(ERROR, error=str(e))
             took = time.perf_counter() - t0
@@ -216,7 +220,7 @@ def dry_call_reward(cfg, prompt, where: str) -> None:
     extra = extra_rewards(cfg)
     if cfg.fn in BUILTINS and all(s in BUILTINS for s, _ in extra):
         return
-    scorer = RewardScorer(cfg.fn, cfg.timeout_s, shape=cfg.shape, extra=extra)
+    scorer = RewardScorer(cfg.fn, cfg.timeout_s, shape=cfg.shape, extra=extra, math_form=cfg.math_answer_form)
     try:
         (res,) = scorer.score_samples([Sample.of(prompt, response=prompt.answer)])
     finally:

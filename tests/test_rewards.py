@@ -240,6 +240,44 @@ def test_an_answer_that_makes_the_verifier_raise_is_wrong_not_an_error(scorer, a
     assert (result.score, result.status) in ((0.0, "wrong"), (0.0, "unparseable")), result
 
 
+# reward.math_answer_form=number: where the gold is a number, the answer must be written as one.
+NUMBER_FORM_CASES = [
+    (r"\boxed{345+678}", "1023", 0.0),  # the question restated: equal in value, no answer
+    (r"The answer is 345 + 678.", "1023", 0.0),
+    (r"\boxed{7-3}", "4", 0.0),
+    (r"\boxed{2^{10}}", "1024", 0.0),
+    (r"\boxed{4!}", "24", 0.0),
+    (r"\boxed{\binom{5}{2}}", "10", 0.0),
+    (r"\boxed{1023}", "1023", 1.0),
+    (r"\boxed{1,023}", "1023", 1.0),
+    (r"\boxed{x = 4}", "4", 1.0),
+    (r"\boxed{12\text{ apples}}", "12", 1.0),
+    (r"\boxed{1.5\times10^{3}}", "1500", 1.0),  # scientific notation is a way to write a number
+    (r"\boxed{\frac{6}{8}}", r"\frac{3}{4}", 1.0),
+    (r"\boxed{0.75}", r"\frac{3}{4}", 1.0),
+    (r"\boxed{1 1/2}", "1.5", 1.0),
+    (r"\boxed{-\frac{1}{2}}", "-0.5", 1.0),
+    (r"\boxed{1024}", "1023", 0.0),
+    # a gold that is not a number keeps the value rule
+    (r"\boxed{\sqrt{12}}", r"2\sqrt{3}", 1.0),
+    (r"\boxed{(x+1)^2}", "x^2+2x+1", 1.0),
+]
+
+
+def test_the_number_form_refuses_an_expression_for_a_number_and_keeps_the_rest():
+    values = RewardScorer("math", timeout_s=5.0, num_workers=2)
+    numbers = RewardScorer("math", timeout_s=5.0, num_workers=2, math_form="number")
+    try:
+        got = numbers.score_batch([c[0] for c in NUMBER_FORM_CASES], [c[1] for c in NUMBER_FORM_CASES])
+        wrong = [(c, r) for c, r in zip(NUMBER_FORM_CASES, got) if r.score != c[2]]
+        assert not wrong, wrong
+        # the default rule pays the restated question: why the arithmetic configs set `number`
+        assert values.score_batch([r"\boxed{345+678}"], ["1023"])[0].score == 1.0
+    finally:
+        values.close()
+        numbers.close()
+
+
 def test_math_reward_contract():
     assert math_reward(r"\boxed{\frac{1}{2}}", "0.5") == 1.0
     assert math_reward("no answer", "0.5") == 0.0
