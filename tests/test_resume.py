@@ -163,7 +163,7 @@ def test_a_killed_actor_and_a_sigterm_lose_no_prompt(straight, tiny_model, yes_d
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=err_file, text=True,
                                 env={**os.environ, "WANDB_SILENT": "true"})
         wait_for_steps(proc, run_dir, 1)
-        gens = [p for p in psutil.Process(proc.pid).children(recursive=True) if "GenerationWorker" in p.name()]
+        gens = actor_processes(proc, "GenerationWorker")
         assert len(gens) == 1, [p.name() for p in psutil.Process(proc.pid).children(recursive=True)]
         with driver_paused(proc):
             gens[0].kill()
@@ -187,10 +187,23 @@ def test_a_killed_actor_and_a_sigterm_lose_no_prompt(straight, tiny_model, yes_d
     assert set(rb[1][0]) >= {"prompt_id", "prompt", "response", "reward", "status", "policy_version"}
 
 
-def learner_processes(proc) -> list:
+def actor_processes(proc, name: str) -> list:
+    """The run's processes whose name has `name` (a Ray actor's class). A process that exits while
+    it is listed (actors die and restart in these tests) is left out, not an error."""
     import psutil
 
-    return [p for p in psutil.Process(proc.pid).children(recursive=True) if "LearnerWorker" in p.name()]
+    found = []
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if name in p.name():
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def learner_processes(proc) -> list:
+    return actor_processes(proc, "LearnerWorker")
 
 
 def wait_for_new_learners(proc, old_pids: set[int], timeout_s: float = 600) -> list:
@@ -345,8 +358,6 @@ def test_a_multi_turn_run_survives_a_killed_generator_and_resumes_the_same_promp
     run records each turn, its env/ metrics and multi-turn evaluations. Its generation actor is
     SIGKILLed after step 1, the run is stopped by SIGTERM and resumed, and it trains exactly the
     prompts the seeded stream issues at every step: none lost to the kill, none trained twice."""
-    import psutil
-
     run_dir = tmp_path / "run"
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as err_file:
@@ -355,7 +366,7 @@ def test_a_multi_turn_run_survives_a_killed_generator_and_resumes_the_same_promp
                                  "eval.num_prompts=4"], cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=err_file, text=True, env={**os.environ, "WANDB_SILENT": "true", **USER_CODE})
         wait_for_steps(proc, run_dir, 2)  # step 0's evaluation, then step 1
-        gens = [p for p in psutil.Process(proc.pid).children(recursive=True) if "GenerationWorker" in p.name()]
+        gens = actor_processes(proc, "GenerationWorker")
         assert len(gens) == 1
         with driver_paused(proc):
             gens[0].kill()
