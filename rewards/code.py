@@ -15,8 +15,11 @@ Verdicts are decided where the solution cannot reach them:
   patched builtin or an object with a forged `__eq__` earns nothing: the solution never sees an
   expected value, and nothing it defines reaches the judge.
 - The rule for asserts that cannot be split that way: an assert must be one `assert EXPR`
-  statement, and no probe may use a name bound inside the assert (a comprehension's or lambda's
-  variable). Other asserts are refused as bad ground truth, naming the assert.
+  statement, it must call at least one name of the solution's (`assert max([1, 5]) == 5` checks
+  only the judge's builtin, so any code would pass it), and no probe may use a name bound inside
+  the assert (a comprehension's or lambda's variable). Other asserts are refused as bad ground
+  truth, naming the assert; the driver checks every row before any actor starts.
+- A probe value nested deeper than MAX_VALUE_DEPTH fails its assert: the judge could not be sent it.
 A test that runs out of time fails; the response then scores what it passed, with status
 `timeout` (a wrong answer for its own reason, trained on like any wrong answer).
 """
