@@ -127,9 +127,9 @@ class RewardConfig:
     or 'path/to/file.py:function' (README "Rewards": verl's, TRL's and OpenRLHF's shapes are accepted)."""
     math_answer_form: Literal["value", "number"] = "value"
     """The math reward's rule for a ground truth that is a number: 'value' (an answer equal in value
-    scores: `7-3` or `2^2` for 4, as math-verify) or 'number' (the answer must be written as a
-    number, an integer, decimal or fraction: an unevaluated expression, such as the question's own
-    `345+678` copied into the box, scores wrong). 'number' suits arithmetic tasks, where restating
+    scores: `7-3` or `2^2` for 4, as math-verify) or 'number' (the answer, or an equation's last
+    side, must be written as a number, an integer, decimal or fraction: an unevaluated expression,
+    such as the question's own `345+678` copied into the box, scores wrong; `9 - 4 = 5` scores). 'number' suits arithmetic tasks, where restating
     the question would otherwise earn full reward."""
     shape: Shape = "auto"
     """How reward.fn is called: 'auto' (from its parameter names), 'forkrl' fn(response, ground_truth),

@@ -132,7 +132,9 @@ def compare_answers(answer: str, gold: str, number_form: bool = False) -> tuple[
     # (`99\times10^{999999}` overflowed a Decimal; `[i, 5]` with i = sqrt(-1) is no interval).
     try:
         written = normalise_answer(answer, gold)
-        if number_form and is_written_number(gold) and not is_written_number(written):
+        # An equation's last side is its answer, as math-verify reads it: `9 - 4 = 5` shows the
+        # work and ends in a number; `345+678` alone does not.
+        if number_form and is_written_number(gold) and not is_written_number(written.rsplit("=", 1)[-1]):
             return False, ""
         ans_parsed = parse(f"${written}$", extraction_config=cfg)
         if not ans_parsed:

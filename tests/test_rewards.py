@@ -251,6 +251,10 @@ NUMBER_FORM_CASES = [
     (r"\boxed{1023}", "1023", 1.0),
     (r"\boxed{1,023}", "1023", 1.0),
     (r"\boxed{x = 4}", "4", 1.0),
+    (r"\boxed{9 - 4 = 5}", "5", 1.0),  # the work shown, ending in the number
+    ("So, 8 - 3 = 5.", "5", 1.0),
+    (r"\boxed{345+678 = 345+678}", "1023", 0.0),
+    (r"\boxed{9 - 4 = 6}", "5", 0.0),
     (r"\boxed{12\text{ apples}}", "12", 1.0),
     (r"\boxed{1.5\times10^{3}}", "1500", 1.0),  # scientific notation is a way to write a number
     (r"\boxed{\frac{6}{8}}", r"\frac{3}{4}", 1.0),
