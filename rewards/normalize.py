@@ -141,7 +141,7 @@ _WRAPPERS = re.compile(r"\$|\\left|\\right|\\[!,;: ]|\s|\\%|%|\\\$|\.$")
 
 
 def is_written_number(text: str) -> bool:
-    """`text` (normalised) is a number as written, not an expression of several: `1023`, `-\frac{1}{2}`
+    """`text` (normalised) is a number as written, not an expression of several: `1023`, `-\\frac{1}{2}`
     and `x = 4` are; `345+678`, `2^{10}` and `5!` are not."""
     t = re.sub(r"^[A-Za-z]\w*=", "", _WRAPPERS.sub("", text))  # x = 4: the value after the variable
     t = re.sub(r"^\\(?:text|mathrm|textbf|mathbf)\{(.*)\}$", r"\1", t)

@@ -1,7 +1,7 @@
 """Reward shaping terms added to the verifier's score (pure functions).
 
 - format: 1.0 when the response has its final answer in the reward's form (a non-empty
-  \boxed{...}; for the code reward, a non-empty fenced code block) and ended on its own
+  \\boxed{...}; for the code reward, a non-empty fenced code block) and ended on its own
   (EOS/stop), not by hitting the length limit;
 - overlong (DAPO soft punishment): 0 up to L_max - L_cache tokens, then a linear penalty reaching
   -1 at L_max, -1 beyond; here L_max is generation.max_new_tokens (the engine never goes past it,
@@ -12,12 +12,10 @@ from __future__ import annotations
 from rewards.code import extract_code
 from rewards.math import last_boxed
 
-FORMS = ("boxed", "code")
-
 
 def format_reward(response: str, finished: bool, form: str = "boxed") -> float:
     """An empty box or block earns nothing: a policy would learn to append one to any response,
-    and a `\boxed{}` in a code response (the form the code reward never reads) likewise."""
+    and a `\\boxed{}` in a code response (the form the code reward never reads) likewise."""
     answer = extract_code(response) if form == "code" else last_boxed(response)
     return 1.0 if finished and answer is not None and answer.strip() else 0.0
 
