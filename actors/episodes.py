@@ -100,19 +100,16 @@ class ObservationEncoder:
 
     def __init__(self, tokenizer, chat_template: bool):
         self.tokenizer = tokenizer
-        self.wrap = ("", "")
+        self.wrap: tuple[list[int], list[int]] = ([], [])  # the template's ids before and after the text
         if chat_template:
-            self.wrap = chat_wrap(tokenizer)
+            self.wrap = tuple(tokenizer.encode(w, add_special_tokens=False) if w else [] for w in chat_wrap(tokenizer))
 
     def __call__(self, text: str, after_eos: bool) -> list[int]:
         # The observation is untrusted text (a tool prints what the model's code tells it to): its
         # `<|im_end|>` must stay characters, not become the EOS or a forged turn of the template.
         # Only the wrap, which the template wrote, is read for special tokens.
         ids = self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
-        if not after_eos:
-            return ids
-        before, after = (self.tokenizer.encode(w, add_special_tokens=False) if w else [] for w in self.wrap)
-        return before + ids + after
+        return self.wrap[0] + ids + self.wrap[1] if after_eos else ids
 
 
 def chat_wrap(tokenizer) -> tuple[str, str]:

@@ -102,6 +102,12 @@ def split_assert(test: str) -> tuple[str, list[str], list[str]]:
 def check_ground_truth(ground_truth: str) -> None:
     """Raise ValueError naming the problem if `ground_truth` is not a code spec this module can judge
     (see the module docstring). Runs nothing: the driver checks every row with it before training."""
+    _read_spec(ground_truth)
+
+
+def _read_spec(ground_truth: str) -> tuple[list, list | None]:
+    """(test cases, each assert split by split_assert, or None for stdin/stdout tests); ValueError
+    naming the problem for a spec this module cannot judge."""
     try:
         spec = json.loads(ground_truth)
     except json.JSONDecodeError as e:
@@ -112,10 +118,10 @@ def check_ground_truth(ground_truth: str) -> None:
     if not isinstance(cases, list) or not cases:
         raise ValueError("code ground truth has no test cases")
     if "asserts" in spec:
-        for a in cases:
-            split_assert(str(a))
-    elif not all(isinstance(t, dict) and "output" in t for t in cases):
+        return cases, [split_assert(str(a)) for a in cases]
+    if not all(isinstance(t, dict) and "output" in t for t in cases):
         raise ValueError("code ground truth: each of 'tests' needs an 'output'")
+    return cases, None
 
 
 # A probe's value as the solution reported it is nested at most this deep. The judge's request
@@ -137,9 +143,9 @@ def _shallow(value: object, limit: int = MAX_VALUE_DEPTH) -> bool:
     return True
 
 
-def _assert_results(code: str, asserts: list[str], limits: SandboxLimits) -> tuple[int, bool]:
-    """(asserts passed, whether a run ran out of time)."""
-    split = [split_assert(str(a)) for a in asserts]
+def _assert_results(code: str, split: list[tuple[str, list[str], list[str]]],
+                    limits: SandboxLimits) -> tuple[int, bool]:
+    """(asserts passed, whether a run ran out of time); `split`: each assert as split_assert gives it."""
     probes = [p for _, ps, _ in split for p in ps]
     probe_run = run(code, "", limits, mode="probe", exprs=json.dumps(probes), expr_count=len(probes))
     values: dict[int, object] = {}
@@ -177,14 +183,12 @@ def _same_output(got: str, want: str) -> bool:
 
 def score_code(response: str, ground_truth: str, limits: SandboxLimits = SandboxLimits()) -> tuple[float, Status]:
     """(fraction of tests passed, status). Bad ground truth raises ValueError naming the problem."""
-    check_ground_truth(ground_truth)
-    spec = json.loads(ground_truth)
-    cases = spec.get("asserts", spec.get("tests"))
+    cases, split = _read_spec(ground_truth)
     code = extract_code(response)
     if code is None:
         return 0.0, Status.NO_ANSWER
-    if "asserts" in spec:
-        passed, timed_out = _assert_results(code, cases, limits)
+    if split is not None:
+        passed, timed_out = _assert_results(code, split, limits)
     else:
         runs = [run(code, str(t.get("input", "")), limits) for t in cases]
         passed = sum(r.status == "ok" and _same_output(r.stdout, str(t["output"])) for r, t in zip(runs, cases))
